@@ -1,0 +1,284 @@
+"""Apply a ``CacheSchedule`` to an unmodified diffusers transformer through ``diffusers.hooks``.
+
+How it works
+------------
+- One ``ModelHook`` on the transformer reads the ``timestep`` argument of every call and keeps
+  the step tracker: a smaller timestep than the last call is the next step; the same timestep
+  again is another call context of the same step (cond / uncond when a pipeline calls the
+  transformer once per condition: context k = k-th call of the step); anything else (first
+  call, larger timestep) starts a new generation and drops all caches.
+- One ``ModelHook`` with a ``new_forward`` on each cacheable sub-module (from the adapter)
+  either runs the original forward and stores its raw output, or returns the stored output.
+  Norms, adaLN modulation, gates and residual adds stay in the block and always run.
+- Step 0 always computes (the cache is empty). A context's cache is freed right after its call
+  at the schedule's last step, and every new generation starts empty.
+- ``handle.remove()`` (or leaving the ``with`` block) unregisters the hooks and deletes every
+  attribute they added, so the module is exactly as before. No weight is touched.
+
+For the ECAD search (sharing a schedule prefix between candidates)
+-------------------------------------------------------------------
+- ``handle.counts``: int64 array [blocks, components] of sub-module executions since apply (or
+  ``reset_counts()``); multiply by the adapter's per-component MACs for executed MACs.
+- ``handle.snapshot()`` returns a ``CacheState`` (step tracker + every context's cached
+  outputs, tensors shared not copied: the runtime never writes into them). ``handle.restore(state)``
+  puts it back; the same state can be restored many times.
+- ``handle.set_schedule(other)`` swaps the bits and keeps the caches, so candidates that agree on
+  steps < k can be run once to step k, snapshotted, and each finished from there::
+
+      with apply_schedule(transformer, cand_a) as h:
+          for i in range(k): latents = denoise_step(i, latents)      # calls transformer(t_i)
+          state, lat_k = h.snapshot(), latents.clone()
+          for cand in (cand_a, cand_b):
+              h.restore(state); h.set_schedule(cand); latents = lat_k.clone()
+              for i in range(k, steps): latents = denoise_step(i, latents)
+
+  The step index keeps following the timestep, so nothing else has to be told the step.
+- ``handle.step`` / ``handle.context`` tell where the tracker is; ``handle.reset()`` frees all.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from ditaccel.caching.schedule import CacheSchedule
+from ditaccel.errors import ScheduleError
+from ditaccel.models import Adapter, get_adapter
+
+HOOK_NAME = "ditaccel_cache"
+_STEP_HOOK_NAME = "ditaccel_cache_step"
+
+
+@dataclass
+class CacheState:
+    """Step tracker and cached outputs at one moment (see ``CacheHandle.snapshot``)."""
+
+    step: int
+    context: int
+    last_t: float | None
+    caches: list[dict[tuple[int, int], Any]] = field(default_factory=list)
+
+
+class _Runtime:
+    """Shared mutable state of one applied schedule."""
+
+    def __init__(self, adapter: Adapter, schedule: CacheSchedule) -> None:
+        self.adapter = adapter
+        self.bits = schedule.bits
+        self.steps = schedule.steps
+        self.counts = np.zeros((adapter.num_blocks, len(adapter.component_names)), dtype=np.int64)
+        self.step = -1
+        self.context = 0
+        self.last_t: float | None = None
+        self.caches: list[dict[tuple[int, int], Any]] = []
+        self.in_call = False
+
+    def reset(self) -> None:
+        self.step, self.context, self.last_t, self.caches = -1, 0, None, []
+
+    def begin_call(self, t: float) -> None:
+        last = self.last_t
+        if last is not None and t == last and self.step >= 0:
+            self.context += 1
+        elif last is not None and t < last and self.step >= 0:
+            self.step += 1
+            self.context = 0
+            if self.step >= self.steps:
+                raise ScheduleError(
+                    f"the schedule has {self.steps} steps but the transformer was called for step "
+                    f"{self.step + 1}; use schedule.resample(num_inference_steps)"
+                )
+        else:  # first call or a timestep that does not continue the sequence: new generation
+            self.reset()
+            self.step, self.last_t = 0, t
+        self.last_t = t
+        while len(self.caches) <= self.context:
+            self.caches.append({})
+        self.in_call = True
+
+    def end_call(self) -> None:
+        self.in_call = False
+        if self.step == self.steps - 1 and self.context < len(self.caches):
+            self.caches[self.context] = {}  # last step of this context: nothing will read it again
+
+
+class _StepHook(ModelHook):
+    """On the transformer: derives (step, context) from the timestep argument of each call."""
+
+    def __init__(self, rt: _Runtime, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.rt = rt
+        params = list(inspect.signature(type(module).forward).parameters)
+        self._t_pos = params.index("timestep") - 1 if "timestep" in params else None
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        t = kwargs.get("timestep")
+        if t is None and self._t_pos is not None and len(args) > self._t_pos:
+            t = args[self._t_pos]
+        if t is None:
+            raise ScheduleError(
+                f"{type(module).__name__} was called without a timestep; a cache schedule needs it to "
+                f"know the step"
+            )
+        value = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+        self.rt.begin_call(value)
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        self.rt.end_call()
+        return output
+
+
+class _ComponentHook(ModelHook):
+    """On one cacheable sub-module: recompute and store, or return the stored output."""
+
+    def __init__(self, rt: _Runtime, block: int, slot: int) -> None:
+        super().__init__()
+        self.rt = rt
+        self.key = (block, slot)
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        rt = self.rt
+        if not rt.in_call:  # called outside a transformer forward: behave as the original
+            return self.fn_ref.original_forward(*args, **kwargs)
+        cache = rt.caches[rt.context]
+        b, c = self.key
+        if rt.bits[rt.step, b, c] or self.key not in cache:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+            if rt.step < rt.steps - 1:
+                cache[self.key] = out
+            rt.counts[b, c] += 1
+            return out
+        return cache[self.key]
+
+
+def _register(module: torch.nn.Module, hook: ModelHook, name: str) -> tuple[torch.nn.Module, bool, bool]:
+    had_registry = hasattr(module, "_diffusers_hook")
+    had_forward = "forward" in module.__dict__
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    if registry.get_hook(name) is not None:
+        raise ScheduleError(
+            f"a ditaccel cache schedule is already applied to {type(module).__name__}; "
+            f"call handle.remove() first"
+        )
+    registry.register_hook(hook, name)
+    return module, had_registry, had_forward
+
+
+class CacheHandle:
+    """What ``apply_schedule`` returns: remove it (or leave its ``with`` block) to restore the model."""
+
+    def __init__(self, adapter: Adapter, schedule: CacheSchedule) -> None:
+        self.adapter = adapter
+        self.schedule = schedule
+        self._rt = _Runtime(adapter, schedule)
+        self._installed: list[tuple[torch.nn.Module, str, bool, bool]] = []
+        t = adapter.transformer
+        try:
+            m, reg, fwd = _register(t, _StepHook(self._rt, t), _STEP_HOOK_NAME)
+            self._installed.append((m, _STEP_HOOK_NAME, reg, fwd))
+            for b, c, _path in adapter.component_paths():
+                mod = adapter.component_module(b, c)
+                m, reg, fwd = _register(mod, _ComponentHook(self._rt, b, c), HOOK_NAME)
+                self._installed.append((m, HOOK_NAME, reg, fwd))
+            self._invalidate()
+        except BaseException:
+            self.remove()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Unregister every hook and delete what registration added; frees the caches."""
+        for module, name, had_registry, had_forward in reversed(self._installed):
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is None:
+                continue
+            registry.remove_hook(name, recurse=False)
+            if not registry.hooks:
+                if not had_forward and "forward" in module.__dict__:
+                    del module.__dict__["forward"]
+                if not had_registry:
+                    del module._diffusers_hook
+        self._installed = []
+        self._rt.reset()
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        # diffusers caches the list of child registries on the parent registry; ours came and went.
+        reg = getattr(self.adapter.transformer, "_diffusers_hook", None)
+        if reg is not None:
+            reg.invalidate_child_registries_cache()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._installed)
+
+    def __enter__(self) -> CacheHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    # -- state for the search ----------------------------------------------------------------
+    @property
+    def counts(self) -> np.ndarray:
+        """Executions per (block, component) since apply or ``reset_counts`` (a copy)."""
+        return self._rt.counts.copy()
+
+    def reset_counts(self) -> None:
+        self._rt.counts[:] = 0
+
+    @property
+    def step(self) -> int:
+        """Step index of the latest transformer call (-1 before the first)."""
+        return self._rt.step
+
+    @property
+    def context(self) -> int:
+        """Call context of the latest call within its step (0 = first call, e.g. cond)."""
+        return self._rt.context
+
+    def reset(self) -> None:
+        """Forget the step tracker and free every cached output."""
+        self._rt.reset()
+
+    def snapshot(self) -> CacheState:
+        """The step tracker and cached outputs now (tensors shared, dicts copied)."""
+        rt = self._rt
+        return CacheState(rt.step, rt.context, rt.last_t, [dict(c) for c in rt.caches])
+
+    def restore(self, state: CacheState) -> None:
+        """Return to a ``snapshot``; the state stays reusable."""
+        rt = self._rt
+        rt.step, rt.context, rt.last_t = state.step, state.context, state.last_t
+        rt.caches = [dict(c) for c in state.caches]
+
+    def set_schedule(self, schedule: CacheSchedule) -> None:
+        """Swap the bits (same model, same step count), keeping the caches and the tracker."""
+        schedule.validate_for(self.adapter.transformer)
+        if schedule.steps != self.schedule.steps:
+            raise ScheduleError(
+                f"new schedule has {schedule.steps} steps, the applied one {self.schedule.steps}; "
+                f"resample it first"
+            )
+        self.schedule = schedule
+        self._rt.bits = schedule.bits
+
+
+def apply_schedule(pipe_or_transformer: Any, schedule: CacheSchedule) -> CacheHandle:
+    """Install ``schedule`` on a pipeline's transformer (or a bare one) and return the handle.
+
+    The model's weights and classes are untouched; ``handle.remove()`` restores it exactly.
+    """
+    if not isinstance(schedule, CacheSchedule):
+        raise ScheduleError(
+            f"apply_schedule needs a CacheSchedule, got {type(schedule).__name__}; "
+            f"use CacheSchedule.load(path) or ditaccel.presets"
+        )
+    schedule.validate_for(pipe_or_transformer)
+    return CacheHandle(get_adapter(pipe_or_transformer), schedule)

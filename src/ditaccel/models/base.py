@@ -1,0 +1,199 @@
+"""What every model adapter provides: blocks, cacheable components, and analytic MACs.
+
+Why one small class per family: the caching runtime, the schedule cost model and the search
+must agree on which sub-modules are cached and what they cost. The adapter is the one source
+of truth for both; nothing else in ditaccel knows a diffusers class layout.
+
+MACs are counted from module shapes and token counts (multiply-accumulates of every Linear,
+Conv2d and attention matmul), so they follow any config of the family. They exclude
+elementwise work (norms, activations, gates), as FLOP counters do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One transformer block: its path in the transformer and the sub-module path of each slot.
+
+    ``components[i]`` is the attribute path (inside the block) of the sub-module cached for
+    schedule slot ``i``, or ``None`` where this block has no such sub-module (e.g. the last SD3
+    block has no ``ff_context``).
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    components: tuple[str | None, ...]
+
+
+def linear_macs(layer: nn.Module, rows: int) -> int:
+    """MACs of one Linear (``rows`` input rows) or one patchifying Conv2d (``rows`` output positions)."""
+    if isinstance(layer, nn.Linear):
+        return rows * layer.in_features * layer.out_features
+    if isinstance(layer, nn.Conv2d):
+        kh, kw = layer.kernel_size
+        return rows * layer.in_channels * layer.out_channels * kh * kw // layer.groups
+    raise TypeError(f"no MACs rule for {type(layer).__name__}")
+
+
+def _out_linear(attn: nn.Module, name: str) -> nn.Linear | None:
+    mod = getattr(attn, name, None)
+    if mod is None:
+        return None
+    if isinstance(mod, nn.ModuleList):
+        return mod[0] if len(mod) else None
+    return mod
+
+
+def attention_macs(attn: nn.Module, batch: int, n_q: int, n_kv: int | None = None, n_ctx: int = 0) -> int:
+    """MACs of a diffusers attention module.
+
+    ``n_q`` query tokens; ``n_kv`` key/value tokens of ``encoder_hidden_states`` for cross-attention
+    (None = self-attention); ``n_ctx`` text tokens for joint (MMDiT) attention, which go through the
+    ``add_*_proj`` layers and join the image tokens in one attention.
+    """
+    q, k, v = attn.to_q, attn.to_k, attn.to_v
+    n_k = n_q if n_kv is None else n_kv
+    macs = linear_macs(q, n_q) + linear_macs(k, n_k) + linear_macs(v, n_k)
+    out = _out_linear(attn, "to_out")
+    if out is not None:
+        macs += linear_macs(out, n_q)
+    n_all_q, n_all_k = n_q, n_k
+    if n_ctx:
+        for name in ("add_q_proj", "add_k_proj", "add_v_proj"):
+            macs += linear_macs(getattr(attn, name), n_ctx)
+        add_out = _out_linear(attn, "to_add_out")
+        if add_out is not None:
+            macs += linear_macs(add_out, n_ctx)
+        n_all_q, n_all_k = n_q + n_ctx, n_k + n_ctx
+    macs += n_all_q * n_all_k * (q.out_features + v.out_features)  # QK^T and AV
+    return batch * macs
+
+
+def module_linear_macs(module: nn.Module, batch: int, rows: int) -> int:
+    """MACs of every Linear inside ``module`` when each sees ``rows`` tokens (feed-forwards, MLPs)."""
+    return batch * sum(linear_macs(m, rows) for m in module.modules() if isinstance(m, nn.Linear))
+
+
+class Adapter:
+    """Base adapter. Subclasses set ``family``, ``component_names``, ``attention_components``,
+    ``cross_attention_component`` and implement ``_blocks``, ``_component_macs`` and ``_rest_rows``."""
+
+    family: str = ""
+    component_names: tuple[str, ...] = ()
+    attention_components: tuple[str, ...] = ()
+    cross_attention_component: str | None = None
+    vae_factor_default: int = 8
+
+    def __init__(self, transformer: nn.Module) -> None:
+        self.transformer = transformer
+        self.blocks: list[BlockSpec] = self._blocks()
+        self._paths = {
+            id(m): n for n, m in transformer.named_modules()
+        }
+
+    # -- structure ---------------------------------------------------------------------------
+    def _blocks(self) -> list[BlockSpec]:
+        raise NotImplementedError
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def component_module(self, block: int, slot: int) -> nn.Module | None:
+        """The sub-module cached for (block, slot), or None where the block has none."""
+        spec = self.blocks[block]
+        path = spec.components[slot]
+        return None if path is None else spec.module.get_submodule(path)
+
+    def component_paths(self) -> list[tuple[int, int, str]]:
+        """(block, slot, full path in the transformer) of every cacheable sub-module."""
+        out = []
+        for b, spec in enumerate(self.blocks):
+            for c, path in enumerate(spec.components):
+                if path is not None:
+                    out.append((b, c, f"{spec.name}.{path}"))
+        return out
+
+    def slot_index(self, name: str) -> int:
+        """Slot index of a component name; accepts a slot label or one of its '|' aliases."""
+        for i, label in enumerate(self.component_names):
+            if name == label or name in label.split("|"):
+                return i
+        from ditaccel.errors import ScheduleError
+
+        raise ScheduleError(
+            f"unknown component {name!r} for {self.family}; use one of: {', '.join(self.component_names)}"
+        )
+
+    # -- geometry ----------------------------------------------------------------------------
+    def image_tokens(self, height: int, width: int, vae_factor: int | None = None) -> int:
+        """Image tokens the transformer sees for a ``height`` x ``width`` pixel image."""
+        f = vae_factor or self.vae_factor_default
+        p = self._token_patch()
+        return (height // f // p) * (width // f // p)
+
+    def _token_patch(self) -> int:
+        return int(self.transformer.config.patch_size)
+
+    def default_text_len(self, pipe: Any = None) -> int:
+        """Text tokens the family's pipeline feeds the transformer by default."""
+        raise NotImplementedError
+
+    # -- cost --------------------------------------------------------------------------------
+    def component_macs(self, batch: int, image_tokens: int, text_len: int) -> np.ndarray:
+        """int64 array [blocks, components]: MACs of one execution of each cacheable component."""
+        out = np.zeros((self.num_blocks, len(self.component_names)), dtype=np.int64)
+        for b, spec in enumerate(self.blocks):
+            for c, path in enumerate(spec.components):
+                if path is not None:
+                    mod = spec.module.get_submodule(path)
+                    out[b, c] = self._component_macs(spec, c, mod, batch, image_tokens, text_len)
+        return out
+
+    def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
+                        n_txt: int) -> int:
+        raise NotImplementedError
+
+    def rest_macs(self, batch: int, image_tokens: int, text_len: int) -> int:
+        """MACs of everything that always runs: embedders, adaLN linears, final layer, skips."""
+        inside = set()
+        for b, c, _ in self.component_paths():
+            for m in self.component_module(b, c).modules():
+                inside.add(id(m))
+        total = 0
+        for name, m in self.transformer.named_modules():
+            if id(m) in inside or not isinstance(m, (nn.Linear, nn.Conv2d)):
+                continue
+            rows = self._rest_rows(name, image_tokens, text_len)
+            total += batch * linear_macs(m, rows)
+        return total + self._rest_extra(batch, image_tokens, text_len)
+
+    _rest_rules: tuple[tuple[str, str], ...] = ()
+
+    def _rest_rows(self, name: str, n_img: int, n_txt: int) -> int:
+        for pattern, kind in self._rest_rules:
+            if re.search(pattern, name):
+                rows = {"img": n_img, "txt": n_txt, "sample": 1}
+                return rows[kind] if kind in rows else self._custom_rows(kind, n_img, n_txt)
+        return 1  # per-sample embedding MLPs and adaLN modulation linears
+
+    def _custom_rows(self, kind: str, n_img: int, n_txt: int) -> int:
+        raise ValueError(kind)
+
+    def _rest_extra(self, batch: int, n_img: int, n_txt: int) -> int:
+        return 0
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module under a ``torch.compile`` wrapper, if any."""
+    return getattr(module, "_orig_mod", module)

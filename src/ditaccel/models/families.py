@@ -1,0 +1,176 @@
+"""The four supported DiT families, following the installed diffusers (0.42) block code.
+
+ECAD semantics everywhere: the hooked sub-module's raw output is cached; norms, adaLN
+shift/scale/gates and residual adds stay in the block and always run at the current step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ditaccel.models.base import Adapter, BlockSpec, attention_macs, module_linear_macs
+
+
+class PixArtAdapter(Adapter):
+    """PixArt-alpha / PixArt-Sigma: ``BasicTransformerBlock`` with attn1 (self), attn2 (cross), ff."""
+
+    family = "pixart"
+    component_names = ("attn1", "attn2", "ff")
+    attention_components = ("attn1", "attn2")
+    cross_attention_component = "attn2"
+    _rest_rules = (
+        (r"^pos_embed\.", "img"),
+        (r"^proj_out$", "img"),
+        (r"^caption_projection\.", "txt"),
+    )
+
+    def _blocks(self) -> list[BlockSpec]:
+        return [
+            BlockSpec(f"transformer_blocks.{i}", blk, "block",
+                      ("attn1", "attn2" if blk.attn2 is not None else None, "ff"))
+            for i, blk in enumerate(self.transformer.transformer_blocks)
+        ]
+
+    def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
+                        n_txt: int) -> int:
+        if slot == 0:
+            return attention_macs(mod, batch, n_img)
+        if slot == 1:
+            return attention_macs(mod, batch, n_img, n_kv=n_txt)
+        return module_linear_macs(mod, batch, n_img)
+
+    def default_text_len(self, pipe: Any = None) -> int:
+        # PixArt-alpha pipelines pad T5 to 120 tokens, PixArt-Sigma to 300.
+        return 300 if pipe is not None and type(pipe).__name__.startswith("PixArtSigma") else 120
+
+
+class FluxAdapter(Adapter):
+    """FLUX.1: double-stream blocks then single-stream blocks.
+
+    Slots (a label names the double-block and the single-block sub-module it maps to):
+    ``attn`` (double: joint image+text attention; single: attention),
+    ``ff|proj_mlp`` (double: image FF; single: MLP input projection, before its GELU),
+    ``ff_context|proj_out`` (double: text FF; single: output projection, before the gate).
+    """
+
+    family = "flux"
+    component_names = ("attn", "ff|proj_mlp", "ff_context|proj_out")
+    attention_components = ("attn",)
+    cross_attention_component = None
+    _rest_rules = (
+        (r"^x_embedder$", "img"),
+        (r"^proj_out$", "img"),
+        (r"^context_embedder$", "txt"),
+    )
+
+    def _blocks(self) -> list[BlockSpec]:
+        t = self.transformer
+        double = [BlockSpec(f"transformer_blocks.{i}", b, "double", ("attn", "ff", "ff_context"))
+                  for i, b in enumerate(t.transformer_blocks)]
+        single = [BlockSpec(f"single_transformer_blocks.{i}", b, "single", ("attn", "proj_mlp", "proj_out"))
+                  for i, b in enumerate(t.single_transformer_blocks)]
+        return double + single
+
+    def _token_patch(self) -> int:
+        # FLUX packs 2x2 latent patches into one token (config.patch_size stays 1).
+        return 2 * int(self.transformer.config.patch_size)
+
+    def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
+                        n_txt: int) -> int:
+        if spec.kind == "double":
+            if slot == 0:
+                return attention_macs(mod, batch, n_img, n_ctx=n_txt)
+            return module_linear_macs(mod, batch, n_img if slot == 1 else n_txt)
+        if slot == 0:  # single-stream attention over text + image tokens, no output projection
+            return attention_macs(mod, batch, n_img + n_txt)
+        return module_linear_macs(mod, batch, n_img + n_txt)
+
+    def default_text_len(self, pipe: Any = None) -> int:
+        return 512  # FluxPipeline's default max_sequence_length
+
+
+class HunyuanAdapter(Adapter):
+    """Hunyuan-DiT: attn1 (self), attn2 (cross), ff. Long skips (skip_linear) always run."""
+
+    family = "hunyuan"
+    component_names = ("attn1", "attn2", "ff")
+    attention_components = ("attn1", "attn2")
+    cross_attention_component = "attn2"
+    _rest_rules = (
+        (r"^pos_embed\.", "img"),
+        (r"^proj_out$", "img"),
+        (r"\.skip_linear$", "img"),
+        (r"^text_embedder\.", "t5"),
+        (r"^time_extra_emb\.pooler\.(k_proj|v_proj)$", "t5+1"),
+    )
+
+    def _blocks(self) -> list[BlockSpec]:
+        return [BlockSpec(f"blocks.{i}", b, "block", ("attn1", "attn2", "ff"))
+                for i, b in enumerate(self.transformer.blocks)]
+
+    def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
+                        n_txt: int) -> int:
+        if slot == 0:
+            return attention_macs(mod, batch, n_img)
+        if slot == 1:
+            return attention_macs(mod, batch, n_img, n_kv=n_txt)
+        return module_linear_macs(mod, batch, n_img)
+
+    def _custom_rows(self, kind: str, n_img: int, n_txt: int) -> int:
+        t5 = int(self.transformer.config.text_len_t5)
+        return t5 if kind == "t5" else t5 + 1
+
+    def _rest_extra(self, batch: int, n_img: int, n_txt: int) -> int:
+        # The T5 attention pool: one query token over text_len_t5 + 1 keys (QK^T and AV).
+        pool = self.transformer.time_extra_emb.pooler
+        t5 = int(self.transformer.config.text_len_t5)
+        return batch * 2 * (t5 + 1) * pool.q_proj.out_features
+
+    def default_text_len(self, pipe: Any = None) -> int:
+        cfg = self.transformer.config
+        return int(cfg.text_len) + int(cfg.text_len_t5)  # CLIP-side 77 + T5 256 tokens, concatenated
+
+
+class SD3Adapter(Adapter):
+    """SD3 / SD3.5 joint blocks: attn (joint), ff (image), ff_context (text; absent in the last block).
+
+    SD3.5's extra self-attention ``attn2`` (dual-attention blocks) is not cacheable here; it is
+    counted with the always-running rest.
+    """
+
+    family = "sd3"
+    component_names = ("attn", "ff", "ff_context")
+    attention_components = ("attn",)
+    cross_attention_component = None
+    _rest_rules = (
+        (r"^pos_embed\.", "img"),
+        (r"^proj_out$", "img"),
+        (r"^context_embedder$", "txt"),
+        (r"\.attn2\.", "img"),
+    )
+
+    def _blocks(self) -> list[BlockSpec]:
+        return [
+            BlockSpec(f"transformer_blocks.{i}", b, "joint",
+                      ("attn", "ff", "ff_context" if getattr(b, "ff_context", None) is not None else None))
+            for i, b in enumerate(self.transformer.transformer_blocks)
+        ]
+
+    def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
+                        n_txt: int) -> int:
+        if slot == 0:
+            return attention_macs(mod, batch, n_img, n_ctx=n_txt)
+        return module_linear_macs(mod, batch, n_img if slot == 1 else n_txt)
+
+    def _rest_extra(self, batch: int, n_img: int, n_txt: int) -> int:
+        # attention matmuls of SD3.5 dual-attention blocks (their projections are counted as rows)
+        total = 0
+        for b in self.transformer.transformer_blocks:
+            if getattr(b, "attn2", None) is not None:
+                total += batch * n_img * n_img * (b.attn2.to_q.out_features + b.attn2.to_v.out_features)
+        return total
+
+    def default_text_len(self, pipe: Any = None) -> int:
+        return 77 + 256  # CLIP tokens + T5 tokens (max_sequence_length default), concatenated

@@ -1,0 +1,113 @@
+"""Loading pipelines (the bundled default or any diffusers folder / hub id) and calling them.
+
+The bundled model is a plain diffusers ``PixArtAlphaPipeline`` folder; loading it runs exactly
+the code path real models run. ``generate_images`` is the one place that turns prompts and seeds
+into images, so the CLI, the search and the benchmarks agree on what "the same seed" means.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ditaccel.errors import DitaccelError
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "zoo" / "bundled"
+_BINNED_SAMPLE_SIZES = (32, 64, 128, 256)
+
+
+def bundled_model_path() -> Path:
+    if not (BUNDLED_DIR / "model_index.json").is_file():
+        raise DitaccelError(
+            f"the bundled model is missing from {BUNDLED_DIR}; reinstall ditaccel or pass --model PATH"
+        )
+    return BUNDLED_DIR
+
+
+def load_pipeline(
+    model: str | Path | None = None, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
+) -> Any:
+    """The bundled model when ``model`` is None, else a local folder or a hub id from the HF cache."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    path = bundled_model_path() if model is None else model
+    kwargs: dict[str, Any] = {}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    local = Path(path).exists()
+    if local and not (Path(path) / "model_index.json").is_file():
+        raise DitaccelError(f"{path} is not a diffusers pipeline folder (no model_index.json); pass a pipeline folder")
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DitaccelError(
+            f"cannot load model {path!r}: {first}; pass a local pipeline folder or a hub id already in the HF cache"
+        ) from None
+    finally:
+        dlogging.set_verbosity(verbosity)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    defaults_file = Path(str(path)) / "ditaccel.json"
+    defaults = json.loads(defaults_file.read_text()).get("call_defaults", {}) if defaults_file.is_file() else {}
+    pipe._ditaccel_call_defaults = defaults
+    pipe._ditaccel_source = str(path)
+    return pipe
+
+
+def pipeline_call_kwargs(pipe: Any, **overrides: Any) -> dict[str, Any]:
+    """Call arguments that make ``pipe`` run as intended, merged with ``overrides``.
+
+    PixArt pipelines refuse transformer sample sizes outside their resolution bins unless
+    ``use_resolution_binning=False``; small replicas and the bundled model need it.
+    """
+    params = inspect.signature(pipe.__call__).parameters
+    kw: dict[str, Any] = {}
+    transformer = getattr(pipe, "transformer", None)
+    sample_size = getattr(getattr(transformer, "config", None), "sample_size", None)
+    if "use_resolution_binning" in params and sample_size not in _BINNED_SAMPLE_SIZES:
+        kw["use_resolution_binning"] = False
+    if "clean_caption" in params:
+        from diffusers.utils import is_bs4_available, is_ftfy_available
+
+        if not (is_bs4_available() and is_ftfy_available()):
+            kw["clean_caption"] = False  # what the pipeline falls back to anyway, minus its warnings
+    kw.update(getattr(pipe, "_ditaccel_call_defaults", {}))
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return {k: v for k, v in kw.items() if k in params}
+
+
+def generate_images(
+    pipe: Any,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+    **call_kwargs: Any,
+) -> list[np.ndarray]:
+    """uint8 [H, W, 3] images, one per (prompt, seed) pair, in order.
+
+    Each image gets its own generator seeded by its seed, so an image depends only on its
+    prompt, its seed and the batch size it was generated in.
+    """
+    if len(prompts) != len(seeds):
+        raise DitaccelError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
+    kw = pipeline_call_kwargs(pipe, **call_kwargs)
+    out: list[np.ndarray] = []
+    for start in range(0, len(prompts), batch_size):
+        ps = list(prompts[start : start + batch_size])
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
+        images = pipe(ps, generator=gens, output_type="np", **kw).images
+        out.extend((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+        if on_batch is not None:
+            on_batch(len(ps))
+    return out
