@@ -7,6 +7,7 @@ call settings, judged by the shapes adherence checker. Speed: one 20-step call f
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -29,7 +30,7 @@ def machine() -> str:
         )
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
-    return f"{model}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def main() -> None:

@@ -44,8 +44,13 @@ def load_pipeline(
     local = Path(path).exists()
     if local and not (Path(path) / "model_index.json").is_file():
         raise DitaccelError(f"{path} is not a diffusers pipeline folder (no model_index.json); pass a pipeline folder")
+    from transformers.utils import logging as tlogging
+
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()
+    bars = (dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled())
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as e:
@@ -55,6 +60,10 @@ def load_pipeline(
         ) from None
     finally:
         dlogging.set_verbosity(verbosity)
+        if bars[0]:
+            dlogging.enable_progress_bar()
+        if bars[1]:
+            tlogging.enable_progress_bar()
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     defaults_file = Path(str(path)) / "ditaccel.json"
