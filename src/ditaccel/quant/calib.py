@@ -1,0 +1,187 @@
+"""Calibration data: the transformer's own inputs along the sampler's trajectory.
+
+A forward pre-hook on ``pipe.transformer`` records every call's ``(args, kwargs)`` while
+the pipeline samples calibration prompts, so the data has exactly the latents, timesteps,
+text embeddings (conditional and unconditional) and side inputs the model sees at run
+time, for every family and sampler, with no images. The paper's alternative (real images,
+VAE-encoded and noised at every timestep) is :func:`calibration_from_images`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from ditaccel.errors import DitaccelError
+
+__all__ = ["CalibrationSet", "collect_calibration", "calibration_from_images"]
+
+
+def _cpu_clone(obj: Any) -> Any:
+    leaves, spec = tree_flatten(obj)
+    return tree_unflatten(
+        [x.detach().to("cpu", copy=True) if isinstance(x, torch.Tensor) else x for x in leaves], spec
+    )
+
+
+@dataclass
+class CalibrationSet:
+    """Recorded transformer calls: ``records[i] = (args, kwargs)``, tensors on CPU."""
+
+    records: list[tuple[tuple, dict]] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples (batch rows) over all calls: CFG halves count separately."""
+        n = 0
+        for args, kwargs in self.records:
+            x = args[0] if args else kwargs.get("hidden_states")
+            n += int(x.shape[0]) if isinstance(x, torch.Tensor) else 1
+        return n
+
+    def to(self, device: torch.device | str) -> CalibrationSet:
+        """Move every tensor (e.g. to the transformer's GPU)."""
+        leaves, spec = tree_flatten(self.records)
+        moved = tree_unflatten([x.to(device) if isinstance(x, torch.Tensor) else x for x in leaves], spec)
+        return CalibrationSet(moved, self.prompts, self.seeds, self.steps, self.seconds)
+
+    def subsample(self, every: int) -> CalibrationSet:
+        """Keep every ``every``-th call: fewer timesteps, same prompts."""
+        return CalibrationSet(self.records[::every], self.prompts, self.seeds, self.steps, self.seconds)
+
+
+def collect_calibration(
+    pipe: Any,
+    prompts: Sequence[str],
+    seeds: Sequence[int] | int = 0,
+    steps: int | None = None,
+    batch_size: int = 8,
+    **call_kwargs: Any,
+) -> CalibrationSet:
+    """Sample ``prompts`` x ``seeds`` with ``pipe`` and record every transformer call.
+
+    ``call_kwargs`` go to ``pipe(...)`` (guidance, size ...); ``output_type`` defaults to
+    ``"latent"`` because the VAE is not needed.
+    """
+    if isinstance(seeds, int):
+        seeds = [seeds]
+    prompts = list(prompts)
+    if not prompts:
+        raise DitaccelError("no calibration prompts: pass at least one prompt")
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None:
+        raise DitaccelError("the pipeline has no .transformer: quantization needs a DiT pipeline")
+    pairs = [(p, int(s)) for s in seeds for p in prompts]
+    records: list[tuple[tuple, dict]] = []
+
+    def hook(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        records.append(_cpu_clone((args, kwargs)))
+
+    kw = dict(call_kwargs)
+    kw.setdefault("output_type", "latent")
+    if steps is not None:
+        kw["num_inference_steps"] = steps
+    t0 = time.perf_counter()
+    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(pairs), batch_size):
+                chunk = pairs[i:i + batch_size]
+                gens = [torch.Generator().manual_seed(s) for _, s in chunk]
+                pipe([p for p, _ in chunk], generator=gens, **kw)
+    finally:
+        handle.remove()
+    if not records:
+        raise DitaccelError("the pipeline never called its transformer: check num_inference_steps")
+    return CalibrationSet(records, prompts, [int(s) for s in seeds], int(kw.get("num_inference_steps", 0) or 0),
+                          time.perf_counter() - t0)
+
+
+def _noisy(scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x0`` noised to the transformer's timestep ``t`` under ``scheduler``'s forward process."""
+    if hasattr(scheduler, "scale_noise"):  # flow matching (FLUX passes t/1000, SD3 passes t)
+        sigma = float(t) if float(t) <= 1.0 else float(t) / 1000.0
+        return (1.0 - sigma) * x0 + sigma * noise
+    return scheduler.add_noise(x0, noise, t.reshape(1).round().long().cpu())
+
+
+def calibration_from_images(
+    pipe: Any,
+    images: Sequence[Any],
+    captions: Sequence[str],
+    steps: int | None = None,
+    seed: int = 0,
+    **call_kwargs: Any,
+) -> CalibrationSet:
+    """The paper's calibration: real images, VAE-encoded, noised at every sampler timestep.
+
+    The pipeline still runs (so text embeddings, CFG batching and side inputs are exactly
+    what the model sees), but at every step the latent input is replaced by the real
+    image's latent noised to that step's timestep. Works where the transformer takes
+    ``[B, C, H, W]`` latents (PixArt, Hunyuan, SD3) and for FLUX's packed latents.
+    ``images`` are PIL images or ``[H, W, 3]`` uint8 arrays at the generation size.
+    """
+    import numpy as np
+
+    if len(images) != len(captions):
+        raise DitaccelError(f"got {len(images)} images but {len(captions)} captions: pass one caption per image")
+    vae = pipe.vae
+    records: list[tuple[tuple, dict]] = []
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    kw = dict(call_kwargs)
+    kw.setdefault("output_type", "latent")
+    if steps is not None:
+        kw["num_inference_steps"] = steps
+    for img, cap in zip(images, captions, strict=True):
+        arr = np.asarray(img, dtype=np.float32)[..., :3] / 127.5 - 1.0
+        pix = torch.from_numpy(arr).permute(2, 0, 1)[None].to(vae.device, vae.dtype)
+        with torch.no_grad():
+            lat = vae.encode(pix).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        lat = (lat - shift) * vae.config.scaling_factor
+        noise = torch.randn(lat.shape, generator=gen).to(lat)
+
+        def hook(_m: torch.nn.Module, args: tuple, kwargs: dict, _lat: torch.Tensor = lat,
+                 _noise: torch.Tensor = noise) -> tuple[tuple, dict]:
+            kwargs = dict(kwargs)
+            args = list(args)
+            hs = args[0] if args else kwargs["hidden_states"]
+            t = kwargs.get("timestep", args[2] if len(args) > 2 else None)
+            xt = _noisy(pipe.scheduler, _lat, _noise, t.reshape(-1)[0])
+            if hs.dim() == 3:  # FLUX packs 2x2 latent patches into tokens
+                b, c, h, w = xt.shape
+                xt = pipe._pack_latents(xt, b, c, h, w)
+            if xt.shape[1:] != hs.shape[1:]:
+                raise DitaccelError(
+                    f"image latents {tuple(xt.shape)} do not fit the model input {tuple(hs.shape)}: "
+                    "resize the images to the generation height/width"
+                )
+            xt = xt.expand(hs.shape[0], *xt.shape[1:]).to(hs.dtype)
+            if args:
+                args[0] = xt
+            else:
+                kwargs["hidden_states"] = xt
+            records.append(_cpu_clone((tuple(args), kwargs)))
+            return tuple(args), kwargs
+
+        handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                pipe(cap, generator=torch.Generator().manual_seed(seed), **kw)
+        finally:
+            handle.remove()
+    return CalibrationSet(records, list(captions), [seed], int(kw.get("num_inference_steps", 0) or 0),
+                          time.perf_counter() - t0)

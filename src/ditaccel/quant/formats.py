@@ -1,0 +1,302 @@
+"""Number formats for FP4DiT: general ExMy floating point and INTn baselines.
+
+A weight group (``group_size`` consecutive values along the input dim) is quantized
+against its own absolute max. For FP the paper writes this as a real-valued exponent
+bias, ``bias = 2^E - log2(max) + log2(2 - 2^-M) - 1``, which is the same thing as
+scaling a bias-0 ExMy grid so that its largest value equals the group max. We store the
+grid *normalised to [-1, 1]* (largest value exactly 1.0) and the group absmax, so
+
+    dequant(code) = grid[code] * absmax
+
+is bit-exact for the group max itself and identical in calibration, in ``QuantLinear``
+and after a save/load round trip. Codes never encode inf/nan: every bit pattern is a
+finite value (so our E4M3 reaches 480, not the 448 of hardware e4m3fn).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from ditaccel.errors import DitaccelError
+
+__all__ = [
+    "FPFormat",
+    "IntFormat",
+    "Format",
+    "parse_format",
+    "fp_bias",
+    "group_absmax",
+    "group_minmax",
+    "encode",
+    "decode",
+    "quantize_groups",
+    "quantize_per_token",
+]
+
+
+@dataclass(frozen=True)
+class FPFormat:
+    """Sign + ``exp_bits`` exponent + ``man_bits`` mantissa, subnormals, no inf/nan."""
+
+    exp_bits: int
+    man_bits: int
+
+    @property
+    def name(self) -> str:
+        return f"e{self.exp_bits}m{self.man_bits}"
+
+    @property
+    def bits(self) -> int:
+        return 1 + self.exp_bits + self.man_bits
+
+    @property
+    def kind(self) -> str:
+        return "fp"
+
+    @property
+    def int_max(self) -> float:
+        """Largest magnitude of the bias-0 grid: ``2^(2^E - 1) * (2 - 2^-M)``."""
+        return float(2 ** (2**self.exp_bits - 1) * (2 - 2.0**-self.man_bits))
+
+    def magnitudes(self) -> torch.Tensor:
+        """Bias-0 magnitudes in code order (monotone increasing), float64, exact."""
+        return _fp_magnitudes(self.exp_bits, self.man_bits)
+
+    def grid(self) -> torch.Tensor:
+        """Decode table indexed by code, normalised so the largest value is exactly 1.0."""
+        return _fp_grid(self.exp_bits, self.man_bits)
+
+
+@dataclass(frozen=True)
+class IntFormat:
+    """INTn baseline: symmetric absmax (``q in [-(2^(n-1)-1), 2^(n-1)-1]``) or min-max with zero point."""
+
+    int_bits: int
+    symmetric: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"int{self.int_bits}" + ("sym" if self.symmetric else "")
+
+    @property
+    def bits(self) -> int:
+        return self.int_bits
+
+    @property
+    def kind(self) -> str:
+        return "int"
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.int_bits - 1) - 1 if self.symmetric else 2**self.int_bits - 1
+
+
+Format = FPFormat | IntFormat
+
+
+@cache
+def _fp_magnitudes(e: int, m: int) -> torch.Tensor:
+    vals = []
+    for ex in range(2**e):
+        for mn in range(2**m):
+            if ex == 0:  # subnormal: 2^(1-bias) * m/2^M with bias 0
+                vals.append(2.0 * mn / 2**m)
+            else:
+                vals.append(2.0**ex * (1.0 + mn / 2**m))
+    return torch.tensor(vals, dtype=torch.float64)
+
+
+@cache
+def _fp_grid(e: int, m: int) -> torch.Tensor:
+    mags = _fp_magnitudes(e, m)
+    norm = (mags / mags[-1]).to(torch.float32)
+    return torch.cat([norm, -norm])  # code = sign << (E+M) | magnitude index
+
+
+_FP_RE = re.compile(r"^e(\d)m(\d)$")
+_INT_RE = re.compile(r"^int(\d{1,2})(sym)?$")
+
+
+def parse_format(name: str | FPFormat | IntFormat) -> FPFormat | IntFormat:
+    """Parse ``"e2m1"``, ``"e3m4"``, ``"int4"``, ``"int8sym"`` ... into a format object."""
+    if isinstance(name, FPFormat | IntFormat):
+        return name
+    key = str(name).strip().lower()
+    if (m := _FP_RE.match(key)) is not None:
+        e, mm = int(m.group(1)), int(m.group(2))
+        if e < 1 or 1 + e + mm > 8:
+            raise DitaccelError(f"format {name!r} is not supported: use ExMy with E >= 1 and 1+E+M <= 8 bits")
+        return FPFormat(e, mm)
+    if (m := _INT_RE.match(key)) is not None:
+        bits = int(m.group(1))
+        if not 2 <= bits <= 8:
+            raise DitaccelError(f"format {name!r} is not supported: use int2 .. int8")
+        return IntFormat(bits, symmetric=m.group(2) is not None)
+    raise DitaccelError(f"unknown number format {name!r}: use e.g. e2m1, e1m2, e3m0, e2m3, e3m4, e4m3, int4, int8")
+
+
+def fp_bias(absmax: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
+    """The paper's real-valued exponent bias ``2^E - log2(max) + log2(2 - 2^-M) - 1``.
+
+    Kept for reporting and tests; quantization uses the equivalent normalised grid.
+    """
+    e, m = fmt.exp_bits, fmt.man_bits
+    return 2**e - torch.log2(absmax.double()) + math.log2(2 - 2.0**-m) - 1
+
+
+def _grouped(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int]:
+    """View ``[rows, cols]`` as ``[rows, n_groups, group_size]``, padding the last group with zeros."""
+    rows, cols = w.shape
+    n_groups = -(-cols // group_size)
+    pad = n_groups * group_size - cols
+    if pad:
+        w = torch.nn.functional.pad(w, (0, pad))
+    return w.reshape(rows, n_groups, group_size), cols
+
+
+def group_absmax(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per-group absolute max, ``[rows, n_groups]`` (min-max scaling, no clipping search)."""
+    g, _ = _grouped(w.float(), group_size)
+    return g.abs().amax(dim=-1)
+
+
+def group_minmax(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group (min, max) over the *real* values (padding excluded), ``[rows, n_groups]`` each."""
+    rows, cols = w.shape
+    n_groups = -(-cols // group_size)
+    pad = n_groups * group_size - cols
+    wf = w.float()
+    lo_src = torch.nn.functional.pad(wf, (0, pad), value=float("inf")) if pad else wf
+    hi_src = torch.nn.functional.pad(wf, (0, pad), value=float("-inf")) if pad else wf
+    lo = lo_src.reshape(rows, n_groups, group_size).amin(-1).clamp(max=0.0)
+    hi = hi_src.reshape(rows, n_groups, group_size).amax(-1).clamp(min=0.0)
+    return lo, hi
+
+
+def int_params(w: torch.Tensor, fmt: IntFormat, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale float32, zero point uint8) per group. Zero is exactly representable."""
+    if fmt.symmetric:
+        scale = group_absmax(w, group_size) / fmt.qmax
+        zero = torch.zeros_like(scale, dtype=torch.uint8)
+    else:
+        lo, hi = group_minmax(w, group_size)
+        scale = (hi - lo) / fmt.qmax
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.round(-lo / safe).clamp(0, fmt.qmax).to(torch.uint8)
+    return scale.float(), zero
+
+
+def _expand(per_group: torch.Tensor, group_size: int, cols: int) -> torch.Tensor:
+    return per_group.repeat_interleave(group_size, dim=-1)[..., :cols]
+
+
+def fp_step(y: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
+    """Grid step at ``y`` on the bias-0 grid: ``2^(max(floor(log2|y|), 1) - M)``."""
+    ay = y.abs()
+    tiny = torch.finfo(y.dtype).tiny
+    exp = torch.floor(torch.log2(ay.clamp(min=tiny))).clamp(min=1.0)
+    return torch.exp2(exp - fmt.man_bits)
+
+
+def _fp_round_normalised(y: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
+    """Round-to-nearest (ties to even mantissa) on the bias-0 grid, clamped to +-int_max."""
+    s = fp_step(y, fmt)
+    return (torch.round(y / s) * s).clamp(-fmt.int_max, fmt.int_max)
+
+
+def encode(
+    w: torch.Tensor,
+    fmt: FPFormat | IntFormat,
+    group_size: int,
+    scale: torch.Tensor | None = None,
+    zero: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Quantize a 2-D weight to codes (uint8, one per value) by round-to-nearest.
+
+    Returns ``(codes [rows, cols], scale [rows, n_groups], zero or None)``. ``scale`` is the
+    group absmax for FP and the step for INT; pass it (and ``zero``) to re-encode values
+    that were already put on a grid (AdaRound's hard rounding) without changing the grid.
+    """
+    if w.dim() != 2:
+        raise DitaccelError(f"encode expects a 2-D weight, got shape {tuple(w.shape)}: reshape to [out, in]")
+    rows, cols = w.shape
+    wf = w.double()
+    if isinstance(fmt, FPFormat):
+        if scale is None:
+            scale = group_absmax(w, group_size)
+        a = _expand(scale.double(), group_size, cols)
+        y = torch.where(a > 0, wf / torch.where(a > 0, a, 1.0) * fmt.int_max, torch.zeros_like(wf))
+        yq = _fp_round_normalised(y, fmt)
+        mags = fmt.magnitudes()
+        idx = torch.searchsorted(mags, yq.abs().contiguous())
+        idx = idx.clamp(max=len(mags) - 1)
+        sign = (yq < 0).to(torch.int64) << (fmt.exp_bits + fmt.man_bits)
+        codes = (idx | sign).to(torch.uint8)
+        return codes, scale.float(), None
+    if scale is None or (zero is None and not fmt.symmetric):
+        scale, zero = int_params(w, fmt, group_size)
+    s = _expand(scale.double(), group_size, cols)
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    if fmt.symmetric:
+        q = torch.round(wf / safe).clamp(-fmt.qmax, fmt.qmax)
+        codes = (q.to(torch.int64) & (2**fmt.int_bits - 1)).to(torch.uint8)  # two's complement
+        return codes, scale.float(), None
+    z = _expand(zero.double(), group_size, cols)
+    q = (torch.round(wf / safe) + z).clamp(0, fmt.qmax)
+    return q.to(torch.uint8), scale.float(), zero.to(torch.uint8)
+
+
+def decode(
+    codes: torch.Tensor,
+    fmt: FPFormat | IntFormat,
+    scale: torch.Tensor,
+    group_size: int,
+    zero: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Codes + group scales back to values: ``grid[code] * absmax`` (FP) or ``(q - z) * step`` (INT)."""
+    rows, cols = codes.shape
+    sc = _expand(scale.float(), group_size, cols)
+    if isinstance(fmt, FPFormat):
+        grid = fmt.grid().to(codes.device)
+        return (grid[codes.long()] * sc).to(dtype)
+    c = codes.to(torch.int32)
+    if fmt.symmetric:
+        half = 2 ** (fmt.int_bits - 1)
+        q = torch.where(c >= half, c - 2**fmt.int_bits, c)
+    else:
+        q = c - _expand(zero.to(torch.int32), group_size, cols)
+    return (q.float() * sc).to(dtype)
+
+
+def quantize_groups(w: torch.Tensor, fmt: FPFormat | IntFormat | str, group_size: int = 128) -> torch.Tensor:
+    """Round-to-nearest fake quantization of a 2-D weight: ``decode(encode(w))`` in ``w``'s dtype."""
+    fmt = parse_format(fmt)
+    codes, scale, zero = encode(w, fmt, group_size)
+    return decode(codes, fmt, scale, group_size, zero, dtype=w.dtype)
+
+
+def quantize_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat | str) -> torch.Tensor:
+    """Online activation fake-quant: each token (last-dim vector) is scaled by its own absmax.
+
+    Needs no calibration; DiT activation ranges differ strongly between tokens and steps.
+    Computes in float32 and returns ``x``'s dtype.
+    """
+    fmt = parse_format(fmt)
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
+    if isinstance(fmt, FPFormat):
+        y = xf / safe * fmt.int_max
+        yq = _fp_round_normalised(y, fmt)
+        out = yq * (safe / fmt.int_max)
+    else:
+        qmax = 2 ** (fmt.int_bits - 1) - 1  # activations: symmetric per token
+        step = safe / qmax
+        out = torch.round(xf / step).clamp(-qmax, qmax) * step
+    return out.to(x.dtype)

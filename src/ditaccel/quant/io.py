@@ -1,0 +1,318 @@
+"""Quantized checkpoints: packed codes + group scales in safetensors, a JSON config beside them.
+
+The folder holds everything the transformer needs (packed quantized linears *and* the
+layers kept in high precision), so loading never needs the full-precision weights: a
+pipeline loaded with ``transformer=None`` works, the transformer is then built from the
+stored config on the meta device and filled from the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ditaccel._io import atomic_write, atomic_write_json
+from ditaccel.errors import QuantizedCheckpointError
+from ditaccel.quant.linear import QuantLinear, weight_bytes
+
+__all__ = ["save_quantized", "load_quantized", "checkpoint_stats", "model_fingerprint", "CONFIG_NAME", "TENSORS_NAME"]
+
+CONFIG_NAME = "quant_config.json"
+TENSORS_NAME = "quantized.safetensors"
+FORMAT_ID = "ditaccel-fp4dit"
+FORMAT_VERSION = 1
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                                                     torch.uint8, torch.int8, torch.int32, torch.int64, torch.bool)}
+
+
+def _config_dict(transformer: nn.Module) -> dict[str, Any]:
+    cfg = getattr(transformer, "config", None)
+    if cfg is None:
+        return {}
+    return {k: v for k, v in dict(cfg).items() if not str(k).startswith("_")}
+
+
+def model_fingerprint(transformer: nn.Module) -> dict[str, Any]:
+    """Class name + a hash of the architecture config: what a checkpoint must match to load."""
+    cfg = _config_dict(transformer)
+    text = json.dumps(cfg, sort_keys=True, default=str)
+    return {"class": type(transformer).__name__, "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "config": json.loads(text)}
+
+
+def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent, _, leaf = name.rpartition(".")
+    return (root.get_submodule(parent) if parent else root), leaf
+
+
+def _kept_tensors(transformer: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer that is not part of a ``QuantLinear``'s packed storage."""
+    qnames = {n for n, m in transformer.named_modules() if isinstance(m, QuantLinear)}
+    out: dict[str, torch.Tensor] = {}
+    for n, t in list(transformer.named_parameters()) + list(transformer.named_buffers()):
+        owner = n.rpartition(".")[0]
+        if owner in qnames:
+            continue
+        out[n] = t
+    return out
+
+
+def save_quantized(
+    transformer: nn.Module,
+    directory: str | os.PathLike,
+    config: Any = None,
+    kept_dtype: torch.dtype | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``directory/quantized.safetensors`` + ``quant_config.json`` atomically.
+
+    ``kept_dtype`` (e.g. ``torch.float16``) casts the high-precision layers in the file
+    to shrink it; the default keeps them exactly, so a reload reproduces outputs bitwise.
+    Returns the size statistics also written to the JSON.
+    """
+    directory = Path(directory)
+    qlayers = {n: m for n, m in transformer.named_modules() if isinstance(m, QuantLinear)}
+    if not qlayers:
+        raise QuantizedCheckpointError("the transformer has no quantized layers: run quantize_() before save_quantized()")
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, Any] = {}
+    fp16_bytes = 0
+    q_bits = 0
+    q_weights = 0
+    for n, m in qlayers.items():
+        tensors[f"{n}.qweight"] = m.qweight
+        tensors[f"{n}.scales"] = m.scales
+        if m.zeros.numel():
+            tensors[f"{n}.zeros"] = m.zeros
+        if m.bias is not None:
+            tensors[f"{n}.bias"] = m.bias
+        layers[n] = {
+            "format": m.fmt.name, "in_features": m.in_features, "out_features": m.out_features,
+            "group_size": m.group_size, "bias": m.bias is not None, "act_format": m.act_format,
+            "out_act_format": m.out_act_format,
+            "compute_dtype": str(m.compute_dtype or torch.float32).removeprefix("torch."),
+        }
+        fp16_bytes += 2 * (m.in_features * m.out_features + (m.out_features if m.bias is not None else 0))
+        q_bits += m.bits_per_weight() * m.in_features * m.out_features
+        q_weights += m.in_features * m.out_features
+    kept: dict[str, Any] = {}
+    persistent = set(transformer.state_dict().keys())
+    for n, t in _kept_tensors(transformer).items():
+        is_param = isinstance(t, nn.Parameter)
+        store = t.detach()
+        if kept_dtype is not None and store.is_floating_point() and store.element_size() > 2:
+            store = store.to(kept_dtype)
+        tensors[n] = store
+        kept[n] = {"kind": "parameter" if is_param else "buffer", "dtype": str(t.dtype).removeprefix("torch."),
+                   "shape": list(t.shape), "persistent": n in persistent}
+        if t.is_floating_point():
+            fp16_bytes += 2 * t.numel()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    tpath = directory / TENSORS_NAME
+    atomic_write(tpath, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT_ID}))
+    tbytes = tpath.stat().st_size
+    stats = {
+        "bits_per_weight": q_bits / max(1, q_weights),
+        "quantized_weights": q_weights,
+        "file_bytes": tbytes,
+        "fp16_bytes": fp16_bytes,
+        "file_ratio_vs_fp16": tbytes / max(1, fp16_bytes),
+    }
+    meta = {
+        "format": FORMAT_ID, "version": FORMAT_VERSION, "model": model_fingerprint(transformer),
+        "config": config.to_dict() if hasattr(config, "to_dict") else config,
+        "tensors_file": TENSORS_NAME, "tensors_bytes": tbytes, "layers": layers, "kept": kept, "stats": stats,
+        "extra": extra or {},
+    }
+    atomic_write_json(directory / CONFIG_NAME, meta)
+    return stats
+
+
+def _fail(msg: str) -> QuantizedCheckpointError:
+    return QuantizedCheckpointError(msg)
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise _fail(f"quantized folder {directory} does not exist: pass the --out folder of `ditaccel quantize`")
+    cpath = directory / CONFIG_NAME
+    if not cpath.is_file():
+        raise _fail(f"{cpath} is missing: this is not a quantized folder; re-run `ditaccel quantize --out {directory}`")
+    try:
+        meta = json.loads(cpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _fail(f"{cpath} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): re-run `ditaccel quantize`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_ID:
+        raise _fail(f"{cpath} is not a ditaccel quantized config: re-run `ditaccel quantize`")
+    if int(meta.get("version", 0)) > FORMAT_VERSION:
+        raise _fail(f"{cpath} has format version {meta.get('version')}, newer than this ditaccel: upgrade ditaccel")
+    for key in ("model", "layers", "kept", "tensors_bytes"):
+        if key not in meta:
+            raise _fail(f"{cpath} lacks '{key}': the folder is damaged; re-run `ditaccel quantize`")
+    tpath = directory / meta.get("tensors_file", TENSORS_NAME)
+    if not tpath.is_file():
+        raise _fail(f"{tpath} is missing: copy the whole quantized folder or re-run `ditaccel quantize`")
+    size = tpath.stat().st_size
+    if size != int(meta["tensors_bytes"]):
+        raise _fail(f"{tpath} is truncated or altered ({size} bytes, expected {meta['tensors_bytes']}): "
+                    "copy it again or re-run `ditaccel quantize`")
+    return meta
+
+
+def _build_empty(meta: dict[str, Any]) -> nn.Module:
+    import diffusers
+
+    cls = getattr(diffusers, meta["model"]["class"], None)
+    if cls is None:
+        raise _fail(f"diffusers has no class {meta['model']['class']}: upgrade diffusers")
+    with torch.device("meta"):
+        return cls.from_config(meta["model"]["config"])
+
+
+def load_quantized(directory: str | os.PathLike, pipe: Any, kernel: str = "portable") -> nn.Module:
+    """Replace ``pipe.transformer`` 's linears with ``QuantLinear`` s read from ``directory``.
+
+    ``pipe`` may also be a bare transformer. If ``pipe.transformer`` is ``None`` (pipeline
+    loaded with ``transformer=None``) the transformer is built from the stored config
+    with no weights at all. ``kernel`` (e.g. ``"torchao-fp8"``) swaps the portable
+    layers for torchao kernels after loading. Returns the quantized transformer.
+    """
+    directory = Path(directory)
+    if kernel != "portable":
+        from ditaccel.quant.kernels import check_kernel
+
+        check_kernel(kernel)  # fail before any work
+    meta = _read_meta(directory)
+    is_module = isinstance(pipe, nn.Module)
+    transformer = pipe if is_module else getattr(pipe, "transformer", None)
+    if transformer is None:
+        transformer = _build_empty(meta)
+        if not is_module and pipe is not None:
+            pipe.transformer = transformer
+    want = meta["model"]
+    have = model_fingerprint(transformer)
+    if have["class"] != want["class"]:
+        raise _fail(f"{directory} was quantized from a {want['class']}, not a {have['class']}: "
+                    "load it into the pipeline it was made from")
+    if have["config_hash"] != want["config_hash"]:
+        raise _fail(f"{directory} was quantized from another {want['class']} (config {want['config_hash']} "
+                    f"!= {have['config_hash']}): load it into the model it was made from")
+    tpath = directory / meta.get("tensors_file", TENSORS_NAME)
+    try:
+        with safe_open(str(tpath), framework="pt") as f:
+            names = set(f.keys())
+            data = {k: f.get_tensor(k) for k in names}
+    except Exception as e:  # safetensors raises its own error types for damaged headers
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise _fail(f"{tpath} cannot be read ({first}): the file is damaged; re-run `ditaccel quantize`") from None
+
+    def need(key: str) -> torch.Tensor:
+        if key not in data:
+            raise _fail(f"{tpath} lacks tensor {key}: the folder is damaged; re-run `ditaccel quantize`")
+        return data[key]
+
+    for n, spec in meta["layers"].items():
+        try:
+            old = transformer.get_submodule(n)
+        except AttributeError:
+            raise _fail(f"{directory} quantizes layer {n}, which this {have['class']} lacks: "
+                        "load it into the model it was made from") from None
+        shape_ok = isinstance(old, nn.Linear | QuantLinear) and (old.in_features, old.out_features) == (
+            spec["in_features"], spec["out_features"])
+        if not shape_ok:
+            raise _fail(f"layer {n} does not match {directory} (expected Linear {spec['in_features']}->"
+                        f"{spec['out_features']}): load it into the model it was made from")
+        device = _module_device(old)
+        dtype = _module_dtype(old) or _DTYPES.get(spec.get("compute_dtype", "float32"), torch.float32)
+        q = QuantLinear(spec["in_features"], spec["out_features"], spec["format"], spec["group_size"],
+                        bias=spec["bias"], act_format=spec.get("act_format"),
+                        out_act_format=spec.get("out_act_format"), compute_dtype=dtype, device="cpu")
+        for buf in ("qweight", "scales", "zeros"):
+            target = getattr(q, buf)
+            if target.numel() == 0 and f"{n}.{buf}" not in data:
+                continue
+            t = need(f"{n}.{buf}")
+            if t.shape != target.shape or t.dtype != target.dtype:
+                raise _fail(f"tensor {n}.{buf} in {tpath} has shape {tuple(t.shape)}/{t.dtype}, expected "
+                            f"{tuple(target.shape)}/{target.dtype}: the file is damaged; re-run `ditaccel quantize`")
+            target.copy_(t)
+        if spec["bias"]:
+            b = need(f"{n}.bias")
+            if b.shape != (spec["out_features"],):
+                raise _fail(f"tensor {n}.bias in {tpath} has shape {tuple(b.shape)}: the file is damaged")
+            q.bias = nn.Parameter(b.clone(), requires_grad=False)
+        if device is not None and device.type != "meta":
+            q = q.to(device)
+        parent, leaf = _owner(transformer, n)
+        setattr(parent, leaf, q)
+    for n, spec in meta["kept"].items():
+        t = need(n)
+        if list(t.shape) != spec["shape"]:
+            raise _fail(f"tensor {n} in {tpath} has shape {tuple(t.shape)}, expected {tuple(spec['shape'])}: "
+                        "the file is damaged; re-run `ditaccel quantize`")
+        try:
+            owner, leaf = _owner(transformer, n)
+        except AttributeError:
+            raise _fail(f"{directory} holds {n}, which this {have['class']} lacks: load it into the model it was "
+                        "made from") from None
+        cur = owner._parameters.get(leaf) if leaf in owner._parameters else owner._buffers.get(leaf)
+        if cur is not None and cur.device.type != "meta":
+            if tuple(cur.shape) != tuple(t.shape):
+                raise _fail(f"tensor {n} has shape {tuple(cur.shape)} here but {tuple(t.shape)} in {directory}: "
+                            "load it into the model it was made from")
+            val = t.to(device=cur.device, dtype=cur.dtype)
+            req = cur.requires_grad if isinstance(cur, nn.Parameter) else False
+        else:
+            val = t.to(_DTYPES.get(spec["dtype"], t.dtype))
+            req = False
+        if spec["kind"] == "parameter":
+            owner._parameters[leaf] = nn.Parameter(val, requires_grad=req)
+        else:
+            owner._buffers[leaf] = val
+            if not spec.get("persistent", True):
+                owner._non_persistent_buffers_set.add(leaf)
+    left = [n for n, t in list(transformer.named_parameters()) + list(transformer.named_buffers())
+            if t.device.type == "meta"]
+    if left:
+        raise _fail(f"{directory} does not provide {left[0]} (and {len(left) - 1} more): "
+                    "load it into the model it was made from")
+    transformer.eval()
+    if kernel != "portable":
+        from ditaccel.quant.kernels import apply_kernel
+
+        apply_kernel(transformer, kernel)
+    return transformer
+
+
+def _module_device(m: nn.Module) -> torch.device | None:
+    for t in list(m.parameters()) + list(m.buffers()):
+        return t.device
+    return None
+
+
+def _module_dtype(m: nn.Module) -> torch.dtype | None:
+    if isinstance(m, QuantLinear):
+        return m.compute_dtype
+    for t in m.parameters():
+        if t.is_floating_point() and t.device.type != "meta":
+            return t.dtype
+    return None
+
+
+def checkpoint_stats(directory: str | os.PathLike) -> dict[str, Any]:
+    """The size statistics stored with a quantized folder (bits/weight, file size vs fp16)."""
+    return dict(_read_meta(Path(directory))["stats"])
+
+
+def loaded_weight_bytes(transformer: nn.Module) -> int:
+    """Weight memory of a (loaded) transformer: parameters + buffers, in bytes."""
+    return weight_bytes(transformer)

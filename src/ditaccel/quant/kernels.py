@@ -1,0 +1,93 @@
+"""Optional hardware kernels through torchao; the portable path needs none of this.
+
+E3M0, E1M2 and E3M4 are not hardware formats, so the kernels re-express the quantized
+weights in the nearest hardware format: FP8 E4M3 with per-row scales on Hopper
+(``torchao-fp8``, weights then take 8 bits) or MXFP4 / NVFP4 E2M1 with their own block
+scales on Blackwell. Activations then use the kernel's own dynamic quantization.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ditaccel.errors import DitaccelError
+
+__all__ = ["KERNELS", "check_kernel", "apply_kernel", "kernel_available"]
+
+#: kernel name -> (minimum CUDA compute capability, torchao module, config class name)
+KERNELS: dict[str, tuple[tuple[int, int], str, str]] = {
+    "torchao-fp8": ((8, 9), "torchao.quantization", "Float8DynamicActivationFloat8WeightConfig"),
+    "torchao-mxfp4": ((10, 0), "torchao.prototype.mx_formats", "MXFPInferenceConfig"),
+    "torchao-nvfp4": ((10, 0), "torchao.prototype.mx_formats", "NVFP4InferenceConfig"),
+}
+
+
+def check_kernel(kernel: str) -> None:
+    """Raise a one-line ``DitaccelError`` naming what is missing for ``kernel``."""
+    if kernel == "portable":
+        return
+    if kernel not in KERNELS:
+        raise DitaccelError(f"unknown kernel {kernel!r}: use portable, {', '.join(KERNELS)}")
+    need, mod, cls = KERNELS[kernel]
+    try:
+        import importlib
+
+        module = importlib.import_module(mod)
+    except ImportError:
+        raise DitaccelError(
+            f"kernel {kernel!r} needs torchao ({mod}): pip install 'ditaccel[torchao]', or use kernel='portable'"
+        ) from None
+    if not hasattr(module, cls):
+        raise DitaccelError(f"kernel {kernel!r} needs {mod}.{cls}, which this torchao lacks: upgrade torchao")
+    if not torch.cuda.is_available():
+        raise DitaccelError(f"kernel {kernel!r} needs a CUDA GPU (compute capability >= {need[0]}.{need[1]}): "
+                            "use kernel='portable' on this machine")
+    cap = torch.cuda.get_device_capability()
+    if cap < need:
+        raise DitaccelError(f"kernel {kernel!r} needs compute capability >= {need[0]}.{need[1]}, this GPU has "
+                            f"{cap[0]}.{cap[1]}: use kernel='portable' or torchao-fp8 on Hopper")
+
+
+def kernel_available(kernel: str) -> bool:
+    """Whether :func:`check_kernel` would pass here."""
+    try:
+        check_kernel(kernel)
+    except DitaccelError:
+        return False
+    return True
+
+
+def _config(kernel: str) -> Any:
+    import importlib
+
+    _, mod, cls = KERNELS[kernel]
+    klass = getattr(importlib.import_module(mod), cls)
+    if kernel == "torchao-fp8":
+        from torchao.quantization import PerRow
+
+        return klass(granularity=PerRow())
+    return klass()
+
+
+def apply_kernel(transformer: nn.Module, kernel: str) -> None:
+    """Swap every ``QuantLinear`` for a torchao-quantized linear holding the same grid values."""
+    from ditaccel.quant.linear import QuantLinear
+
+    check_kernel(kernel)
+    from torchao.quantization import quantize_ as ao_quantize_
+
+    names = [n for n, m in transformer.named_modules() if isinstance(m, QuantLinear)]
+    for n in names:
+        q: QuantLinear = transformer.get_submodule(n)
+        dtype = q.compute_dtype or torch.bfloat16
+        lin = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None, device=q.qweight.device, dtype=dtype)
+        with torch.no_grad():
+            lin.weight.copy_(q.dequantize(dtype))
+            if q.bias is not None:
+                lin.bias.copy_(q.bias.to(dtype))
+        ao_quantize_(lin, _config(kernel))
+        parent, _, leaf = n.rpartition(".")
+        setattr(transformer.get_submodule(parent) if parent else transformer, leaf, lin)
