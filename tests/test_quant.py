@@ -402,3 +402,16 @@ def test_standalone_linear_gets_layer_reconstruction(pixart):
     for name in ("caption_projection.linear_1", "caption_projection.linear_2"):
         assert isinstance(tr.get_submodule(name), QuantLinear)
         assert rep.block_mse[name] <= rep.block_mse_rtn[name]
+
+
+def test_schedule_macs_unchanged_by_quantization():
+    """The adapters count QuantLinear like the Linear it replaced, so search cost stays right."""
+    from ditaccel.caching import presets, schedule_macs
+    from ditaccel.quant import FP4DiTConfig, quantize_
+    from ditaccel.testing.replicas import build_pipeline
+
+    pipe = build_pipeline("pixart-alpha")
+    sched = presets.fora(pipe, 2, steps=4)
+    before = schedule_macs(pipe, sched, 16, 16, 2)
+    quantize_(pipe.transformer, FP4DiTConfig(adaround=False, acts="none", progress=False))
+    assert schedule_macs(pipe, sched, 16, 16, 2) == before > 0

@@ -35,9 +35,16 @@ class BlockSpec:
     components: tuple[str | None, ...]
 
 
+def is_linear(m: nn.Module) -> bool:
+    """An ``nn.Linear`` or a drop-in replacement for one (e.g. ``ditaccel.quant.QuantLinear``)."""
+    return isinstance(m, nn.Linear) or (
+        hasattr(m, "in_features") and hasattr(m, "out_features") and next(m.children(), None) is None
+    )
+
+
 def linear_macs(layer: nn.Module, rows: int) -> int:
     """MACs of one Linear (``rows`` input rows) or one patchifying Conv2d (``rows`` output positions)."""
-    if isinstance(layer, nn.Linear):
+    if is_linear(layer):
         return rows * layer.in_features * layer.out_features
     if isinstance(layer, nn.Conv2d):
         kh, kw = layer.kernel_size
@@ -81,7 +88,7 @@ def attention_macs(attn: nn.Module, batch: int, n_q: int, n_kv: int | None = Non
 
 def module_linear_macs(module: nn.Module, batch: int, rows: int) -> int:
     """MACs of every Linear inside ``module`` when each sees ``rows`` tokens (feed-forwards, MLPs)."""
-    return batch * sum(linear_macs(m, rows) for m in module.modules() if isinstance(m, nn.Linear))
+    return batch * sum(linear_macs(m, rows) for m in module.modules() if is_linear(m))
 
 
 class Adapter:
@@ -172,7 +179,7 @@ class Adapter:
                 inside.add(id(m))
         total = 0
         for name, m in self.transformer.named_modules():
-            if id(m) in inside or not isinstance(m, (nn.Linear, nn.Conv2d)):
+            if id(m) in inside or not (is_linear(m) or isinstance(m, nn.Conv2d)):
                 continue
             rows = self._rest_rows(name, image_tokens, text_len)
             total += batch * linear_macs(m, rows)

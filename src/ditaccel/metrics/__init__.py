@@ -1,0 +1,86 @@
+"""Quality metrics behind one registry, so the search, ``eval`` and the benchmarks agree.
+
+Why a registry: the search needs a quality number per candidate, and which metric fits
+depends on what the user has. The bundled model has an exact checker (``adherence``); any
+model can be scored for fidelity to its own uncached images (``psnr``, ``ssim``); learned
+metrics (``clip``, ``imagereward``, ``hpsv2``) and ``fid`` need weights that cannot be
+downloaded here, so they take local paths (arguments or environment variables) and refuse
+with one line, naming what to provide, before any image is generated.
+
+Every metric answers ``score(images, prompts, references=None) -> float``, higher is better
+(``fid`` reports ``-FID`` there; ``fid_value`` gives the plain number).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ditaccel.errors import DitaccelError
+from ditaccel.metrics.base import Metric
+from ditaccel.metrics.fidelity import PSNR, SSIM, AdherenceMetric, psnr, ssim
+
+# name -> (factory, one-line description)
+_REGISTRY: dict[str, tuple[Callable[..., Metric], str]] = {}
+
+
+def register_metric(name: str, factory: Callable[..., Metric], description: str) -> None:
+    """Add a metric under ``name`` (a factory taking the metric's path keyword arguments)."""
+    _REGISTRY[name] = (factory, description)
+
+
+def available_metrics() -> dict[str, str]:
+    """Every registered metric name with a one-line description (what it needs)."""
+    return {name: desc for name, (_, desc) in _REGISTRY.items()}
+
+
+def get_metric(name: str, **paths: Any) -> Metric:
+    """The metric ``name``, built and checked: missing weights raise ``MissingWeightsError`` now.
+
+    ``paths`` are the metric's local weight locations (e.g. ``clip_path=...``); ones left out
+    come from the environment variables named in ``available_metrics()``.
+    """
+    if name not in _REGISTRY:
+        raise DitaccelError(f"unknown metric {name!r}; use one of: {', '.join(_REGISTRY)}")
+    factory, _ = _REGISTRY[name]
+    return factory(**{k: v for k, v in paths.items() if v is not None})
+
+
+def _external(kind: str) -> Callable[..., Metric]:
+    def make(**paths: Any) -> Metric:
+        from ditaccel.metrics import external
+
+        return getattr(external, kind)(**paths)
+
+    return make
+
+
+register_metric("adherence", lambda **_: AdherenceMetric(),
+                "shapes-world checker: fraction of images whose colour, shape, size and position match (bundled model)")
+register_metric("psnr", lambda **_: PSNR(), "PSNR (dB) to the uncached images with the same prompts and seeds")
+register_metric("ssim", lambda **_: SSIM(), "SSIM to the uncached images with the same prompts and seeds")
+register_metric("clip", _external("ClipScore"),
+                "CLIP score (torchmetrics); needs a transformers CLIP folder: clip_path= or $DITACCEL_CLIP")
+register_metric("imagereward", _external("ImageRewardMetric"),
+                "ImageReward; needs ImageReward.pt (imagereward_path= / $DITACCEL_IMAGEREWARD), med_config.json "
+                "(med_config= / $DITACCEL_IMAGEREWARD_MED_CONFIG) and a bert-base-uncased tokenizer folder "
+                "(bert_path= / $DITACCEL_BERT)")
+register_metric("hpsv2", _external("HPSv2Metric"),
+                "HPSv2; needs its checkpoint (hpsv2_path= / $DITACCEL_HPSV2) and open_clip ViT-H-14 weights "
+                "(open_clip_path= / $DITACCEL_OPEN_CLIP)")
+register_metric("fid", _external("FIDMetric"),
+                "FID (set metric, torchmetrics); needs Inception weights (inception_path= / $DITACCEL_INCEPTION) "
+                "and a reference image folder or .npz stats (fid_reference= / $DITACCEL_FID_REF)")
+
+
+def env_path(arg: str | os.PathLike | None, env: str) -> str | None:
+    """``arg`` if given, else the environment variable ``env`` (None when neither is set)."""
+    if arg is not None:
+        return os.fspath(arg)
+    value = os.environ.get(env)
+    return value or None
+
+
+__all__ = ["PSNR", "SSIM", "AdherenceMetric", "Metric", "available_metrics", "env_path", "get_metric", "psnr",
+           "register_metric", "ssim"]

@@ -1,0 +1,139 @@
+"""``ditaccel search`` and ``ditaccel frontier``: argument parsing over ``ditaccel.search``, output with rich.
+
+``ditaccel.cli`` registers them with ``add_parsers(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ditaccel.errors import DitaccelError
+
+console = Console()
+
+
+def _metric_paths(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise DitaccelError(f"--metric-path {item!r} is not KEY=PATH (e.g. clip_path=/models/clip)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register the ``search`` and ``frontier`` subcommands."""
+    from ditaccel.cli import _add_model_args
+
+    s = subparsers.add_parser("search", help="learn a Pareto frontier of caching schedules (ECAD, NSGA-II)")
+    _add_model_args(s)
+    s.add_argument("--prompts", default=None,
+                   help="prompt set or file (default: the bundled model's 36 calibration prompts, else parti[:32])")
+    s.add_argument("--seeds", default="0", help="seeds per prompt, e.g. 0,1,2 or 0-9 (default 0)")
+    s.add_argument("--metric", default=None,
+                   help="quality metric: adherence (default on the bundled model), psnr (default elsewhere), "
+                        "ssim, clip, imagereward, hpsv2, fid")
+    s.add_argument("--metric-path", action="append", metavar="KEY=PATH",
+                   help="local weights for the metric, e.g. clip_path=/models/clip (repeatable)")
+    s.add_argument("--population", type=int, default=None,
+                   help="NSGA-II population (default 72; 24 on the bundled model)")
+    s.add_argument("--generations", type=int, default=None, help="generations (default 12; 6 on the bundled model)")
+    s.add_argument("--seed", type=int, default=0, help="GA random seed (same seed, same frontier)")
+    s.add_argument("--init", default="presets", help="'presets' or a previous search folder to start from")
+    s.add_argument("--out", type=Path, default=Path("runs/search"), help="output folder (default runs/search)")
+    s.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
+    s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="evaluate on Ray workers (no ADDRESS: a local Ray with --ray-workers processes)")
+    s.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: GPUs, else 2 locally)")
+    s.add_argument("--batch-size", type=int, default=64, help="images per pipeline call (default 64)")
+    s.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    s.add_argument("--cost", choices=("macs", "latency"), default="macs", help="cost objective (default macs)")
+    s.set_defaults(func=cmd_search)
+
+    f = subparsers.add_parser("frontier", help="print a search's frontier, or write the schedule you pick")
+    f.add_argument("dir", type=Path, help="folder written by `ditaccel search`")
+    pick = f.add_mutually_exclusive_group()
+    pick.add_argument("--select", default=None, metavar="SPEEDUP", help="the point closest to this speedup, e.g. 2.5x")
+    pick.add_argument("--min-quality", type=float, default=None, help="the fastest point with at least this quality")
+    f.add_argument("--out", type=Path, default=None, help="schedule file to write (default DIR/selected.json)")
+    f.add_argument("--json", action="store_true", help="print the frontier as JSON")
+    f.set_defaults(func=cmd_frontier)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ditaccel.cli import _load
+    from ditaccel.search import SearchConfig, search
+
+    if args.population is not None and args.population < 4:  # checked again by the library; here before the model loads
+        raise DitaccelError(f"--population must be at least 4, got {args.population}")
+    if args.ray_workers is not None and args.ray is None:
+        raise DitaccelError("--ray-workers needs --ray")
+    call_kwargs = {"num_inference_steps": args.steps} if args.steps else {}
+    cfg = SearchConfig(prompts=args.prompts, seeds=args.seeds, metric=args.metric,
+                       metric_paths=_metric_paths(args.metric_path), population=args.population,
+                       generations=args.generations, seed=args.seed, init=args.init,
+                       out=args.out, resume=args.resume, batch_size=args.batch_size, call_kwargs=call_kwargs,
+                       cost=args.cost, ray_address=args.ray, ray_workers=args.ray_workers, progress=True)
+    if args.metric:  # fail on an unknown metric or missing weights before loading the model
+        from ditaccel.metrics import get_metric
+
+        get_metric(args.metric, **cfg.metric_paths)
+    if args.out.exists() and not args.resume and ((args.out / "checkpoint").exists()
+                                                   or (args.out / "candidates.jsonl").exists()):
+        raise DitaccelError(f"--out {args.out} already holds a search; pass --resume to continue it or choose "
+                            f"another --out")
+    if args.ray is not None:  # each worker loads the same model (and quantized weights) once
+        cfg.loader = "ditaccel.search.backend:load_for_worker"
+        cfg.loader_args = [args.model, args.device, None if args.quantized is None else str(args.quantized)]
+    pipe = _load(args)
+    frontier = search(pipe, cfg)
+    _print_table(frontier)
+    info = frontier.info.get("block_component_evaluations", {})
+    console.print(f"{frontier.info.get('evaluations', 0)} schedules evaluated; block-component evaluations "
+                  f"{info.get('done', 0):,} (separately {info.get('separately', 0):,}, "
+                  f"saving {info.get('saving', 1.0):.2f}x). Wrote {args.out}/frontier.json, frontier.png, schedules/")
+    return 0
+
+
+def _print_table(frontier: Any) -> None:
+    base = frontier.baseline.get("quality")
+    t = Table(title=f"{frontier.family} frontier ({frontier.metric}; no cache: "
+                    f"{'?' if base is None else f'{base:.4g}'})")
+    for col in ("point", "speedup (MACs)", frontier.metric, "vs no cache", "schedule"):
+        t.add_column(col, justify="left" if col in ("point", "schedule") else "right")
+    for row in frontier.table():
+        delta = "" if row["delta"] is None else f"{row['delta']:+.4g}"
+        t.add_row(row["name"], f"{row['speedup']:.2f}x", f"{row['quality']:.4g}", delta,
+                  f"schedules/{row['name']}.json")
+    fora = sorted((p for p in frontier.presets if str(p["name"]).startswith("fora(")), key=lambda p: p["speedup"])
+    for p in fora:
+        d = "" if base is None else f"{p['quality'] - base:+.4g}"
+        t.add_row(f"[dim]{p['name']}[/dim]", f"[dim]{p['speedup']:.2f}x[/dim]", f"[dim]{p['quality']:.4g}[/dim]",
+                  f"[dim]{d}[/dim]", "[dim]preset[/dim]")
+    console.print(t)
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from ditaccel.search import load_frontier, select
+
+    frontier = load_frontier(args.dir)
+    if args.select is None and args.min_quality is None:
+        if args.out is not None:
+            raise DitaccelError("--out needs --select or --min-quality")
+        if args.json:
+            print(json.dumps(frontier.to_dict(), indent=2))
+        else:
+            _print_table(frontier)
+        return 0
+    out = args.out or args.dir / "selected.json"
+    point = select(frontier, speedup=args.select, min_quality=args.min_quality, out=out)
+    console.print(f"selected {point.name}: {point.speedup:.2f}x MACs speedup, {frontier.metric} "
+                  f"{point.quality:.4g}; wrote {out}")
+    return 0

@@ -1,0 +1,479 @@
+"""``search(pipe, SearchConfig(...)) -> Frontier``: ECAD's NSGA-II over cache schedules.
+
+The GA is pymoo's NSGA-II with the paper's operators (4-point crossover p=0.9, bit-flip
+mutation of about one bit per child, binary tournament, rank-and-crowding survival, duplicate
+elimination) and the constraint "differs from all-recompute". What we add is cost control:
+
+- every genome is evaluated at most once (a cache keyed by its packed bits);
+- a generation's new genomes share their common schedule prefixes (``evaluate.py``);
+- ``checkpoint`` is written atomically after every generation. ``resume`` replays the GA from
+  the seed with the cached evaluations, which reproduces the uninterrupted run exactly and
+  costs only milliseconds per replayed generation, with no pickle of pymoo's internals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ditaccel._io import atomic_write_json, atomic_write_text
+from ditaccel.caching import CacheSchedule, schedule_macs
+from ditaccel.errors import DitaccelError
+from ditaccel.models import get_adapter, get_transformer, vae_factor
+from ditaccel.pipeline import BUNDLED_DIR, pipeline_call_kwargs
+from ditaccel.search.frontier import Frontier, FrontierPoint, non_dominated, write_frontier
+from ditaccel.search.genome import (
+    canonical,
+    frontier_population,
+    initial_population,
+    pack,
+    preset_population,
+    unpack,
+)
+
+CHECKPOINT_FORMAT = "ditaccel.search_checkpoint"
+DEFAULT_POPULATION, DEFAULT_GENERATIONS = 72, 12  # the paper's population; generations are user-sized
+# The bundled model on 2 CPU cores: ~3.7 CPU-s per candidate, so a 10-minute budget holds ~150 candidates.
+BUNDLED_POPULATION, BUNDLED_GENERATIONS = 24, 6
+
+
+@dataclass
+class SearchConfig:
+    """What to search and how. Every field has a default that fits the bundled model.
+
+    ``prompts``: a list, a prompt set name or a file (default: the bundled model's 36
+    calibration prompts, else the first 32 PartiPrompts). ``seeds``: a list or '0-2' (default
+    [0]); every prompt is generated with every seed. ``metric``: a ``ditaccel.metrics`` name
+    (default ``adherence`` on the bundled model, ``psnr`` elsewhere). ``init``: ``"presets"`` or
+    a previous search folder. ``cost``: ``"macs"`` (analytic) or ``"latency"`` (measured, one
+    prompt per candidate). ``ray_address``: None (in-process), ``"local"`` (start Ray here with
+    ``ray_workers``) or a cluster address; workers build the pipeline with ``loader``
+    (``"module:function"``, default ``ditaccel.pipeline:load_pipeline``) and ``loader_args``
+    (default: the model the pipe was loaded from).
+    """
+
+    prompts: Sequence[str] | str | None = None
+    seeds: Sequence[int] | str | None = None
+    metric: str | None = None
+    metric_paths: dict[str, Any] = field(default_factory=dict)
+    population: int | None = None
+    generations: int | None = None
+    seed: int = 0
+    init: str | os.PathLike = "presets"
+    out: str | os.PathLike | None = None
+    resume: bool = False
+    batch_size: int = 64
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
+    cost: str = "macs"
+    ray_address: str | None = None
+    ray_workers: int | None = None
+    loader: str | None = None
+    loader_args: list[Any] | None = None
+    share_prefixes: bool = True
+    progress: bool = False
+
+
+def _is_bundled(pipe: Any) -> bool:
+    src = getattr(pipe, "_ditaccel_source", None)
+    return src is not None and Path(src).resolve() == BUNDLED_DIR.resolve()
+
+
+@dataclass
+class _Plan:
+    """Everything resolved and checked before any work starts."""
+
+    prompts: list[str]
+    seeds: list[int]
+    metric: str
+    steps: int
+    height: int
+    width: int
+    call_kwargs: dict[str, Any]
+    named: list[tuple[str, np.ndarray]]
+    shape: tuple[int, int, int]
+    fingerprint: dict[str, Any]
+    out: Path | None
+    resume_state: dict[str, Any] | None
+    needs_reference: bool = False
+
+
+def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
+    from ditaccel.metrics import get_metric
+    from ditaccel.prompts import load_prompts, parse_seeds
+
+    bundled = _is_bundled(pipe)
+    if cfg.population is None:
+        cfg.population = BUNDLED_POPULATION if bundled else DEFAULT_POPULATION
+    if cfg.generations is None:
+        cfg.generations = BUNDLED_GENERATIONS if bundled else DEFAULT_GENERATIONS
+    if not isinstance(cfg.population, int) or cfg.population < 4:
+        raise DitaccelError(f"population must be at least 4 (NSGA-II needs pairs to mate), got {cfg.population}")
+    if not isinstance(cfg.generations, int) or cfg.generations < 1:
+        raise DitaccelError(f"generations must be at least 1, got {cfg.generations}")
+    if cfg.batch_size < 1:
+        raise DitaccelError(f"batch size must be at least 1, got {cfg.batch_size}")
+    if cfg.cost not in ("macs", "latency"):
+        raise DitaccelError(f"unknown cost {cfg.cost!r}; use macs or latency")
+    a = get_adapter(pipe)
+    metric = cfg.metric or ("adherence" if bundled else "psnr")
+    m = get_metric(metric, **cfg.metric_paths)  # unknown metric / missing weights: one line, now
+    if cfg.prompts is None:
+        prompts = load_prompts("calibration") if metric == "adherence" else load_prompts("parti", limit=32)
+    elif isinstance(cfg.prompts, str):
+        prompts = load_prompts(cfg.prompts)
+    else:
+        prompts = [str(p) for p in cfg.prompts]
+    if not prompts:
+        raise DitaccelError("no prompts to calibrate on; pass prompts")
+    seeds = parse_seeds(cfg.seeds) if isinstance(cfg.seeds, str) else [int(s) for s in (cfg.seeds or [0])]
+    pairs_p = [p for p in prompts for _ in seeds]
+    pairs_s = [s for _ in prompts for s in seeds]
+    m.validate_prompts(pairs_p)
+    if m.kind == "set" and len(pairs_p) < 2:
+        raise DitaccelError(f"metric {metric} is a set metric; give it at least 2 images")
+    kw = pipeline_call_kwargs(pipe, **cfg.call_kwargs)
+    params = inspect.signature(pipe.__call__).parameters
+    steps = kw.get("num_inference_steps") or params["num_inference_steps"].default
+    t = get_transformer(pipe)
+    f = vae_factor(pipe)
+    height = int(kw.get("height") or t.config.sample_size * f)
+    width = int(kw.get("width") or t.config.sample_size * f)
+    if str(cfg.init) == "presets":
+        named = preset_population(pipe, steps)
+        init_id = "presets"
+    else:
+        named = frontier_population(pipe, cfg.init, steps)
+        named = [preset_population(pipe, steps)[0], *named, *preset_population(pipe, steps)[1:]]
+        init_id = "frontier:" + hashlib.sha256("".join(pack(b) for _, b in named).encode()).hexdigest()[:16]
+    if cfg.ray_address is not None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise DitaccelError("--ray needs Ray; pip install 'ray[default]>=2.9'") from None
+    shape = (steps, a.num_blocks, len(a.component_names))
+    json_kw = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    fingerprint = {
+        "family": a.family, "shape": list(shape), "components": list(a.component_names),
+        "model": str(getattr(pipe, "_ditaccel_source", type(t).__name__)),
+        "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16], "n_prompts": len(prompts),
+        "seeds": seeds, "metric": metric, "population": cfg.population, "seed": cfg.seed, "init": init_id,
+        "batch_size": cfg.batch_size, "call_kwargs": json_kw, "cost": cfg.cost, "resolution": [height, width],
+    }
+    out = Path(cfg.out) if cfg.out is not None else None
+    resume_state = _check_out(out, fingerprint, cfg.resume)
+    return _Plan(pairs_p, pairs_s, metric, steps, height, width, kw, named, shape, fingerprint, out, resume_state,
+                 m.needs_reference)
+
+
+def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """Refuse a folder holding another search; on resume, return its checkpoint."""
+    if out is None:
+        if resume:
+            raise DitaccelError("resume needs the search folder; pass --out DIR")
+        return None
+    if out.exists() and not out.is_dir():
+        raise DitaccelError(f"--out {out} is a file; pass a folder")
+    ckpt = out / "checkpoint"
+    holds = ckpt.exists() or (out / "candidates.jsonl").exists()
+    if holds and not resume:
+        raise DitaccelError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
+    if not resume or not ckpt.exists():
+        return None
+    try:
+        state = json.loads(ckpt.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise DitaccelError(f"{ckpt} is corrupt; remove {out} and start again") from None
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise DitaccelError(f"{ckpt} is not a ditaccel search checkpoint")
+    if state.get("fingerprint") != fingerprint:
+        old = state.get("fingerprint", {})
+        diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        raise DitaccelError(f"--out {out} holds another search (differs in {', '.join(diff)}); "
+                            f"use the same settings to resume or choose another --out")
+    return state
+
+
+def _read_candidates(out: Path, n: int) -> list[dict[str, Any]]:
+    path = out / "candidates.jsonl"
+    rows = []
+    if path.exists():
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if len(rows) >= n:
+                    break
+                rows.append(json.loads(line))
+    if len(rows) < n:
+        raise DitaccelError(f"{path} has {len(rows)} candidates but the checkpoint counts {n}; remove {out} and restart")
+    return rows
+
+
+class _Progress:
+    """A rich progress bar per generation whose label shows the current best points."""
+
+    def __init__(self, enabled: bool, generations: int) -> None:
+        self.enabled = enabled
+        self.generations = generations
+        self._p: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), TextColumn("{task.fields[best]}"),
+                               console=Console(stderr=True))
+            self._p.start()
+
+    def start(self, gen: int, total: int, best: str) -> Any:
+        if not self.enabled:
+            return None
+        return self._p.add_task(f"gen {gen + 1}/{self.generations}", total=max(total, 1), best=best)
+
+    def advance(self, task: Any, n: int) -> None:
+        if self.enabled and task is not None:
+            self._p.advance(task, n)
+
+    def finish(self, task: Any, total: int, best: str) -> None:
+        if self.enabled and task is not None:
+            self._p.update(task, completed=max(total, 1), total=max(total, 1), best=best)
+
+    def stop(self) -> None:
+        if self.enabled:
+            self._p.stop()
+
+
+def build_algorithm(shape: tuple[int, int, int], population: int, x0: np.ndarray, generations: int,
+                    seed: int) -> tuple[Any, Any]:
+    """pymoo problem and NSGA-II with ECAD's operators, set up for ``generations`` with ``seed``.
+
+    Genomes are the step-major flattened bits; a repair fixes step 0 to "recompute" (the runtime
+    always computes it), so genomes differing only there count as duplicates.
+    """
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.problem import Problem
+    from pymoo.core.repair import Repair
+    from pymoo.operators.crossover.pntx import PointCrossover
+    from pymoo.operators.mutation.bitflip import BitflipMutation
+
+    n_var = int(np.prod(shape))
+    per_step = shape[1] * shape[2]
+
+    class _StepZero(Repair):
+        def _do(self, problem: Any, X: np.ndarray, **kwargs: Any) -> np.ndarray:
+            X = np.asarray(X).astype(bool)
+            X[:, :per_step] = True
+            return X
+
+    problem = Problem(n_var=n_var, n_obj=2, n_ieq_constr=1, xl=0, xu=1, vtype=bool)
+    algorithm = NSGA2(pop_size=population, sampling=x0, crossover=PointCrossover(n_points=4, prob=0.9),
+                      mutation=BitflipMutation(prob=1.0, prob_var=1.0 / n_var), repair=_StepZero(),
+                      eliminate_duplicates=True)
+    algorithm.setup(problem, termination=("n_gen", generations), seed=seed, verbose=False)
+    return problem, algorithm
+
+
+def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
+    """Run the ECAD search on ``pipe`` and return the frontier (also written to ``config.out``)."""
+    from pymoo.core.evaluator import Evaluator
+    from pymoo.problems.static import StaticProblem
+
+    cfg = replace(config) if config is not None else SearchConfig()
+    plan = _resolve(pipe, cfg)
+    a = get_adapter(pipe)
+    shape = plan.shape
+
+    def macs_of(bits: np.ndarray) -> int:
+        return schedule_macs(pipe, CacheSchedule(bits, a.component_names, a.family), plan.height, plan.width, batch=2)
+
+    full_macs = macs_of(np.ones(shape, dtype=bool))
+
+    # -- evaluation cache (and resume) -----------------------------------------------------
+    cache: dict[str, dict[str, Any]] = {}
+    history: list[dict[str, Any]] = []
+    done_gens = 0
+    if plan.resume_state is not None:
+        rows = _read_candidates(plan.out, int(plan.resume_state["candidates"]))  # type: ignore[arg-type]
+        cache = {r["genome"]: r for r in rows}
+        history = list(plan.resume_state.get("history", []))
+        done_gens = int(plan.resume_state["generations_done"])
+        atomic_write_text(plan.out / "candidates.jsonl",  # type: ignore[operator]
+                          "".join(json.dumps(r) + "\n" for r in rows))
+    elif plan.out is not None:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(plan.out / "candidates.jsonl", "")
+
+    backend: Any = None
+
+    def get_backend() -> Any:
+        nonlocal backend
+        if backend is None:
+            kwargs = dict(prompts=plan.prompts, seeds=plan.seeds, batch_size=cfg.batch_size,
+                          call_kwargs=dict(cfg.call_kwargs), metric=plan.metric, metric_paths=dict(cfg.metric_paths),
+                          steps=plan.steps, cost=cfg.cost, share=cfg.share_prefixes)
+            if cfg.ray_address is not None:
+                from ditaccel.search.backend import RayBackend
+
+                loader = cfg.loader or "ditaccel.pipeline:load_pipeline"
+                args = cfg.loader_args
+                if args is None:
+                    src = getattr(pipe, "_ditaccel_source", None)
+                    if src is None:
+                        raise DitaccelError("Ray workers must load the pipeline themselves; pass loader= and "
+                                            "loader_args= (or load the pipe with ditaccel.load_pipeline)")
+                    args = [src]
+                backend = RayBackend(cfg.ray_address, cfg.ray_workers, loader, list(args), kwargs)
+            else:
+                from ditaccel.search.backend import LocalBackend
+
+                backend = LocalBackend(pipe, **kwargs)
+        return backend
+
+    names = {pack(b): n for n, b in plan.named}
+
+    def record(key: str, bits: np.ndarray, res: dict[str, Any], gen: int) -> dict[str, Any]:
+        macs = macs_of(bits)
+        cost = res["latency_s"] if cfg.cost == "latency" else macs / 1e9
+        reuse = int((~canonical(bits)).sum())
+        return {"genome": key, "generation": gen, "name": names.get(key, "offspring" if gen else "mutant"),
+                "quality": res["quality"], "macs": macs, "speedup": full_macs / macs,
+                "objectives": [1.0 - res["quality"], cost], "constraint": 0.5 - reuse, "feasible": reuse > 0,
+                "cost": {"components": res["components"], "components_alone": res["components_alone"]},
+                "details": res.get("details", {}), **({"latency_s": res["latency_s"]} if "latency_s" in res else {})}
+
+    # -- the GA -----------------------------------------------------------------------------
+    x0, _ = initial_population(plan.named, cfg.population, np.random.default_rng(cfg.seed))
+    problem, algorithm = build_algorithm(shape, cfg.population, x0, cfg.generations, cfg.seed)
+
+    bar = _Progress(cfg.progress, cfg.generations)
+    frontier: Frontier | None = None
+    try:
+        for gen in range(cfg.generations):
+            pop = algorithm.ask()
+            X = np.asarray(pop.get("X"), dtype=bool)
+            keys = [pack(x) for x in X]
+            new: dict[str, np.ndarray] = {}
+            for k, x in zip(keys, X, strict=True):
+                if k not in cache and k not in new:
+                    new[k] = x.reshape(shape)
+            t0, c0 = time.perf_counter(), time.process_time()
+            task = bar.start(gen, len(new), _best_label(cache, plan.metric))
+            fresh = []
+            gen_stats = None
+            if new:
+                results, gen_stats = get_backend().evaluate(list(new.values()),
+                                                            on_done=lambda n, t=task: bar.advance(t, n))
+                for (k, bits), res in zip(new.items(), results, strict=True):
+                    cache[k] = record(k, bits, res, gen)
+                    fresh.append(cache[k])
+            F = np.array([cache[k]["objectives"] for k in keys], dtype=float)
+            G = np.array([[cache[k]["constraint"]] for k in keys], dtype=float)
+            Evaluator().eval(StaticProblem(problem, F=F, G=G), pop)
+            algorithm.tell(infills=pop)
+            frontier = _frontier(cache, a, shape, plan, full_macs)
+            bar.finish(task, len(new), _best_label(cache, plan.metric))
+            if plan.out is not None and fresh:
+                _append(plan.out / "candidates.jsonl", fresh)
+            if gen < done_gens:
+                continue  # replayed from the checkpoint: its history entry is already there
+            entry = {"generation": gen, "offspring": len(keys), "new": len(new),
+                     "seconds": round(time.perf_counter() - t0, 3),
+                     "cpu_seconds_here": round(time.process_time() - c0, 3)}
+            if gen_stats is not None:
+                entry.update({"components_live": gen_stats.components_live,
+                              "components_alone": gen_stats.components_alone,
+                              "saving": round(gen_stats.saving, 4)})
+            # the whole generation (re-proposed genomes included) evaluated separately, vs what was done
+            everything = sum(cache[k]["cost"]["components_alone"] for k in set(keys))
+            done = gen_stats.components_live if gen_stats is not None else 0
+            entry["components_generation_alone"] = everything
+            entry["saving_generation"] = round(everything / done, 4) if done else None
+            history.append(entry)
+            if plan.out is not None:
+                frontier.info.update(_summary(history, cache, plan))
+                write_frontier(frontier, plan.out, plot=False)
+                atomic_write_json(plan.out / "checkpoint", {
+                    "format": CHECKPOINT_FORMAT, "version": 1, "fingerprint": plan.fingerprint,
+                    "generations_done": gen + 1, "candidates": len(cache), "history": history,
+                    "config": {k: v for k, v in asdict(cfg).items() if _jsonable(v)}})
+    finally:
+        bar.stop()
+        if backend is not None:
+            backend.close()
+    assert frontier is not None
+    frontier.info.update(_summary(history, cache, plan))
+    if plan.out is not None:
+        write_frontier(frontier, plan.out, plot=True)
+    return frontier
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False
+
+
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _frontier(cache: dict[str, dict[str, Any]], a: Any, shape: tuple[int, int, int], plan: _Plan,
+              full_macs: int) -> Frontier:
+    rows = list(cache.values())
+    feasible = [r for r in rows if r["feasible"]]
+    keep = non_dominated([(r["objectives"][1], r["quality"]) for r in feasible])
+    pts = sorted((feasible[i] for i in keep), key=lambda r: (r["speedup"], r["quality"]))
+    points = []
+    for i, r in enumerate(pts):
+        bits = unpack(r["genome"], shape)
+        name = f"p{i:02d}_{r['speedup']:.2f}x"
+        sched = CacheSchedule(bits, a.component_names, a.family, (plan.height, plan.width),
+                              metrics={plan.metric: r["quality"], "macs": r["macs"], "speedup_macs": r["speedup"]},
+                              meta={"searched_by": "ditaccel.search", "generation": r["generation"],
+                                    "model": plan.fingerprint["model"], "call_kwargs": plan.fingerprint["call_kwargs"]})
+        points.append(FrontierPoint(name, r["speedup"], r["quality"], sched, r["macs"], r["generation"],
+                                    r.get("details", {})))
+    base = next((r for r in rows if r["name"] == "none"), None)
+    if plan.needs_reference:  # the uncached images are the reference itself: no meaningful baseline score
+        baseline = {"quality": None, "macs": full_macs, "note": f"{plan.metric} is measured against this model"}
+    else:
+        baseline = {"quality": base["quality"] if base else None, "macs": full_macs,
+                    "details": base.get("details", {}) if base else {}}
+    presets_pts = [{"name": r["name"], "speedup": r["speedup"], "quality": r["quality"]}
+                   for r in rows if r["name"] not in ("none", "mutant", "offspring") and not r["name"].startswith("init:")]
+    return Frontier(points, a.family, plan.metric, baseline, presets_pts)
+
+
+def _summary(history: list[dict[str, Any]], cache: dict[str, dict[str, Any]], plan: _Plan) -> dict[str, Any]:
+    live = sum(h.get("components_live", 0) for h in history)
+    alone = sum(h.get("components_alone", 0) for h in history)
+    return {"steps": plan.steps, "blocks": plan.shape[1], "components": list(plan.fingerprint["components"]),
+            "resolution": [plan.height, plan.width], "model": plan.fingerprint["model"],
+            "n_images": len(plan.prompts), "seeds": plan.fingerprint["seeds"], "evaluations": len(cache),
+            "generations": len(history), "population": plan.fingerprint["population"],
+            "block_component_evaluations": {"done": live, "separately": alone,
+                                            "saving": round(alone / live, 4) if live else 1.0},
+            "history": history}
+
+
+def _best_label(cache: dict[str, dict[str, Any]], metric: str) -> str:
+    feasible = [r for r in cache.values() if r["feasible"]]
+    if not feasible:
+        return ""
+    keep = non_dominated([(r["objectives"][1], r["quality"]) for r in feasible])
+    pts = sorted((feasible[i] for i in keep), key=lambda r: r["speedup"])
+    picks = pts if len(pts) <= 4 else [pts[int(round(j * (len(pts) - 1) / 3))] for j in range(4)]
+    return f"{len(pts)} pts " + " ".join(f"{r['speedup']:.1f}x:{r['quality']:.3g}" for r in picks)

@@ -1,0 +1,201 @@
+"""The search's result: the non-dominated schedules, their files, the plot, and picking one.
+
+``frontier.json`` holds ``{"points": [{"speedup", "quality", "schedule": "schedules/NAME.json",
+...}], "baseline": {...}, "presets": [...], ...}``; every schedule is a ``CacheSchedule`` file
+ready for ``generate --schedule``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ditaccel._io import atomic_write, atomic_write_json
+from ditaccel.caching import CacheSchedule
+from ditaccel.errors import DitaccelError
+
+FORMAT = "ditaccel.frontier"
+VERSION = 1
+
+
+@dataclass
+class FrontierPoint:
+    """One non-dominated schedule: MACs speedup over all-recompute and its quality."""
+
+    name: str
+    speedup: float
+    quality: float
+    schedule: CacheSchedule
+    macs: int
+    generation: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "speedup": round(self.speedup, 6), "quality": self.quality,
+                "macs": self.macs, "generation": self.generation, "schedule": f"schedules/{self.name}.json",
+                "details": self.details}
+
+
+@dataclass
+class Frontier:
+    """Non-dominated (quality, speedup) points over every evaluated candidate, fastest last."""
+
+    points: list[FrontierPoint]
+    family: str
+    metric: str
+    baseline: dict[str, Any]
+    presets: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = None
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows for printing: name, speedup, quality, quality change vs the uncached model."""
+        base_q = self.baseline.get("quality")
+        return [{"name": p.name, "speedup": p.speedup, "quality": p.quality,
+                 "delta": None if base_q is None else p.quality - base_q, "schedule": p.schedule}
+                for p in self.points]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "family": self.family, "metric": self.metric,
+                "baseline": self.baseline, "points": [p.to_dict() for p in self.points],
+                "presets": self.presets, **self.info}
+
+
+def non_dominated(items: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (cost, quality) pairs no other pair beats: cheaper-or-equal and strictly better, or vice versa.
+
+    Exact ties keep the first index, so the result is deterministic.
+    """
+    order = sorted(range(len(items)), key=lambda i: (items[i][0], -items[i][1], i))
+    keep, best = [], float("-inf")
+    for i in order:
+        if items[i][1] > best:
+            keep.append(i)
+            best = items[i][1]
+    return keep
+
+
+def write_frontier(frontier: Frontier, folder: str | Path, plot: bool = True) -> None:
+    """Write ``frontier.json``, ``schedules/*.json`` (one per point) and ``frontier.png``, atomically."""
+    folder = Path(folder)
+    sched_dir = folder / "schedules"
+    sched_dir.mkdir(parents=True, exist_ok=True)
+    wanted = set()
+    for p in frontier.points:
+        p.path = sched_dir / f"{p.name}.json"
+        wanted.add(p.path.name)
+        p.schedule.save(p.path)
+    for old in sched_dir.glob("*.json"):  # points that left the frontier
+        if old.name not in wanted:
+            old.unlink()
+    atomic_write_json(folder / "frontier.json", frontier.to_dict())
+    frontier.folder = folder
+    if plot:
+        plot_frontier(frontier, folder / "frontier.png")
+
+
+def plot_frontier(frontier: Frontier, path: str | Path) -> None:
+    """Quality against MACs speedup: the frontier as a step line, the presets as labelled crosses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    xs = [p.speedup for p in frontier.points]
+    ys = [p.quality for p in frontier.points]
+    ax.step(xs, ys, where="pre", color="tab:blue", alpha=0.5)
+    ax.scatter(xs, ys, color="tab:blue", zorder=3, label="ECAD frontier")
+    if frontier.presets:
+        px = [p["speedup"] for p in frontier.presets]
+        py = [p["quality"] for p in frontier.presets]
+        ax.scatter(px, py, marker="x", color="tab:orange", zorder=2, label="presets")
+        for p in frontier.presets:
+            if str(p["name"]).startswith("fora("):
+                ax.annotate(p["name"], (p["speedup"], p["quality"]), fontsize=6, alpha=0.7,
+                            xytext=(3, 3), textcoords="offset points")
+    if frontier.baseline.get("quality") is not None:
+        ax.axhline(frontier.baseline["quality"], color="grey", ls="--", lw=0.8, label="no cache")
+    ax.set_xlabel("speedup (transformer MACs, x)")
+    ax.set_ylabel(frontier.metric)
+    ax.set_title(f"{frontier.family}: quality vs speedup")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+
+    def _w(tmp: str) -> None:
+        fig.savefig(tmp, format="png")
+
+    try:
+        atomic_write(path, _w)
+    finally:
+        plt.close(fig)
+
+
+def load_frontier(folder: str | Path) -> Frontier:
+    """Read a search folder's ``frontier.json`` and its schedule files; one-line errors otherwise."""
+    folder = Path(folder)
+    path = folder / "frontier.json"
+    if not path.is_file():
+        raise DitaccelError(f"{folder} holds no frontier.json; pass a folder written by `ditaccel search`")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DitaccelError(f"{path} is not valid JSON ({e}); rerun the search with --resume") from None
+    if d.get("format") != FORMAT:
+        raise DitaccelError(f"{path} is not a ditaccel frontier (format {d.get('format')!r})")
+    points = []
+    for p in d["points"]:
+        sp = folder / p["schedule"]
+        points.append(FrontierPoint(p["name"], float(p["speedup"]), float(p["quality"]), CacheSchedule.load(sp),
+                                    int(p["macs"]), int(p.get("generation", 0)), dict(p.get("details", {})), sp))
+    known = {"format", "version", "family", "metric", "baseline", "points", "presets"}
+    return Frontier(points, d["family"], d["metric"], d.get("baseline", {}), d.get("presets", []),
+                    {k: v for k, v in d.items() if k not in known}, folder)
+
+
+def parse_speedup(text: str | float) -> float:
+    """'2.5x' or '2.5' -> 2.5."""
+    try:
+        value = float(str(text).strip().lower().rstrip("x"))
+    except ValueError:
+        raise DitaccelError(f"cannot read speedup {text!r}; write it like 2.5x") from None
+    if value <= 0:
+        raise DitaccelError(f"speedup must be positive, got {text!r}")
+    return value
+
+
+def select(frontier: Frontier | str | Path, speedup: float | str | None = None, min_quality: float | None = None,
+           out: str | os.PathLike | None = None) -> FrontierPoint:
+    """Pick a frontier point and (with ``out``) write its schedule file.
+
+    ``speedup``: the point closest to it (ties go to the better quality). ``min_quality``: the
+    fastest point whose quality is at least that. Exactly one of the two.
+    """
+    if not isinstance(frontier, Frontier):
+        frontier = load_frontier(frontier)
+    if (speedup is None) == (min_quality is None):
+        raise DitaccelError("pass exactly one of speedup (e.g. 2.5x) or min_quality")
+    if not frontier.points:
+        raise DitaccelError("the frontier is empty; run more generations")
+    if speedup is not None:
+        target = parse_speedup(speedup)
+        point = min(frontier.points, key=lambda p: (abs(p.speedup - target), -p.quality))
+    else:
+        ok = [p for p in frontier.points if p.quality >= float(min_quality)]
+        if not ok:
+            best = max(p.quality for p in frontier.points)
+            raise DitaccelError(f"no frontier point reaches quality {min_quality}; the best is {best:.4g}")
+        point = max(ok, key=lambda p: (p.speedup, p.quality))
+    if out is not None:
+        sched = CacheSchedule(point.schedule.bits, point.schedule.components, point.schedule.family,
+                              point.schedule.resolution, dict(point.schedule.metrics),
+                              {**point.schedule.meta, "selected_from": str(frontier.folder or ""),
+                               "frontier_point": point.name})
+        sched.save(out)
+    return point

@@ -1,0 +1,95 @@
+"""Genomes: a schedule's bits flattened step-major, packed to hex for files and cache keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ditaccel.caching import CacheSchedule, presets
+from ditaccel.errors import DitaccelError
+from ditaccel.models import get_adapter
+
+
+def pack(bits: np.ndarray) -> str:
+    """Hex of the flattened bits (the cache key and the compact form in ``candidates.jsonl``)."""
+    return np.packbits(np.asarray(bits, dtype=bool).reshape(-1)).tobytes().hex()
+
+
+def unpack(text: str, shape: tuple[int, int, int]) -> np.ndarray:
+    n = int(np.prod(shape))
+    raw = np.frombuffer(bytes.fromhex(text), dtype=np.uint8)
+    return np.unpackbits(raw)[:n].astype(bool).reshape(shape)
+
+
+def canonical(bits: np.ndarray) -> np.ndarray:
+    """Step 0 always recomputes at run time, so its bits are fixed to True in every genome."""
+    out = np.array(bits, dtype=bool, copy=True)
+    out[0] = True
+    return out
+
+
+def preset_population(pipe: Any, steps: int) -> list[tuple[str, np.ndarray]]:
+    """The heuristic presets (FORA, attention-only FORA, TGATE, Delta-DiT, even) with all-recompute first."""
+    return [(name, canonical(s.bits)) for name, s in presets.all_presets(pipe, steps)]
+
+
+def frontier_population(pipe: Any, folder: str | Path, steps: int) -> list[tuple[str, np.ndarray]]:
+    """The schedules of a previous search's frontier, resampled to ``steps``; other families are refused."""
+    folder = Path(folder)
+    path = folder / "frontier.json"
+    if not path.is_file():
+        raise DitaccelError(f"--init {folder} has no frontier.json; pass 'presets' or a folder written by search")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DitaccelError(f"{path} is not valid JSON ({e}); pass a folder written by search") from None
+    a = get_adapter(pipe)
+    fam = data.get("family")
+    if fam != a.family:
+        raise DitaccelError(f"--init frontier {folder} was searched on family {fam!r} but the model is {a.family!r}; "
+                            f"use presets or a {a.family} frontier")
+    out = []
+    for p in data.get("points", []):
+        s = CacheSchedule.load(folder / p["schedule"])
+        s.validate_for(pipe)  # block count and components must match; steps may differ
+        if s.steps != steps:
+            s = s.resample(steps)
+        out.append((f"init:{p.get('name', Path(p['schedule']).stem)}", canonical(s.bits)))
+    if not out:
+        raise DitaccelError(f"--init frontier {folder} holds no points; pass 'presets' or another folder")
+    return out
+
+
+def initial_population(named: list[tuple[str, np.ndarray]], size: int, rng: np.random.Generator,
+                       ) -> tuple[np.ndarray, list[str]]:
+    """``size`` distinct genomes: the named ones first (all-recompute included), then mutants of them.
+
+    Mutants flip a few random bits of a random named genome; the caller's seeded ``rng`` makes
+    them reproducible.
+    """
+    seen: set[str] = set()
+    genomes, names = [], []
+    for name, bits in named:
+        key = pack(bits)
+        if key not in seen and len(genomes) < size:
+            seen.add(key)
+            genomes.append(bits)
+            names.append(name)
+    base = list(genomes)
+    tries = 0
+    while len(genomes) < size and tries < 100 * size:
+        tries += 1
+        g = base[int(rng.integers(len(base)))].copy()
+        flat = g.reshape(-1)
+        per_step = g.shape[1] * g.shape[2]
+        for idx in rng.integers(per_step, flat.size, size=int(rng.integers(1, 4))):
+            flat[idx] = not flat[idx]
+        key = pack(g)
+        if key not in seen:
+            seen.add(key)
+            genomes.append(g)
+            names.append("mutant")
+    return np.stack([g.reshape(-1) for g in genomes]), names

@@ -1,0 +1,332 @@
+"""ECAD search on the PixArt-alpha replica: operators, prefix sharing, frontier, resume, Ray, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ditaccel.caching import CacheSchedule, presets
+from ditaccel.errors import DitaccelError, MissingWeightsError
+from ditaccel.search import PrefixEvaluator, SearchConfig, load_frontier, non_dominated, search, select
+from ditaccel.search.engine import build_algorithm
+from ditaccel.search.genome import canonical, initial_population, pack, preset_population, unpack
+from ditaccel.testing.replicas import build_pipeline, call_kwargs
+
+STEPS = 6
+PROMPTS = ["a red fox in the city", "a blue car near the sea"]
+
+
+def _kw() -> dict:
+    kw = dict(call_kwargs("pixart-alpha"))
+    kw.pop("output_type")
+    kw["num_inference_steps"] = STEPS
+    return kw
+
+
+def _cfg(out: Path | None = None, **over) -> SearchConfig:
+    base = dict(prompts=PROMPTS, seeds=[0], metric="psnr", population=6, generations=3, seed=1,
+                call_kwargs=_kw(), out=out, batch_size=8)
+    base.update(over)
+    return SearchConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("pixart-alpha")
+
+
+@pytest.fixture(scope="module")
+def shape(pipe):
+    t = pipe.transformer
+    return (STEPS, len(t.transformer_blocks), 3)
+
+
+class _Calls:
+    """Counts transformer forward calls (to prove refusals happen before any work)."""
+
+    def __init__(self, pipe):
+        self.n = 0
+        self.h = pipe.transformer.register_forward_pre_hook(lambda *_: setattr(self, "n", self.n + 1))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.h.remove()
+
+
+@pytest.fixture(scope="module")
+def full_run(pipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "full"
+    frontier = search(pipe, _cfg(out))
+    return out, frontier
+
+
+# -- operators -----------------------------------------------------------------------------------
+
+
+def test_operators_yield_valid_genomes(pipe, shape):
+    named = preset_population(pipe, STEPS)
+    x0, names = initial_population(named, 12, np.random.default_rng(0))
+    assert names[0] == "none" and len({pack(x) for x in x0}) == 12
+    problem, algo = build_algorithm(shape, 12, x0, 5, seed=3)
+    per_step = shape[1] * shape[2]
+    rng = np.random.default_rng(0)
+    from pymoo.core.evaluator import Evaluator
+    from pymoo.problems.static import StaticProblem
+
+    for gen in range(4):
+        pop = algo.ask()
+        X = np.asarray(pop.get("X"))
+        assert X.dtype == bool and X.shape[1] == int(np.prod(shape))
+        assert X[:, :per_step].all(), "step 0 must always recompute"
+        assert len({pack(x) for x in X}) == len(X), "duplicates must be eliminated"
+        if gen > 0:  # children: each differs from the closest parent in few places
+            parents = np.asarray(algo.pop.get("X"))
+            for x in X:
+                assert (x != parents).sum(axis=1).min() < x.size
+        F = np.column_stack([rng.random(len(X)), X.sum(axis=1) / X.shape[1]])
+        G = (0.5 - (~X).sum(axis=1))[:, None].astype(float)
+        Evaluator().eval(StaticProblem(problem, F=F, G=G), pop)
+        algo.tell(infills=pop)
+
+
+def test_mutation_flips_about_one_bit(shape):
+    from pymoo.core.population import Population
+    from pymoo.operators.mutation.bitflip import BitflipMutation
+
+    n = int(np.prod(shape))
+    problem, _ = build_algorithm(shape, 4, np.ones((4, n), dtype=bool), 1, seed=0)
+    X = np.ones((2000, n), dtype=bool)
+    off = BitflipMutation(prob=1.0, prob_var=1.0 / n).do(problem, Population.new(X=X),
+                                                         random_state=np.random.default_rng(0))
+    flips = (np.asarray(off.get("X")) != X).sum(axis=1)
+    assert 0.8 < flips.mean() < 1.2
+
+
+def test_four_point_crossover_mixes_parents(shape):
+    from pymoo.core.population import Population
+    from pymoo.operators.crossover.pntx import PointCrossover
+
+    n = int(np.prod(shape))
+    problem, _ = build_algorithm(shape, 4, np.ones((4, n), dtype=bool), 1, seed=0)
+    a, b = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
+    pop = Population.new(X=np.stack([a, b]))
+    off = PointCrossover(n_points=4, prob=1.0).do(problem, pop, parents=[[0, 1]],
+                                                  random_state=np.random.default_rng(0))
+    for child in np.asarray(off.get("X")):
+        switches = int((child[1:] != child[:-1]).sum())
+        assert 1 <= switches <= 4
+
+
+def test_genome_roundtrip_and_canonical(shape):
+    bits = np.random.default_rng(0).random(shape) < 0.5
+    assert np.array_equal(unpack(pack(bits), shape), bits)
+    assert canonical(bits)[0].all() and np.array_equal(canonical(bits)[1:], bits[1:])
+
+
+# -- prefix sharing ------------------------------------------------------------------------------
+
+
+def test_prefix_sharing_is_bit_identical_and_cheaper(pipe, shape):
+    rng = np.random.default_rng(0)
+    scheds = [s for _, s in presets.all_presets(pipe, STEPS)][:10]
+    base = scheds[2].bits
+    for _ in range(6):  # children of one parent: shared prefixes of varying length
+        b = base.copy()
+        k = int(rng.integers(1, STEPS))
+        b[k:] = rng.random(b[k:].shape) < 0.5
+        scheds.append(CacheSchedule.for_model(pipe, b))
+    ev = PrefixEvaluator(pipe, PROMPTS, [0, 1], batch_size=8, call_kwargs=_kw())
+    shared, s_stats = ev.images(scheds, share=True)
+    alone, a_stats = ev.images(scheds, share=False)
+    for xs, ys in zip(shared, alone, strict=True):
+        for x, y in zip(xs, ys, strict=True):
+            assert x.dtype == np.uint8 and np.array_equal(x, y)
+    assert s_stats.per_candidate_alone == a_stats.per_candidate_live  # exact accounting
+    assert s_stats.components_alone == a_stats.components_live
+    assert s_stats.components_live < a_stats.components_live
+    assert s_stats.calls_live < a_stats.calls_live
+    assert s_stats.saving > 1.2
+
+
+def test_all_recompute_equals_plain_pipeline(pipe):
+    ev = PrefixEvaluator(pipe, PROMPTS, [0, 0], batch_size=8, call_kwargs=_kw())
+    imgs, _ = ev.images([presets.none(pipe, steps=STEPS)], share=True)
+    gens = [torch.Generator().manual_seed(0) for _ in PROMPTS]
+    plain = pipe(PROMPTS, generator=gens, output_type="np", **_kw()).images
+    assert np.array_equal(imgs[0], list((np.clip(plain, 0, 1) * 255).round().astype(np.uint8)))
+
+
+# -- the search ------------------------------------------------------------------------------------
+
+
+def test_search_writes_a_non_dominated_frontier(full_run, shape):
+    out, frontier = full_run
+    for name in ("candidates.jsonl", "frontier.json", "frontier.png", "checkpoint"):
+        assert (out / name).is_file()
+    rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    assert len({r["genome"] for r in rows}) == len(rows), "a genome was evaluated twice"
+    feasible = [r for r in rows if r["feasible"]]
+    pts = frontier.points
+    assert pts and all(p.speedup > 1 for p in pts)
+    for p in pts:  # nothing evaluated beats a frontier point on both objectives
+        assert not any(r["macs"] <= p.macs and r["quality"] >= p.quality
+                       and (r["macs"] < p.macs or r["quality"] > p.quality) for r in feasible)
+    for i, p in enumerate(pts):
+        for q in pts[i + 1:]:
+            assert q.speedup > p.speedup and q.quality < p.quality
+    data = json.loads((out / "frontier.json").read_text())
+    assert data["family"] == "pixart" and len(data["points"]) == len(pts)
+    for d in data["points"]:
+        s = CacheSchedule.load(out / d["schedule"])
+        assert s.bits.shape == shape
+    assert any(d["name"].startswith("fora(") for d in data["presets"])
+    bce = data["block_component_evaluations"]
+    assert bce["done"] < bce["separately"] and bce["saving"] > 1
+    assert rows[0]["cost"]["components"] >= 0 and "generation" in rows[0]
+
+
+def test_non_dominated_helper():
+    items = [(1.0, 0.5), (2.0, 0.9), (2.0, 0.4), (3.0, 0.9), (0.5, 0.1)]
+    assert sorted(non_dominated(items)) == [0, 1, 4]
+
+
+def test_resume_equals_uninterrupted(pipe, full_run, tmp_path):
+    out_full, full = full_run
+    out = tmp_path / "resumed"
+    search(pipe, _cfg(out, generations=1))
+    with open(out / "candidates.jsonl", "a") as fh:  # killed while appending the next generation
+        fh.write('{"genome": "ab')
+    resumed = search(pipe, _cfg(out, generations=3, resume=True))
+    assert [(p.speedup, p.quality, pack(p.schedule.bits)) for p in resumed.points] == \
+           [(p.speedup, p.quality, pack(p.schedule.bits)) for p in full.points]
+    a = [json.loads(x)["genome"] for x in (out / "candidates.jsonl").read_text().splitlines()]
+    b = [json.loads(x)["genome"] for x in (out_full / "candidates.jsonl").read_text().splitlines()]
+    assert a == b
+    ckpt = json.loads((out / "checkpoint").read_text())
+    assert ckpt["generations_done"] == 3
+
+
+def test_select_writes_a_schedule(full_run, tmp_path):
+    out, frontier = full_run
+    f = load_frontier(out)
+    target = f.points[len(f.points) // 2].speedup
+    p = select(f, speedup=f"{target}x", out=tmp_path / "s.json")
+    assert p.speedup == target
+    s = CacheSchedule.load(tmp_path / "s.json")
+    assert np.array_equal(s.bits, p.schedule.bits)
+    q = select(out, min_quality=min(x.quality for x in f.points))
+    assert q.speedup == max(x.speedup for x in f.points)
+    with pytest.raises(DitaccelError, match="no frontier point"):
+        select(f, min_quality=1e9)
+
+
+def test_init_from_frontier_resamples_steps(pipe, full_run, tmp_path):
+    out, _ = full_run
+    kw = _kw()
+    kw["num_inference_steps"] = STEPS + 2
+    fr = search(pipe, _cfg(tmp_path / "init", init=out, generations=1, population=4, call_kwargs=kw))
+    rows = [json.loads(x) for x in (tmp_path / "init" / "candidates.jsonl").read_text().splitlines()]
+    assert any(r["name"].startswith("init:") for r in rows)
+    assert all(p.schedule.steps == STEPS + 2 for p in fr.points)
+
+
+# -- bad input: one line, before any work ---------------------------------------------------------
+
+
+def test_bad_inputs_refused_before_work(pipe, full_run, tmp_path):
+    out, _ = full_run
+    other = tmp_path / "other_family"
+    other.mkdir()
+    (other / "frontier.json").write_text(json.dumps({"format": "ditaccel.frontier", "family": "flux", "points": []}))
+    cases = [
+        (dict(metric="nope"), DitaccelError, "unknown metric"),
+        (dict(metric="clip"), MissingWeightsError, "DITACCEL_CLIP"),
+        (dict(metric="imagereward", metric_paths={"imagereward_path": str(tmp_path / "missing.pt")}),
+         MissingWeightsError, "missing.pt"),
+        (dict(population=3), DitaccelError, "population"),
+        (dict(init=other), DitaccelError, "family"),
+        (dict(out=out), DitaccelError, "already holds a search"),
+        (dict(out=out, resume=True, seed=99), DitaccelError, "another search"),
+        (dict(metric="adherence"), DitaccelError, "shapes world"),
+    ]
+    for over, exc, msg in cases:
+        with _Calls(pipe) as calls, pytest.raises(exc, match=msg) as err:
+            search(pipe, _cfg(**over))
+        assert "\n" not in str(err.value)
+        assert calls.n == 0, f"work started before refusing {over}"
+
+
+def _main(argv: list[str]) -> int:
+    """What ``ditaccel.cli.main`` does with our subcommands (it registers them via ``add_parsers``)."""
+    import argparse
+    import sys
+
+    from ditaccel.search.cli import add_parsers
+
+    ap = argparse.ArgumentParser(prog="ditaccel")
+    add_parsers(ap.add_subparsers(dest="command", required=True))
+    args = ap.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DitaccelError as e:
+        print(f"ditaccel: error: {e}", file=sys.stderr)
+        return 2
+
+
+def test_cli_frontier_and_search_refusals(full_run, tmp_path, capsys):
+    main = _main
+    out, _ = full_run
+    assert main(["frontier", str(out)]) == 0
+    assert main(["frontier", str(out), "--select", "2x", "--out", str(tmp_path / "sel.json")]) == 0
+    assert (tmp_path / "sel.json").is_file()
+    assert main(["search", "--metric", "hpsv2", "--out", str(tmp_path / "x")]) == 2
+    assert main(["search", "--population", "2", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "HPSv2" in err and "population" in err
+
+
+# -- the bundled model ----------------------------------------------------------------------------
+
+
+def test_bundled_model_defaults_to_adherence_and_leaves_no_trace(bundled_pipe, tmp_path):
+    from ditaccel.zoo import shapes
+
+    t = bundled_pipe.transformer
+    before = {n: sorted(m.__dict__) for n, m in t.named_modules()}
+    fr = search(bundled_pipe, SearchConfig(prompts=shapes.calibration_prompts()[:3], population=4, generations=1,
+                                           call_kwargs={"num_inference_steps": 4}, out=tmp_path / "b"))
+    assert fr.metric == "adherence" and 0.0 <= fr.baseline["quality"] <= 1.0
+    assert all(0.0 <= p.quality <= 1.0 and p.speedup > 1.0 for p in fr.points)
+    assert "encode_prompt" not in bundled_pipe.__dict__
+    assert {n: sorted(m.__dict__) for n, m in t.named_modules()} == before
+    ckpt = json.loads((tmp_path / "b" / "checkpoint").read_text())
+    assert ckpt["fingerprint"]["population"] == 4 and ckpt["fingerprint"]["metric"] == "adherence"
+
+
+def test_cli_search_end_to_end_on_bundled(tmp_path, capsys):
+    from ditaccel.zoo import shapes
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(shapes.calibration_prompts()[:2]) + "\n")
+    out = tmp_path / "run"
+    argv = ["search", "--prompts", str(prompts), "--steps", "3", "--population", "4", "--generations", "1",
+            "--out", str(out)]
+    assert _main(argv) == 0
+    assert (out / "frontier.json").is_file() and (out / "frontier.png").is_file()
+    assert _main(argv) == 2  # the folder now holds a search
+    assert "already holds a search" in capsys.readouterr().err
+    assert _main([*argv[:-4], "--generations", "2", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "checkpoint").read_text())["generations_done"] == 2
+
+
+def test_latency_cost_is_measured(pipe, tmp_path):
+    fr = search(pipe, _cfg(tmp_path / "lat", cost="latency", population=4, generations=1))
+    rows = [json.loads(x) for x in (tmp_path / "lat" / "candidates.jsonl").read_text().splitlines()]
+    assert all(r["latency_s"] > 0 and r["objectives"][1] == r["latency_s"] for r in rows)
+    assert fr.points
