@@ -24,8 +24,14 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests bench scripts
 
+# The full comparison on the bundled model, with the settings of the committed results in
+# bench/results/ (roughly an hour on 2 CPU cores).
 bench: setup
-	$(PY) bench/bench_speed.py
+	$(PY) bench/bench_bundled.py --seeds 4 --threads 1
+	$(PY) bench/bench_speed.py --steps 8 --repeats 1
+	$(PY) bench/bench_search.py
+	$(PY) bench/bench_quant.py --prompts 48 --calib-every 2 --iters 200 --threads 1
+	$(PY) bench/bench_eval.py --every 6 --seeds 0,1 --repeats 3 --timing-images 4
 
 clean:
 	rm -rf $(VENV) runs

@@ -120,6 +120,66 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- quantize
+
+
+# design.md's shorthands: fp4 = E2M1 weights, fp8 = E3M4 (the paper's A8), fp6 = E2M3 (A6).
+_FORMAT_ALIASES = {"fp4": "e2m1", "fp8": "e3m4", "fp6": "e2m3"}
+# The paper's 2500 AdaRound iterations take ~47 min on the bundled model on 2 CPU cores
+# (bench/results/quant.md); 300 keep `quantize` within ~7 min there.
+BUNDLED_ADAROUND_ITERS = 300
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from ditaccel.pipeline import pipeline_call_kwargs
+    from ditaccel.prompts import load_prompts, parse_seeds
+    from ditaccel.quant import FP4DiTConfig, collect_calibration, quantize_, save_quantized
+
+    out: Path = args.out
+    _check_out_dir(out)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise DitaccelError(f"--out {out} is not empty; pick a new folder or pass --overwrite")
+    iters = args.iters if args.iters is not None else (BUNDLED_ADAROUND_ITERS if args.model is None else 2500)
+    if iters < 1:
+        raise DitaccelError(f"--iters must be >= 1, got {iters}")
+    weights = _FORMAT_ALIASES.get(args.weights, args.weights)
+    acts = _FORMAT_ALIASES.get(args.acts, args.acts)
+    config = FP4DiTConfig(weights=weights, acts=acts, adaround=not args.no_adaround, iters=iters)
+    prompts = load_prompts(args.calib_prompts) if args.calib_prompts else _default_calib_prompts(args.model)
+    seeds = parse_seeds(args.calib_seeds)
+    args.quantized = None
+    pipe = _load(args)
+    t0 = time.perf_counter()
+    console.print(f"collecting calibration data: {len(prompts)} prompts x {len(seeds)} seeds along the sampler")
+    calib = collect_calibration(pipe, prompts, seeds, **pipeline_call_kwargs(pipe, num_inference_steps=args.steps))
+    report = quantize_(pipe.transformer, config, calib=calib)
+    stats = save_quantized(pipe.transformer, out, config)
+    console.print(
+        f"quantized in {time.perf_counter() - t0:.0f}s: {stats.get('bits_per_weight', float('nan')):.2f} bits/weight, "
+        f"file {stats.get('file_ratio_vs_fp16', float('nan')):.2f}x of fp16 -> {out}"
+    )
+    if report.block_mse and report.block_mse_rtn:
+        rtn = sum(report.block_mse_rtn.values()) / len(report.block_mse_rtn)
+        ada = sum(report.block_mse.values()) / len(report.block_mse)
+        console.print(f"mean block reconstruction MSE: round-to-nearest {rtn:.3e} -> calibrated {ada:.3e}")
+    return 0
+
+
+def _default_calib_prompts(model: str | None) -> list[str]:
+    from ditaccel.prompts import load_prompts
+
+    return load_prompts("calibration") if model is None else load_prompts("parti", limit=32)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ditaccel.demo import run_demo
+
+    return run_demo(args.out, generations=args.generations, population=args.population, console=console)
+
+
 # ----------------------------------------------------------------------------- entry
 
 
@@ -139,6 +199,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", type=Path, default=None, help="CacheSchedule JSON")
     g.add_argument("--out", type=Path, required=True)
     g.set_defaults(func=cmd_generate)
+
+    q = sub.add_parser("quantize", help="FP4DiT post-training quantization of the transformer (packed FP4 weights)")
+    _add_model_args(q)
+    q.add_argument("--weights", default="e2m1",
+                   help="e2m1 (= fp4) | e1m2 | e3m0 | auto | int4 (default e2m1; the first FFN linear gets E3M0)")
+    q.add_argument("--acts", default="e3m4", help="e2m3 (= fp6) | e3m4 (= fp8) | e4m3 | int8 | none (online, per token)")
+    q.add_argument("--calib-prompts", default=None, help="prompt set or file (default: the model's calibration prompts)")
+    q.add_argument("--calib-seeds", default="0", help="seeds per calibration prompt")
+    q.add_argument("--steps", type=int, default=None, help="sampler steps for the calibration trajectories")
+    q.add_argument("--iters", type=int, default=None,
+                   help=f"AdaRound iterations per block (default: the paper's 2500; {BUNDLED_ADAROUND_ITERS} on the bundled model)")
+    q.add_argument("--no-adaround", action="store_true", help="round-to-nearest only")
+    q.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    q.add_argument("--out", type=Path, required=True)
+    q.set_defaults(func=cmd_quantize)
+
+    from ditaccel.evaluate.cli import add_parsers as add_eval_parsers
+    from ditaccel.search.cli import add_parsers as add_search_parsers
+
+    add_search_parsers(sub)
+    add_eval_parsers(sub)
+
+    d = sub.add_parser("demo", help="a short caching search on the bundled model, printed next to FORA, with images")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument("--generations", type=int, default=4)
+    d.add_argument("--population", type=int, default=16)
+    d.set_defaults(func=cmd_demo)
     return ap
 
 

@@ -1,0 +1,504 @@
+"""``evaluate``: every method on the same prompts, seeds and machine, in one table.
+
+Order of work, so that a user error never wastes a generation:
+
+1. parse ``--methods`` and ``--metrics``, check metric weights and the FID reference folder,
+   check the prompts suit the metrics, load the model, resolve schedules and frontiers, and
+   check that existing image folders in ``--out`` were made with the same settings;
+2. prepare each method (quantize a copy of the transformer, calibrate MagCache, try each peer:
+   one that cannot run here becomes a skipped row with its reason);
+3. generate every method's images (resumable: images on disk are kept; atomic writes; optional
+   Ray workers);
+4. time all methods interleaved (warm-up, then ``repeats`` rounds, median), count MACs, peak memory;
+5. score the metrics against the baseline images and write results.md/json, grid.png and
+   quality_vs_speed.png.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ditaccel._io import atomic_write, atomic_write_json
+from ditaccel.errors import DitaccelError
+from ditaccel.evaluate.measure import (
+    PeakMemory,
+    generation_macs,
+    machine_description,
+    median,
+    timed,
+    transformer_weight_bytes,
+)
+from ditaccel.evaluate.methods import (
+    Method,
+    QuantSettings,
+    installed,
+    parse_methods,
+    prepare,
+    resolve_methods,
+)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+REFERENCE_METRICS = ("psnr", "ssim")
+
+
+@dataclass
+class EvalConfig:
+    """What ``evaluate`` runs. ``methods`` uses the ``--methods`` grammar (see ``methods.py``)."""
+
+    methods: str | list[str]
+    out: Path
+    prompts: str | list[str] = "heldout"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    metrics: list[str] | None = None          # None: adherence (bundled model), psnr, ssim
+    reference: Path | None = None             # FID reference: image folder or .npz stats
+    metric_paths: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None                  # recorded; Ray workers load it (None = bundled)
+    device: str = "cpu"
+    steps: int | None = None
+    guidance: float | None = None
+    batch_size: int = 8
+    limit: int | None = None                  # first N prompts only
+    timing_images: int = 2                    # images per timed generation
+    timing_repeats: int = 3
+    grid_columns: int = 6
+    quant_calib_prompts: int = 8
+    ray_address: str | None = None
+    command: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class MethodResult:
+    """One row of the table (every number measured in this run)."""
+
+    label: str
+    kind: str
+    status: str = "ok"                        # ok | skipped
+    reason: str | None = None
+    seconds_per_image: float | None = None
+    timings: list[float] = field(default_factory=list)
+    speedup: float | None = None
+    macs_per_image: int | None = None
+    macs_source: str | None = None            # schedule_macs | counted
+    macs_speedup: float | None = None
+    frontier_macs_speedup: float | None = None
+    peak_memory_bytes: int | None = None
+    weight_bytes: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    setup_seconds: float = 0.0
+    group: str | None = None
+    images: str | None = None
+
+
+@dataclass
+class EvalResult:
+    """All rows plus the conditions they were measured under."""
+
+    rows: list[MethodResult]
+    info: dict[str, Any]
+    out: Path
+
+    def row(self, label: str) -> MethodResult:
+        for r in self.rows:
+            if r.label == label:
+                return r
+        raise KeyError(label)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: infinite PSNR (identical images) is written as the string "inf"."""
+        return _json_safe({"format": "ditaccel.eval", "version": 1, **self.info,
+                           "methods": [asdict(r) for r in self.rows]})
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        return _json_safe(x.item())
+    return x
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def slug(label: str) -> str:
+    """A file-system-safe folder name for a method label."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "method"
+    return s if len(s) <= 80 else s[:60] + "_" + hashlib.sha1(label.encode()).hexdigest()[:10]
+
+
+def check_reference(path: Path | None) -> None:
+    """A reference folder must hold images (or be an .npz of stats): checked before generating."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_file():
+        if p.suffix.lower() != ".npz":
+            raise DitaccelError(f"--reference {p} is a file but not an .npz of FID stats; pass an image folder or .npz")
+        return
+    if not p.is_dir():
+        raise DitaccelError(f"--reference {p} does not exist; pass a folder of reference images or an .npz")
+    if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*") if f.is_file()):
+        raise DitaccelError(f"--reference {p} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                            f"put the reference images there or pass an .npz of FID stats")
+
+
+def default_metrics(pipe: Any) -> list[str]:
+    bundled = str(getattr(pipe, "_ditaccel_source", "")).rstrip("/").endswith("zoo/bundled")
+    return (["adherence"] if bundled else []) + ["psnr", "ssim"]
+
+
+def build_metrics(names: Sequence[str], reference: Path | None, paths: dict[str, Any],
+                  prompts: Sequence[str]) -> dict[str, Any]:
+    """Metric objects from helper registry; missing weights raise ``MissingWeightsError`` now."""
+    from ditaccel.metrics import get_metric
+
+    check_reference(reference)
+    if "fid" in names and reference is None and not paths.get("fid_reference"):
+        import os
+
+        if not os.environ.get("DITACCEL_FID_REF"):
+            raise DitaccelError("fid needs --reference DIR (reference images) or an .npz of stats")
+    out = {}
+    for n in names:
+        kw = dict(paths)
+        if n == "fid" and reference is not None:
+            kw["fid_reference"] = str(reference)
+        m = get_metric(n, **kw)
+        m.validate_prompts(prompts)
+        out[n] = m
+    return out
+
+
+def _parse_metric_list(metrics: Sequence[str] | str | None) -> list[str] | None:
+    if metrics is None:
+        return None
+    items = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    names = [m.strip().lower() for m in items if m.strip()]
+    from ditaccel.metrics import available_metrics
+
+    known = available_metrics()
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise DitaccelError(f"unknown metric(s) {', '.join(bad)}; use: {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+# ----------------------------------------------------------------------------- images on disk
+
+
+class ImageStore:
+    """One folder per method under ``out/images``; image i is job i = (prompt, seed)."""
+
+    def __init__(self, out: Path, jobs: list[tuple[str, int]], settings: dict[str, Any]) -> None:
+        self.root = out / "images"
+        self.jobs = jobs
+        key = json.dumps({"jobs": jobs, **settings}, sort_keys=True)
+        self.key = hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def folder(self, label: str) -> Path:
+        return self.root / slug(label)
+
+    def check(self, label: str) -> None:
+        """Refuse to mix images made with other prompts/seeds/settings into this run."""
+        man = self.folder(label) / "manifest.json"
+        if man.is_file():
+            d = json.loads(man.read_text())
+            if d.get("key") != self.key or d.get("label") != label:
+                raise DitaccelError(f"{self.folder(label)} holds images made with other prompts, seeds or settings; "
+                                    f"use a new --out or delete that folder")
+
+    def begin(self, label: str) -> None:
+        f = self.folder(label)
+        f.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(f / "manifest.json", {"label": label, "key": self.key, "count": len(self.jobs),
+                                                "jobs": [{"file": f"{i:05d}.png", "prompt": p, "seed": s}
+                                                         for i, (p, s) in enumerate(self.jobs)]})
+
+    def path(self, label: str, i: int) -> Path:
+        return self.folder(label) / f"{i:05d}.png"
+
+    def missing(self, label: str) -> list[int]:
+        return [i for i in range(len(self.jobs)) if not self.path(label, i).is_file()]
+
+    def write(self, label: str, i: int, img: np.ndarray) -> None:
+        from PIL import Image
+
+        atomic_write(self.path(label, i), lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
+
+    def load(self, label: str) -> list[np.ndarray]:
+        from PIL import Image
+
+        return [np.asarray(Image.open(self.path(label, i)).convert("RGB")) for i in range(len(self.jobs))]
+
+
+def _generate_local(pipe: Any, method: Method, store: ImageStore, idx: list[int], cfg: EvalConfig,
+                    call_kwargs: dict[str, Any], calib_prompts: list[str], advance: Any) -> None:
+    from ditaccel.pipeline import generate_images
+
+    with installed(pipe, method, call_kwargs, calib_prompts):
+        for start in range(0, len(idx), cfg.batch_size):
+            chunk = idx[start:start + cfg.batch_size]
+            imgs = generate_images(pipe, [store.jobs[i][0] for i in chunk], [store.jobs[i][1] for i in chunk],
+                                   batch_size=cfg.batch_size, **call_kwargs)
+            for i, img in zip(chunk, imgs, strict=True):
+                store.write(method.label, i, img)
+            advance(len(chunk))
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _call_kwargs(pipe: Any, cfg: EvalConfig) -> dict[str, Any]:
+    from ditaccel.pipeline import pipeline_call_kwargs
+
+    kw = pipeline_call_kwargs(pipe, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance)
+    kw.pop("output_type", None)
+    if "num_inference_steps" not in kw:
+        import inspect
+
+        kw["num_inference_steps"] = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+    return kw
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled, transient=False)
+
+
+def precheck(cfg: EvalConfig) -> None:
+    """The checks that need no model: method names, metric names and weights, reference folder."""
+    from ditaccel.prompts import load_prompts
+
+    parse_methods(cfg.methods)
+    names = _parse_metric_list(cfg.metrics)
+    check_reference(cfg.reference)
+    if names:
+        prompts = list(cfg.prompts) if isinstance(cfg.prompts, list) else load_prompts(cfg.prompts)
+        build_metrics(names, cfg.reference, cfg.metric_paths, prompts[:cfg.limit] if cfg.limit else prompts)
+
+
+def plan(pipe: Any, cfg: EvalConfig) -> tuple[list[Method], dict[str, Any], list[str], list[tuple[str, int]]]:
+    """Every check that needs no generation: methods, metrics, weights, reference, prompts, folders."""
+    from ditaccel.prompts import load_prompts
+
+    specs = parse_methods(cfg.methods)
+    metric_names = _parse_metric_list(cfg.metrics)
+    prompts = list(cfg.prompts) if isinstance(cfg.prompts, list) else load_prompts(cfg.prompts)
+    if cfg.limit:
+        prompts = prompts[:cfg.limit]
+    if not prompts:
+        raise DitaccelError("no prompts to evaluate")
+    if not cfg.seeds:
+        raise DitaccelError("no seeds; pass --seeds 0 or 0-3")
+    if metric_names is None:
+        metric_names = default_metrics(pipe)
+    metrics = build_metrics(metric_names, cfg.reference, cfg.metric_paths, prompts)
+    call_kwargs = _call_kwargs(pipe, cfg)
+    if not any(s.text == "baseline" for s in specs):
+        specs = parse_methods(["baseline", *[s.text for s in specs]])
+    methods = resolve_methods(pipe, specs, int(call_kwargs["num_inference_steps"]))
+    if cfg.ray_address:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise DitaccelError("--ray needs ray: pip install 'ditaccel[ray]'") from None
+    jobs = [(p, int(s)) for p in prompts for s in cfg.seeds]
+    return methods, metrics, prompts, jobs
+
+
+def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
+    """Run the comparison and write its files into ``cfg.out``; returns the rows."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise DitaccelError(f"--out {out} is a file; pass a folder")
+    if pipe is None:
+        from ditaccel.pipeline import load_pipeline
+
+        precheck(cfg)                         # user errors fail before the model loads
+        pipe = load_pipeline(cfg.model, device=cfg.device)
+    methods, metrics, prompts, jobs = plan(pipe, cfg)
+    call_kwargs = _call_kwargs(pipe, cfg)
+    settings = {k: v for k, v in call_kwargs.items() if isinstance(v, int | float | str | bool)}
+    store = ImageStore(out, jobs, {"model": str(getattr(pipe, "_ditaccel_source", cfg.model)), **settings})
+    for m in methods:
+        store.check(m.label)
+
+    from ditaccel.zoo import shapes
+
+    calib_prompts = shapes.calibration_prompts() if "adherence" in metrics else prompts
+    qs = QuantSettings(prompts=calib_prompts[:cfg.quant_calib_prompts], batch_size=cfg.batch_size)
+    base_t = pipe.transformer
+    t_start = time.perf_counter()
+
+    with _progress(cfg.progress) as prog:
+        # 2. prepare
+        qcache: dict = {}
+        task = prog.add_task("preparing methods", total=len(methods))
+        for m in methods:
+            prepare(pipe, m, call_kwargs, qs, calib_prompts, qcache, store_dir=out / "quantized")
+            prog.advance(task)
+        live = [m for m in methods if not m.skipped]
+
+        # 3. images
+        todo = {m.label: store.missing(m.label) for m in live}
+        task = prog.add_task("generating images", total=sum(len(v) for v in todo.values()))
+        for m in live:
+            store.begin(m.label)
+            if not todo[m.label]:
+                continue
+            if cfg.ray_address:
+                from ditaccel.evaluate.distributed import generate_with_ray
+
+                generate_with_ray(cfg, m, store, todo[m.label], call_kwargs,
+                                  lambda n: prog.advance(task, n))
+            else:
+                _generate_local(pipe, m, store, todo[m.label], cfg, call_kwargs, calib_prompts,
+                                lambda n: prog.advance(task, n))
+
+        # 4. timing, MACs, memory (interleaved so background load drifts hit every method alike)
+        from ditaccel.pipeline import generate_images
+
+        tp = [jobs[i % len(jobs)][0] for i in range(cfg.timing_images)]
+        ts = [jobs[i % len(jobs)][1] for i in range(cfg.timing_images)]
+
+        def gen() -> Any:
+            return generate_images(pipe, tp, ts, batch_size=cfg.timing_images, **call_kwargs)
+
+        times: dict[str, list[float]] = {m.label: [] for m in live}
+        peaks: dict[str, int] = {m.label: 0 for m in live}
+        counted: dict[str, tuple[int, int]] = {}
+        task = prog.add_task("timing", total=len(live) * (cfg.timing_repeats + 1))
+        for m in live:  # warm-up doubles as the MACs count
+            with installed(pipe, m, call_kwargs, calib_prompts):
+                counted[m.label] = generation_macs(pipe, gen, reference=base_t)
+            prog.advance(task)
+        for _ in range(cfg.timing_repeats):
+            for m in live:
+                with installed(pipe, m, call_kwargs, calib_prompts):
+                    with PeakMemory(cfg.device) as pm:
+                        times[m.label].append(timed(gen, cfg.device) / cfg.timing_images)
+                    peaks[m.label] = max(peaks[m.label], pm.peak)
+                prog.advance(task)
+
+        # 5. metrics
+        task = prog.add_task("scoring", total=len(live))
+        base = next(m for m in methods if m.kind == "baseline")
+        ref_images = store.load(base.label)
+        img_prompts = [p for p, _ in jobs]
+        rows: list[MethodResult] = []
+        scored: dict[str, tuple[dict[str, float], dict[str, Any]]] = {}
+        for m in live:
+            imgs = ref_images if m is base else store.load(m.label)
+            vals: dict[str, float] = {}
+            det: dict[str, Any] = {}
+            for name, metric in metrics.items():
+                if m is base and name in REFERENCE_METRICS:
+                    continue
+                vals[name] = float(metric.score(imgs, img_prompts, references=ref_images))
+                d = metric.details(imgs, img_prompts, references=ref_images)
+                if d:
+                    det[name] = d
+            scored[m.label] = (vals, det)
+            prog.advance(task)
+
+    # rows
+    from ditaccel.caching import schedule_macs
+
+    cfg_batch = 2 if float(call_kwargs.get("guidance_scale", 1.0) or 1.0) > 1.0 else 1
+    base_time = median(times[base.label])
+    base_counted = counted[base.label][0] / cfg.timing_images
+    text_len = counted[base.label][2]
+    h, w = int(ref_images[0].shape[0]), int(ref_images[0].shape[1])
+    base_macs = schedule_macs(pipe, base.schedule, h, w, batch=cfg_batch, text_len=text_len)
+    for m in methods:
+        r = MethodResult(label=m.label, kind=m.kind, notes=list(m.notes), setup_seconds=round(m.setup_seconds, 3),
+                         group=m.group, frontier_macs_speedup=m.frontier_speedup)
+        if m.skipped:
+            r.status, r.reason = "skipped", m.skipped
+            rows.append(r)
+            continue
+        r.images = str(store.folder(m.label).relative_to(out))
+        r.timings = [round(x, 5) for x in times[m.label]]
+        r.seconds_per_image = median(times[m.label])
+        r.speedup = base_time / r.seconds_per_image if r.seconds_per_image else None
+        c = counted[m.label][0] / cfg.timing_images
+        if m.schedule is not None:
+            r.macs_per_image, r.macs_source = schedule_macs(pipe, m.schedule, h, w, batch=cfg_batch,
+                                                            text_len=text_len), "schedule_macs"
+            r.details["counted_macs_per_image"] = int(c)
+            r.macs_speedup = base_macs / r.macs_per_image
+        else:
+            r.macs_per_image, r.macs_source = int(c), "counted"
+            r.macs_speedup = base_counted / c if c else None
+        r.peak_memory_bytes = peaks[m.label]
+        r.weight_bytes = transformer_weight_bytes(m.transformer if m.transformer is not None else base_t)
+        r.metrics, r.details = scored[m.label][0], {**r.details, **scored[m.label][1]}
+        if m.quant_report:
+            r.details["quantization"] = m.quant_report
+        rows.append(r)
+
+    info = {
+        "machine": machine_description(), "command": cfg.command or " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": str(getattr(pipe, "_ditaccel_source", cfg.model or "(in-memory pipeline)")),
+        "pipeline": type(pipe).__name__, "device": cfg.device,
+        "prompts": cfg.prompts if isinstance(cfg.prompts, str) else f"{len(prompts)} given",
+        "num_prompts": len(prompts), "seeds": list(cfg.seeds), "num_images": len(jobs),
+        "call": settings, "timing": {"images_per_run": cfg.timing_images, "repeats": cfg.timing_repeats,
+                                     "warmup": 1, "interleaved": True},
+        "memory_kind": PeakMemory(cfg.device).kind, "metrics": list(metrics),
+        "quality_metric": quality_metric(list(metrics)),
+        "quant_calibration": {"prompts": len(qs.prompts), "seeds": qs.seeds},
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "versions": _versions(),
+    }
+    result = EvalResult(rows, info, out)
+    from ditaccel.evaluate.report import write_outputs
+
+    write_outputs(result, store, jobs, cfg.grid_columns)
+    return result
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("ditaccel", "torch", "diffusers", "transformers", "cache-dit"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def quality_metric(names: list[str]) -> str:
+    """The metric the quality-vs-speed plot uses: the first that is not a fidelity-to-baseline one."""
+    for n in names:
+        if n not in REFERENCE_METRICS:
+            return n
+    return names[0] if names else "psnr"
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and not (isinstance(x, float) and (math.isnan(x) or math.isinf(x)))
