@@ -7,30 +7,16 @@ call settings, judged by the shapes adherence checker. Speed: one 20-step call f
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 from ditaccel._io import atomic_write_text
+from ditaccel._machine import machine_description
 from ditaccel.pipeline import generate_images, load_pipeline, pipeline_call_kwargs
 from ditaccel.zoo import shapes
-
-
-def machine() -> str:
-    try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-            if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def main() -> None:
@@ -66,7 +52,7 @@ def main() -> None:
 
     md = f"""# The bundled model: quality and speed
 
-- Machine: {machine()}
+- Machine: {machine_description()}
 - Command: `python bench/bench_bundled.py --seeds {args.seeds} --threads {args.threads}`
 - Call settings: {kw}
 - Parameters: transformer {n_params['transformer']:,}, VAE {n_params['vae']:,}, text encoder {n_params['text_encoder']:,}

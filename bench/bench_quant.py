@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 
 from ditaccel._io import atomic_write_text
+from ditaccel._machine import machine_description
 from ditaccel.metrics.fidelity import psnr
 from ditaccel.quant import (
     FP4DiTConfig,
@@ -53,16 +52,6 @@ VARIANTS = [
 ]
 
 
-def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "?"
-    import os
-
-    return (f"{model}, {os.cpu_count()} logical cores visible (shared with other jobs), torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def _weights_label(wfmt: str, rep) -> str:
@@ -232,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             print(row, flush=True)
 
     res = {
-        "model_desc": model_desc, "machine": _machine(), "command": command, "n_prompts": len(prompts),
+        "model_desc": model_desc, "machine": machine_description(), "command": command, "n_prompts": len(prompts),
         "kw": {k: v for k, v in kw.items()}, "n_calib_prompts": len(calib_prompts), "calib_seeds": args.calib_seeds,
         "calib_every": args.calib_every, "calib_samples": calib.num_samples, "calib_record_s": calib.seconds,
         "iters": args.iters, "lr": args.lr, "ref_adh": ref_adh, "gen_s": gen_s, "fp16": fp16,

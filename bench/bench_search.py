@@ -12,33 +12,19 @@ Run:  python bench/bench_search.py [--out runs/bench-search] [--ray] [--generati
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from ditaccel._io import atomic_write_text
+from ditaccel._machine import machine_description
 from ditaccel.pipeline import load_pipeline
 from ditaccel.search import SearchConfig, search
 
 HERE = Path(__file__).resolve().parent
 
 
-def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "?"
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"{model}, {os.cpu_count()} logical cores visible, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}; load average at the "
-            f"end {load[0]:.1f} (the cores are shared with other jobs); no GPU")
 
 
 def main() -> int:
@@ -76,7 +62,7 @@ def main() -> int:
     lines = [
         "# ECAD search on the bundled model: time, frontier, prefix-sharing saving",
         "",
-        f"- Machine: {_machine()}.",
+        f"- Machine: {machine_description()}.",
         f"- Command: `{cmd}` (= `ditaccel search --out {args.out}` with every default: "
         f"population {frontier.info['population']}, {frontier.info['generations']} generations, seed {cfg.seed}, presets init, "
         f"metric adherence on the 36 calibration prompts x seed 0, 20 steps, MACs cost, "

@@ -17,8 +17,6 @@ Run:  python bench/bench_speed.py [--steps 8] [--repeats 1]
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ditaccel._io import atomic_write_text
+from ditaccel._machine import machine_description
 from ditaccel.caching import apply_schedule, presets, schedule_macs
 from ditaccel.models import get_adapter
 
@@ -33,16 +32,6 @@ HERE = Path(__file__).resolve().parent
 TEXT_LEN = 120
 
 
-def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "?"
-    import os
-
-    return (f"{model}, {os.cpu_count()} logical cores visible, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def build_transformer() -> torch.nn.Module:
@@ -145,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Cache schedule speed: MACs speedup vs measured wall-clock speedup",
         "",
-        f"- Machine: {_machine()}. Shared with other jobs; no GPU.",
+        f"- Machine: {machine_description()}.",
         f"- Command: `python bench/bench_speed.py --steps {args.steps} --repeats {args.repeats}`",
         f"- Model: PixArt-alpha 256 geometry (28 blocks, hidden 1152, 16 heads, patch 2), random weights, "
         f"fp32 on CPU. 256 px -> {n_img} image tokens, {TEXT_LEN} text tokens, batch 2 (CFG in one batch). "

@@ -11,9 +11,7 @@ by the same adapter costs ``schedule_macs`` uses.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -22,22 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ditaccel._machine import machine_description  # noqa: F401  (re-exported)
 from ditaccel.models import get_adapter, vae_factor
-
-
-def machine_description() -> str:
-    """CPU/GPU model, cores, torch version and thread count, for results files."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        cpu = platform.processor() or "?"
-    gpu = ""
-    if torch.cuda.is_available():
-        gpu = f", GPU {torch.cuda.get_device_name(0)}"
-    load = f"; load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
-    return (f"{cpu}, {os.cpu_count()} logical cores visible{gpu}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}{load}")
 
 
 def _rss_bytes() -> int:
