@@ -149,13 +149,17 @@ def load_frontier(folder: str | Path) -> Frontier:
         raise DitaccelError(f"{path} is not valid JSON ({e}); rerun the search with --resume") from None
     if d.get("format") != FORMAT:
         raise DitaccelError(f"{path} is not a ditaccel frontier (format {d.get('format')!r})")
-    points = []
-    for p in d["points"]:
-        sp = folder / p["schedule"]
-        points.append(FrontierPoint(p["name"], float(p["speedup"]), float(p["quality"]), CacheSchedule.load(sp),
-                                    int(p["macs"]), int(p.get("generation", 0)), dict(p.get("details", {})), sp))
+    try:
+        points = []
+        for p in d["points"]:
+            sp = folder / p["schedule"]
+            points.append(FrontierPoint(p["name"], float(p["speedup"]), float(p["quality"]), CacheSchedule.load(sp),
+                                        int(p["macs"]), int(p.get("generation", 0)), dict(p.get("details", {})), sp))
+        family, metric = d["family"], d.get("metric", "?")
+    except (KeyError, TypeError, ValueError) as e:
+        raise DitaccelError(f"{path} is malformed ({type(e).__name__}: {e}); rerun the search with --resume") from None
     known = {"format", "version", "family", "metric", "baseline", "points", "presets"}
-    return Frontier(points, d["family"], d["metric"], d.get("baseline", {}), d.get("presets", []),
+    return Frontier(points, family, metric, d.get("baseline", {}), d.get("presets", []),
                     {k: v for k, v in d.items() if k not in known}, folder)
 
 

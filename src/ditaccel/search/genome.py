@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ditaccel.caching import CacheSchedule, presets
+from ditaccel.caching import presets
 from ditaccel.errors import DitaccelError
 from ditaccel.models import get_adapter
+from ditaccel.search.frontier import load_frontier
 
 
 def pack(bits: np.ndarray) -> str:
@@ -38,26 +38,21 @@ def preset_population(pipe: Any, steps: int) -> list[tuple[str, np.ndarray]]:
 
 def frontier_population(pipe: Any, folder: str | Path, steps: int) -> list[tuple[str, np.ndarray]]:
     """The schedules of a previous search's frontier, resampled to ``steps``; other families are refused."""
-    folder = Path(folder)
-    path = folder / "frontier.json"
-    if not path.is_file():
-        raise DitaccelError(f"--init {folder} has no frontier.json; pass 'presets' or a folder written by search")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DitaccelError(f"{path} is not valid JSON ({e}); pass a folder written by search") from None
+        frontier = load_frontier(folder)
+    except DitaccelError as e:
+        raise DitaccelError(f"--init: {e} (or pass 'presets')") from None
     a = get_adapter(pipe)
-    fam = data.get("family")
-    if fam != a.family:
-        raise DitaccelError(f"--init frontier {folder} was searched on family {fam!r} but the model is {a.family!r}; "
-                            f"use presets or a {a.family} frontier")
+    if frontier.family != a.family:
+        raise DitaccelError(f"--init frontier {folder} was searched on family {frontier.family!r} but the model is "
+                            f"{a.family!r}; use presets or a {a.family} frontier")
     out = []
-    for p in data.get("points", []):
-        s = CacheSchedule.load(folder / p["schedule"])
+    for p in frontier.points:
+        s = p.schedule
         s.validate_for(pipe)  # block count and components must match; steps may differ
         if s.steps != steps:
             s = s.resample(steps)
-        out.append((f"init:{p.get('name', Path(p['schedule']).stem)}", canonical(s.bits)))
+        out.append((f"init:{p.name}", canonical(s.bits)))
     if not out:
         raise DitaccelError(f"--init frontier {folder} holds no points; pass 'presets' or another folder")
     return out
