@@ -170,6 +170,19 @@ def _register(module: torch.nn.Module, hook: ModelHook, name: str) -> tuple[torc
     return module, had_registry, had_forward
 
 
+def unregister_hook(module: torch.nn.Module, name: str, had_registry: bool, had_forward: bool) -> None:
+    """Remove one diffusers hook and, once none is left, what registering hooks added to ``module``."""
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is None:
+        return
+    registry.remove_hook(name, recurse=False)
+    if not registry.hooks:
+        if not had_forward and "forward" in module.__dict__:
+            del module.__dict__["forward"]
+        if not had_registry:
+            del module._diffusers_hook
+
+
 class CacheHandle:
     """What ``apply_schedule`` returns: remove it (or leave its ``with`` block) to restore the model."""
 
@@ -195,15 +208,7 @@ class CacheHandle:
     def remove(self) -> None:
         """Unregister every hook and delete what registration added; frees the caches."""
         for module, name, had_registry, had_forward in reversed(self._installed):
-            registry = getattr(module, "_diffusers_hook", None)
-            if registry is None:
-                continue
-            registry.remove_hook(name, recurse=False)
-            if not registry.hooks:
-                if not had_forward and "forward" in module.__dict__:
-                    del module.__dict__["forward"]
-                if not had_registry:
-                    del module._diffusers_hook
+            unregister_hook(module, name, had_registry, had_forward)
         self._installed = []
         self._rt.reset()
         self._invalidate()

@@ -56,6 +56,7 @@ from typing import Any
 
 import torch
 
+from ditaccel.caching.runtime import unregister_hook
 from ditaccel.errors import DitaccelError
 
 _CONTEXT_HOOK = "ditaccel_peer_context"
@@ -178,12 +179,7 @@ def _remover(root: torch.nn.Module, before: dict[int, tuple[torch.nn.Module, set
                 continue
             _, had_names, had_reg, had_fwd = before.get(id(m), (m, set(), False, False))
             for name in [n for n in reg._hook_order if n not in had_names]:
-                reg.remove_hook(name, recurse=False)
-            if not reg.hooks:
-                if not had_fwd and "forward" in m.__dict__:
-                    del m.__dict__["forward"]
-                if not had_reg:
-                    del m._diffusers_hook
+                unregister_hook(m, name, had_reg, had_fwd)
         reg = getattr(root, "_diffusers_hook", None)
         if reg is not None:
             reg.invalidate_child_registries_cache()
