@@ -28,7 +28,7 @@ lint: setup
 # bench/results/ (roughly an hour on 2 CPU cores).
 bench: setup
 	$(PY) bench/bench_bundled.py --seeds 4 --threads 1
-	$(PY) bench/bench_speed.py --steps 8 --repeats 1
+	$(PY) bench/bench_speed.py --steps 8 --repeats 3
 	$(PY) bench/bench_search.py
 	$(PY) bench/bench_quant.py --prompts 48 --calib-every 2 --iters 200 --threads 1
 	$(PY) bench/bench_eval.py --every 6 --seeds 0,1 --repeats 3 --timing-images 4

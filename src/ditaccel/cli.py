@@ -61,8 +61,10 @@ def _resolve_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+
     from ditaccel._io import atomic_write, atomic_write_text
-    from ditaccel.pipeline import generate_images
+    from ditaccel.pipeline import generate_images, pipeline_call_kwargs
     from ditaccel.prompts import parse_seeds
 
     prompts = _resolve_prompts(args)
@@ -77,8 +79,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         schedule = CacheSchedule.load(args.schedule)
     pipe = _load(args)
-    from ditaccel.pipeline import pipeline_call_kwargs
-
     call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
     effective = pipeline_call_kwargs(pipe, **call)
     handle = None
@@ -92,8 +92,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         handle = apply_schedule(pipe, schedule)
     jobs = [(p, s) for p in prompts for s in seeds]
     out.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
     records = []
     meta = {"steps": effective.get("num_inference_steps"), "guidance": effective.get("guidance_scale")}
     if args.schedule is not None:
@@ -101,21 +99,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.quantized is not None:
         meta["quantized"] = str(args.quantized)
     t0 = time.perf_counter()
-    with _progress() as prog:
-        task = prog.add_task("generating", total=len(jobs))
-        for start in range(0, len(jobs), args.batch_size):
-            chunk = jobs[start : start + args.batch_size]
-            images = generate_images(
-                pipe, [p for p, _ in chunk], [s for _, s in chunk], batch_size=args.batch_size, **call
-            )
-            for k, ((prompt, seed), img) in enumerate(zip(chunk, images, strict=True)):
-                name = f"{start + k:05d}.png"
-                atomic_write(out / name, lambda tmp, img=img: Image.fromarray(img).save(tmp, format="PNG"))
-                records.append({"file": name, "prompt": prompt, "seed": seed, **meta})
-            atomic_write_text(out / "images.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-            prog.advance(task, len(chunk))
-    if handle is not None:
-        handle.remove()
+    try:
+        with _progress() as prog:
+            task = prog.add_task("generating", total=len(jobs))
+            for start in range(0, len(jobs), args.batch_size):
+                chunk = jobs[start : start + args.batch_size]
+                images = generate_images(
+                    pipe, [p for p, _ in chunk], [s for _, s in chunk], batch_size=args.batch_size, **call
+                )
+                for k, ((prompt, seed), img) in enumerate(zip(chunk, images, strict=True)):
+                    name = f"{start + k:05d}.png"
+                    atomic_write(out / name, lambda tmp, img=img: Image.fromarray(img).save(tmp, format="PNG"))
+                    records.append({"file": name, "prompt": prompt, "seed": seed, **meta})
+                # the index is rewritten after every batch, so a crash keeps what was written
+                atomic_write_text(out / "images.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+                prog.advance(task, len(chunk))
+    finally:
+        if handle is not None:
+            handle.remove()
     console.print(f"wrote {len(records)} images to {out} in {time.perf_counter() - t0:.1f}s")
     return 0
 
@@ -147,7 +148,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = FP4DiTConfig(weights=weights, acts=acts, adaround=not args.no_adaround, iters=iters)
     prompts = load_prompts(args.calib_prompts) if args.calib_prompts else _default_calib_prompts(args.model)
     seeds = parse_seeds(args.calib_seeds)
-    args.quantized = None
+    if args.quantized is not None:
+        raise DitaccelError("quantize starts from full-precision weights; drop --quantized")
     pipe = _load(args)
     t0 = time.perf_counter()
     console.print(f"collecting calibration data: {len(prompts)} prompts x {len(seeds)} seeds along the sampler")
