@@ -22,7 +22,7 @@ test: setup
 	$(PY) -m pytest -q -x --durations=15
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff check src tests bench
 
 # The full comparison on the bundled model, with the settings of the committed results in
 # bench/results/ (roughly an hour on 2 CPU cores).

@@ -8,7 +8,7 @@ Two phases, both resumable from ``<work>/``:
    v-prediction, caption dropout (for classifier-free guidance), EMA and a cosine learning rate.
 
 The result is a standard diffusers folder that ``PixArtAlphaPipeline.from_pretrained`` loads with
-no custom code. Run ``python scripts/train_bundled.py --help``.
+no custom code. Run ``python -m ditaccel.zoo.train --help``; the defaults reproduce the bundled model.
 """
 
 from __future__ import annotations
