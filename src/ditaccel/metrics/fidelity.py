@@ -50,26 +50,33 @@ def ssim(image: np.ndarray, reference: np.ndarray, data_range: float = 255.0, si
     return float(np.mean(vals))
 
 
-class PSNR(Metric):
+class _PairFidelity(Metric):
+    """Per-image comparison with the uncached image of the same prompt and seed."""
+
+    needs_reference = True
+
+    @staticmethod
+    def compare(image: np.ndarray, reference: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def per_image(self, images: Sequence[np.ndarray], prompts: Sequence[str],
+                  references: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        self._check_inputs(images, prompts, references)
+        return np.array([self.compare(i, r) for i, r in zip(images, references, strict=True)])
+
+
+class PSNR(_PairFidelity):
     """Fidelity to the uncached model: what caching changed, in dB."""
 
-    name, needs_reference = "psnr", True
-
-    def per_image(self, images: Sequence[np.ndarray], prompts: Sequence[str],
-                  references: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        self._check_inputs(images, prompts, references)
-        return np.array([psnr(i, r) for i, r in zip(images, references, strict=True)])
+    name = "psnr"
+    compare = staticmethod(psnr)
 
 
-class SSIM(Metric):
+class SSIM(_PairFidelity):
     """Structural fidelity to the uncached model, in [-1, 1] (1 = identical)."""
 
-    name, needs_reference = "ssim", True
-
-    def per_image(self, images: Sequence[np.ndarray], prompts: Sequence[str],
-                  references: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        self._check_inputs(images, prompts, references)
-        return np.array([ssim(i, r) for i, r in zip(images, references, strict=True)])
+    name = "ssim"
+    compare = staticmethod(ssim)
 
 
 class AdherenceMetric(Metric):

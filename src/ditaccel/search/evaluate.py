@@ -33,7 +33,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from ditaccel.caching import CacheSchedule, apply_schedule
 from ditaccel.errors import DitaccelError
 from ditaccel.models import get_adapter, get_transformer
-from ditaccel.pipeline import pipeline_call_kwargs
+from ditaccel.pipeline import generate_images, pipeline_call_kwargs
 
 _MEMO_HOOK = "ditaccel_search_prefix"
 
@@ -208,7 +208,6 @@ class PrefixEvaluator:
         self.prompts, self.seeds = list(prompts), [int(s) for s in seeds]
         self.batch_size = batch_size
         self.kwargs = pipeline_call_kwargs(pipe, **(call_kwargs or {}))
-        self.kwargs["output_type"] = "np"
         self.adapter = get_adapter(pipe)
 
     # -- public ------------------------------------------------------------------------------
@@ -235,9 +234,7 @@ class PrefixEvaluator:
 
     # -- internals ---------------------------------------------------------------------------
     def _call(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[np.ndarray]:
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        images = self.pipe(list(prompts), generator=gens, **self.kwargs).images
-        return list((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+        return generate_images(self.pipe, prompts, seeds, batch_size=len(prompts), **self.kwargs)
 
     def _alone(self, schedules: Sequence[CacheSchedule], ps: Sequence[str], ss: Sequence[int],
                out: list[list[np.ndarray]], stats: EvalStats, live: np.ndarray, alone: np.ndarray,
