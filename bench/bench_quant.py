@@ -35,6 +35,7 @@ from ditaccel.quant import (
     collect_calibration,
     load_quantized,
     quantize_,
+    round_kept_,
     save_quantized,
     set_activation_quant,
     weight_bytes,
@@ -48,8 +49,10 @@ VARIANTS = [
     ("FP", "e2m1", False, [("W4A8", "e3m4"), ("W4A6", "e2m3")]),
     ("INT", "int4", True, [("W4A8", "int8"), ("W4A6", "int6")]),
     ("INT", "int4", False, [("W4A8", "int8"), ("W4A6", "int6")]),
-    ("FP auto", "auto", False, [("W4A8", "e3m4")]),  # only with --auto
+    ("FP auto", "auto", True, [("W4A8", "e3m4"), ("W4A6", "e2m3")]),  # only with --auto
 ]
+# Kept-layer storages measured per variant: the default (float16) for all, int8 also for the first.
+EXTRA_STORAGE = {("FP", "e2m1", True): [("int8", "W4A8")]}
 
 
 
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", nargs="+", default=None, help="combine --rows JSON parts into --out and exit")
     p.add_argument("--ablation", action="store_true",
                    help="only block MSE of round-to-nearest weight formats (no images); appends to --out")
-    p.add_argument("--auto", action="store_true", help="also run weights='auto' (per-layer format choice, RTN)")
+    p.add_argument("--auto", action="store_true", help="also run weights='auto' (per-layer format choice, AdaRound)")
     p.add_argument("--out", default=str(HERE / "results" / "quant.md"))
     args = p.parse_args(argv)
     if args.merge:
@@ -173,52 +176,58 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and not family.lower().startswith(args.only):
             continue
         tr = copy.deepcopy(fp_transformer)
-        cfg = FP4DiTConfig(weights=wfmt, acts="none", adaround=ada, iters=args.iters, lr=args.lr)
+        # kept layers exact here; each storage below rounds a copy, as quantize_ does as its last step
+        cfg = FP4DiTConfig(weights=wfmt, acts="none", adaround=ada, iters=args.iters, lr=args.lr, kept_storage="model")
         name = f"{family} {'AdaRound' if ada else 'RTN'}"
         print(f"quantizing: {name}", flush=True)
         rep = quantize_(tr, cfg, calib=calib)
         n_blocks = len(rep.block_mse)
         timings[name] = rep.calib_seconds
-        with tempfile.TemporaryDirectory() as d:
-            stats = save_quantized(tr, d, cfg)
-            files = sum(f.stat().st_size for f in Path(d).iterdir())
-            with tempfile.TemporaryDirectory() as d16:  # same, high-precision layers stored as fp16
-                save_quantized(tr, d16, cfg, kept_dtype=torch.float16)
-                files16 = sum(f.stat().st_size for f in Path(d16).iterdir())
-            shell = copy.copy(pipe)  # same components, transformer rebuilt from the folder alone
-            shell.transformer = None
-            loaded = load_quantized(d, shell)
-            mem_ratio = weight_bytes(loaded) / fp16
-            t16 = load_quantized(d, copy.deepcopy(fp_transformer).half())  # an fp16 deployment
-            mem_ratio16 = weight_bytes(t16) / fp16
-            del t16
+        storages = [("float16", None), *EXTRA_STORAGE.get((family, wfmt, ada), [])]
+        for storage, only_act in storages:
+            trs = copy.deepcopy(tr)
+            round_kept_(trs, storage)
+            with tempfile.TemporaryDirectory() as d:
+                stats = save_quantized(trs, d, cfg, kept_storage=storage)
+                files = sum(f.stat().st_size for f in Path(d).iterdir())
+                shell = copy.copy(pipe)  # same components, transformer rebuilt from the folder alone
+                shell.transformer = None
+                loaded = load_quantized(d, shell)
+                mem_ratio = weight_bytes(loaded) / fp16
+                t16 = load_quantized(d, copy.deepcopy(fp_transformer).half())  # an fp16 deployment
+                mem_ratio16 = weight_bytes(t16) / fp16
+                del t16
             bitwise = None
-        for act_label, act in acts:
-            set_activation_quant(tr, act, cfg)
-            pipe.transformer = tr
-            imgs = _images(pipe, prompts, seeds, kw)
-            if bitwise is None:  # same prompts in the same batch: images depend on the batch size
-                set_activation_quant(loaded, act, cfg)
-                shell.transformer = loaded
-                mine = _images(pipe, prompts[:2], seeds[:2], kw)
-                bitwise = bool(np.array_equal(np.stack(_images(shell, prompts[:2], seeds[:2], kw)), np.stack(mine)))
-            pipe.transformer = fp_transformer
-            row = {
-                "variant": f"{family} {act_label} ({_weights_label(wfmt, rep)} + {act})",
-                "rounding": "AdaRound" if ada else "RTN",
-                "adherence": adherence(imgs, prompts)["all"] if adherence else None,
-                "psnr": float(np.mean([psnr(a, b) for a, b in zip(imgs, ref, strict=True)])),
-                "block_mse": rep.mean_block_mse,
-                "bits": stats["bits_per_weight"],
-                "file_ratio": files / fp16,
-                "file_ratio16": files16 / fp16,
-                "mem_ratio": mem_ratio,
-                "mem_ratio16": mem_ratio16,
-                "calib_s": rep.calib_seconds,
-                "bitwise": bitwise,
-            }
-            rows.append(row)
-            print(row, flush=True)
+            for act_label, act in acts:
+                if only_act is not None and act_label != only_act:
+                    continue
+                set_activation_quant(trs, act, cfg)
+                pipe.transformer = trs
+                imgs = _images(pipe, prompts, seeds, kw)
+                if bitwise is None:  # same prompts in the same batch: images depend on the batch size
+                    set_activation_quant(loaded, act, cfg)
+                    shell.transformer = loaded
+                    mine = _images(pipe, prompts[:2], seeds[:2], kw)
+                    bitwise = bool(np.array_equal(np.stack(_images(shell, prompts[:2], seeds[:2], kw)),
+                                                  np.stack(mine)))
+                pipe.transformer = fp_transformer
+                row = {
+                    "variant": f"{family} {act_label} ({_weights_label(wfmt, rep)} + {act})",
+                    "rounding": "AdaRound" if ada else "RTN",
+                    "kept": storage,
+                    "adherence": adherence(imgs, prompts)["all"] if adherence else None,
+                    "psnr": float(np.mean([psnr(a, b) for a, b in zip(imgs, ref, strict=True)])),
+                    "block_mse": rep.mean_block_mse,
+                    "bits": stats["bits_per_weight"],
+                    "file_ratio": files / fp16,
+                    "mem_ratio": mem_ratio,
+                    "mem_ratio16": mem_ratio16,
+                    "calib_s": rep.calib_seconds,
+                    "bitwise": bitwise,
+                }
+                rows.append(row)
+                print(row, flush=True)
+            del trs, loaded
 
     res = {
         "model_desc": model_desc, "machine": machine_description(), "command": command, "n_prompts": len(prompts),
@@ -284,16 +293,16 @@ def render(res: dict) -> str:
         "",
         weight_stats,
         "",
-        "| variant | rounding | adherence (all) | PSNR vs FP (dB) | mean block MSE | bits/weight | file / fp16 "
-        "| file / fp16, kept layers fp16 | loaded weight mem / fp16 | same, loaded into fp16 model "
-        "| calibration s | reload bitwise |",
+        "| variant | rounding | kept layers stored | adherence (all) | PSNR vs FP (dB) | mean block MSE | bits/weight "
+        "| file / fp16 | loaded weight mem / fp16 | same, loaded into fp16 model | calibration s | reload bitwise |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         adh = f"{r['adherence']:.3f}" if r["adherence"] is not None else "n/a"
         lines.append(
-            f"| {r['variant']} | {r['rounding']} | {adh} | {r['psnr']:.2f} | {r['block_mse']:.3e} | {r['bits']:.3f} "
-            f"| {r['file_ratio']:.3f} | {r['file_ratio16']:.3f} | {r['mem_ratio']:.3f} | {r['mem_ratio16']:.3f} | {r['calib_s']:.1f} | {'yes' if r['bitwise'] else 'NO'} |"
+            f"| {r['variant']} | {r['rounding']} | {r['kept']} | {adh} | {r['psnr']:.2f} | {r['block_mse']:.3e} "
+            f"| {r['bits']:.3f} | {r['file_ratio']:.3f} | {r['mem_ratio']:.3f} | {r['mem_ratio16']:.3f} "
+            f"| {r['calib_s']:.1f} | {'yes' if r['bitwise'] else 'NO'} |"
         )
     per_iter = {}
     for fam in ("FP", "INT"):
@@ -311,8 +320,10 @@ def render(res: dict) -> str:
         "Notes:",
         "- bits/weight counts the quantized linears only (4-bit codes + one fp32 group scale per 128 inputs, "
         "+ a uint8 zero point for INT). File and memory ratios are over the whole transformer, so they include "
-        "the layers kept in high precision (embeddings, adaLN-single, caption projection, final layer), stored in "
-        "the model's own dtype (the 'kept layers fp16' column stores those as fp16).",
+        "the layers kept out of 4-bit (embeddings, adaLN-single, caption projection, final layer, norms, biases), "
+        "stored as the 'kept layers stored' column says: float16 (the default), or int8 codes with a "
+        "power-of-two scale per output row for their Linear weights (`--kept-storage int8`). quantize_ rounds "
+        "them to that storage in memory too, so the images above are those of the saved model.",
         "- loaded weight mem: parameters + buffers of the transformer rebuilt from the folder, in the pipeline's "
         "dtype (fp32 here) and, in the next column, loaded into an fp16 copy of the model (kept layers in fp16, "
         "as in an fp16 deployment), both over the fp16 size of the full-precision transformer.",

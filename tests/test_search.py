@@ -330,3 +330,35 @@ def test_latency_cost_is_measured(pipe, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "lat" / "candidates.jsonl").read_text().splitlines()]
     assert all(r["latency_s"] > 0 and r["objectives"][1] == r["latency_s"] for r in rows)
     assert fr.points
+
+
+def test_tiebreak_fills_the_equal_quality_end_and_never_outweighs_quality(bundled_pipe, tmp_path):
+    from ditaccel.search.engine import resolve_tiebreak, tiebreak_unit, tiebreak_weight
+    from ditaccel.zoo import shapes
+
+    prompts = shapes.calibration_prompts()[:3]
+    fr = search(bundled_pipe, SearchConfig(prompts=prompts, population=6, generations=2,
+                                           call_kwargs={"num_inference_steps": 4}, out=tmp_path / "t"))
+    assert fr.metric == "adherence" and fr.info["tiebreak"] == "psnr"  # auto: psnr under adherence
+    rows = [json.loads(x) for x in (tmp_path / "t" / "candidates.jsonl").read_text().splitlines()]
+    w = tiebreak_weight(len(prompts))
+    assert w < 1 / len(prompts)  # less than one image's worth of adherence
+    for r in rows:
+        expect = 1 - r["quality"] + w * (1 - tiebreak_unit("psnr", r["tiebreak"]))
+        assert r["objectives"][0] == pytest.approx(expect)
+    # every (cost, adherence) frontier point is still on the tie-broken frontier ...
+    feasible = [r for r in rows if r["feasible"]]
+    plain = {(feasible[i]["macs"], feasible[i]["quality"])
+             for i in non_dominated([(r["macs"], r["quality"]) for r in feasible])}
+    assert plain <= {(p.macs, p.quality) for p in fr.points}
+    # ... and among equal adherence, a faster point has lower fidelity to the uncached images
+    for p in fr.points:
+        assert "psnr" in p.details
+        for q in fr.points:
+            if q.quality == p.quality and q.speedup > p.speedup:
+                assert q.details["psnr"] < p.details["psnr"]
+    assert resolve_tiebreak("none", "adherence") is None and resolve_tiebreak("auto", "psnr") is None
+    with pytest.raises(DitaccelError, match="not supported"):
+        resolve_tiebreak("clip", "adherence")
+    with pytest.raises(DitaccelError, match="equals the main metric"):
+        resolve_tiebreak("psnr", "psnr")

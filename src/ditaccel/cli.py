@@ -145,7 +145,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise DitaccelError(f"--iters must be >= 1, got {iters}")
     weights = _FORMAT_ALIASES.get(args.weights, args.weights)
     acts = _FORMAT_ALIASES.get(args.acts, args.acts)
-    config = FP4DiTConfig(weights=weights, acts=acts, adaround=not args.no_adaround, iters=iters)
+    config = FP4DiTConfig(weights=weights, acts=acts, adaround=not args.no_adaround, iters=iters,
+                          kept_storage=args.kept_storage)
     prompts = load_prompts(args.calib_prompts) if args.calib_prompts else _default_calib_prompts(args.model)
     seeds = parse_seeds(args.calib_seeds)
     if args.quantized is not None:
@@ -213,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--iters", type=int, default=None,
                    help=f"AdaRound iterations per block (default: the paper's 2500; {BUNDLED_ADAROUND_ITERS} on the bundled model)")
     q.add_argument("--no-adaround", action="store_true", help="round-to-nearest only")
+    q.add_argument("--kept-storage", default="float16", choices=("model", "float16", "bfloat16", "int8"),
+                   help="storage of the layers kept out of 4-bit (embeddings, adaLN, final layer): float16 (default), "
+                        "the model's dtype, or int8 weights for the smallest file")
     q.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     q.add_argument("--out", type=Path, required=True)
     q.set_defaults(func=cmd_quantize)

@@ -54,14 +54,18 @@ def run_demo(out: Path, generations: int = 6, population: int = 24, console: Con
 
     base_q = frontier.baseline.get("quality")
     table = Table(title=f"frontier vs presets ({frontier.metric} on calibration prompts; uncached = {base_q:.3f})")
-    for col in ("kind", "name", "MACs speedup", frontier.metric, "change"):
+    second = frontier.info.get("tiebreak")  # equal-quality frontier points differ in it
+    for col in ("kind", "name", "MACs speedup", frontier.metric, "change", *([f"{second} vs uncached"] if second else [])):
         table.add_column(col)
     presets = sorted(frontier.presets, key=lambda r: r["speedup"])
     for r in presets:
         if r["name"] in ("fora(2)", "fora(3)", "fora(4)", "fora(5)"):
-            table.add_row("preset", r["name"], f"{r['speedup']:.2f}x", f"{r['quality']:.3f}", f"{r['quality'] - base_q:+.3f}")
+            table.add_row("preset", r["name"], f"{r['speedup']:.2f}x", f"{r['quality']:.3f}",
+                          f"{r['quality'] - base_q:+.3f}", *([f"{r.get(second, float('nan')):.1f}"] if second else []))
     for p in frontier.points:
-        table.add_row("[green]ECAD[/]", p.name, f"{p.speedup:.2f}x", f"{p.quality:.3f}", f"{p.quality - base_q:+.3f}")
+        extra = [f"{p.details[second]:.1f}" if second in p.details else ""] if second else []
+        table.add_row("[green]ECAD[/]", p.name, f"{p.speedup:.2f}x", f"{p.quality:.3f}", f"{p.quality - base_q:+.3f}",
+                      *extra)
     console.print(table)
 
     # Two frontier schedules: the fastest within 1 point of the uncached model, and the fastest

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ditaccel.errors import DitaccelError
 from ditaccel.quant.adaround import AdaRoundLinear, optimize_rounding
 from ditaccel.quant.formats import FPFormat, decode, encode, parse_format
+from ditaccel.quant.io import round_kept_
 from ditaccel.quant.linear import QuantLinear, check_act_format, weight_bytes
 from ditaccel.quant.reconstruct import (
     BatchedData,
@@ -30,6 +31,7 @@ from ditaccel.quant.reconstruct import (
 
 __all__ = [
     "FP4DiTConfig",
+    "KEPT_STORAGE_CHOICES",
     "QuantReport",
     "quantize_",
     "DEFAULT_KEEP",
@@ -50,6 +52,9 @@ DEFAULT_KEEP: tuple[str, ...] = (
 )
 
 WEIGHT_CHOICES = ("e2m1", "e1m2", "e3m0", "auto", "int4")
+#: How the kept (not 4-bit) tensors are stored: the model's own dtype, 16-bit floats, or
+#: 8-bit codes for kept Linear weights (power-of-two scale per output row) + 16-bit for the rest.
+KEPT_STORAGE_CHOICES = ("model", "float16", "bfloat16", "int8")
 ACT_CHOICES = ("e2m3", "e3m4", "e4m3", "int8", "int6", "none")
 
 
@@ -76,6 +81,9 @@ class FP4DiTConfig:
     qkv_pattern: str = r"(^|\.)(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj)$"
     quantize_qkv: bool = True
     auto_candidates: tuple[str, ...] = ("e2m1", "e1m2", "e3m0")
+    #: Storage of the layers kept out of 4-bit (see ``KEPT_STORAGE_CHOICES``). ``quantize_`` rounds
+    #: them in memory to exactly what the file holds, so a reload reproduces outputs bitwise.
+    kept_storage: str = "float16"
     #: "portable" (pure PyTorch, any device) or a torchao kernel: "torchao-fp8", "torchao-mxfp4", "torchao-nvfp4".
     #: A kernel replaces the packed layers, so save before, or pass ``kernel=`` to ``load_quantized``.
     kernel: str = "portable"
@@ -98,6 +106,10 @@ class FP4DiTConfig:
                 raise DitaccelError(f"auto candidate {c!r} is wider than 4 bits: use 4-bit formats")
         if self.group_size < 1 or self.iters < 0 or self.batch_size < 1:
             raise DitaccelError("group_size and batch_size must be >= 1 and iters >= 0")
+        self.kept_storage = str(self.kept_storage).lower()
+        if self.kept_storage not in KEPT_STORAGE_CHOICES:
+            raise DitaccelError(f"kept_storage={self.kept_storage!r} is not supported: use one of "
+                                f"{', '.join(KEPT_STORAGE_CHOICES)}")
         self.keep = tuple(self.keep)
         self.auto_candidates = tuple(self.auto_candidates)
         for p in (*self.keep, self.first_ffn_pattern, self.qkv_pattern):
@@ -351,6 +363,7 @@ def quantize_(transformer: nn.Module, config: FP4DiTConfig | None = None, calib:
             if n in flags:
                 p.requires_grad_(flags[n])
         transformer.train(was_training)
+    round_kept_(transformer, config.kept_storage)
     set_activation_quant(transformer, config.acts, config)
     if config.kernel != "portable":
         from ditaccel.quant.kernels import apply_kernel

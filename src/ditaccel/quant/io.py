@@ -23,7 +23,8 @@ from ditaccel._io import atomic_write, atomic_write_json
 from ditaccel.errors import QuantizedCheckpointError
 from ditaccel.quant.linear import QuantLinear, weight_bytes
 
-__all__ = ["save_quantized", "load_quantized", "checkpoint_stats", "model_fingerprint", "CONFIG_NAME", "TENSORS_NAME"]
+__all__ = ["save_quantized", "load_quantized", "checkpoint_stats", "model_fingerprint", "round_kept_", "int8_rows",
+           "CONFIG_NAME", "TENSORS_NAME"]
 
 CONFIG_NAME = "quant_config.json"
 TENSORS_NAME = "quantized.safetensors"
@@ -66,20 +67,84 @@ def _kept_tensors(transformer: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+_STORAGE_16 = {"float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float16}
+
+
+def _check_storage(storage: str) -> str:
+    storage = str(storage).lower()
+    if storage not in ("model", *_STORAGE_16):
+        raise QuantizedCheckpointError(f"kept storage {storage!r} is not supported: use model, float16, bfloat16 or int8")
+    return storage
+
+
+def _linear_weights(transformer: nn.Module) -> set[str]:
+    return {f"{n}.weight" for n, m in transformer.named_modules()
+            if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear)}
+
+
+def int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """INT8 codes with a power-of-two scale per output row.
+
+    Why a power of two: decoding (codes * scale) is exact in float32 and re-encoding the decoded
+    weight gives the same codes and scale, so a kept layer rounded in memory by ``quantize_``
+    and the one rebuilt from the file are bitwise equal.
+    """
+    w32 = w.detach().float()
+    amax = w32.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = torch.exp2(torch.ceil(torch.log2(amax / 127.0)))
+    codes = torch.round(w32 / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return codes, scale
+
+
+def _int8_decode(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return codes.float() * scale.float()[:, None]
+
+
+def _stored(t: torch.Tensor, storage: str, as_int8: bool) -> torch.Tensor:
+    """The value the file will hold for a kept tensor, in the tensor's own dtype."""
+    if storage == "model" or not t.is_floating_point():
+        return t
+    if as_int8 and storage == "int8":
+        return _int8_decode(*int8_rows(t)).to(t.dtype)
+    if t.element_size() > 2:
+        return t.to(_STORAGE_16[storage]).to(t.dtype)
+    return t
+
+
+@torch.no_grad()
+def round_kept_(transformer: nn.Module, storage: str) -> None:
+    """Round the tensors kept out of 4-bit (and the quantized layers' biases) to what the file stores.
+
+    Called by ``quantize_`` so that the in-memory model *is* the saved one: the reload is bitwise.
+    """
+    storage = _check_storage(storage)
+    if storage == "model":
+        return
+    lin = _linear_weights(transformer)
+    for n, t in _kept_tensors(transformer).items():
+        t.data = _stored(t.data, storage, n in lin)
+    for m in transformer.modules():
+        if isinstance(m, QuantLinear) and m.bias is not None:
+            m.bias.data = _stored(m.bias.data, storage, False)
+
+
 def save_quantized(
     transformer: nn.Module,
     directory: str | os.PathLike,
     config: Any = None,
-    kept_dtype: torch.dtype | None = None,
+    kept_storage: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``directory/quantized.safetensors`` + ``quant_config.json`` atomically.
 
-    ``kept_dtype`` (e.g. ``torch.float16``) casts the high-precision layers in the file
-    to shrink it; the default keeps them exactly, so a reload reproduces outputs bitwise.
-    Returns the size statistics also written to the JSON.
+    ``kept_storage`` ("model", "float16", "bfloat16" or "int8"; default: ``config.kept_storage``,
+    else "model") is how the layers kept out of 4-bit are stored. ``quantize_`` has already
+    rounded them to it, so the file is exact; a model that was not rounded loses that precision
+    here. Returns the size statistics also written to the JSON.
     """
     directory = Path(directory)
+    storage = _check_storage(kept_storage if kept_storage is not None else getattr(config, "kept_storage", "model"))
+    lin = _linear_weights(transformer)
     qlayers = {n: m for n, m in transformer.named_modules() if isinstance(m, QuantLinear)}
     if not qlayers:
         raise QuantizedCheckpointError("the transformer has no quantized layers: run quantize_() before save_quantized()")
@@ -94,7 +159,8 @@ def save_quantized(
         if m.zeros.numel():
             tensors[f"{n}.zeros"] = m.zeros
         if m.bias is not None:
-            tensors[f"{n}.bias"] = m.bias
+            b = m.bias.detach()
+            tensors[f"{n}.bias"] = b.to(_STORAGE_16[storage]) if storage != "model" and b.element_size() > 2 else b
         layers[n] = {
             "format": m.fmt.name, "in_features": m.in_features, "out_features": m.out_features,
             "group_size": m.group_size, "bias": m.bias is not None, "act_format": m.act_format,
@@ -109,11 +175,17 @@ def save_quantized(
     for n, t in _kept_tensors(transformer).items():
         is_param = isinstance(t, nn.Parameter)
         store = t.detach()
-        if kept_dtype is not None and store.is_floating_point() and store.element_size() > 2:
-            store = store.to(kept_dtype)
-        tensors[n] = store
-        kept[n] = {"kind": "parameter" if is_param else "buffer", "dtype": str(t.dtype).removeprefix("torch."),
-                   "shape": list(t.shape), "persistent": n in persistent}
+        spec = {"kind": "parameter" if is_param else "buffer", "dtype": str(t.dtype).removeprefix("torch."),
+                "shape": list(t.shape), "persistent": n in persistent}
+        if storage == "int8" and n in lin and store.is_floating_point():
+            codes, scale = int8_rows(store)
+            tensors[f"{n}.int8"], tensors[f"{n}.int8_scale"] = codes, scale
+            spec["storage"] = "int8"
+        else:
+            if storage != "model" and store.is_floating_point() and store.element_size() > 2:
+                store = store.to(_STORAGE_16[storage])
+            tensors[n] = store
+        kept[n] = spec
         if t.is_floating_point():
             fp16_bytes += 2 * t.numel()
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -121,6 +193,7 @@ def save_quantized(
     atomic_write(tpath, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT_ID}))
     tbytes = tpath.stat().st_size
     stats = {
+        "kept_storage": storage,
         "bits_per_weight": q_bits / max(1, q_weights),
         "quantized_weights": q_weights,
         "file_bytes": tbytes,
@@ -249,13 +322,20 @@ def load_quantized(directory: str | os.PathLike, pipe: Any, kernel: str = "porta
             b = need(f"{n}.bias")
             if b.shape != (spec["out_features"],):
                 raise _fail(f"tensor {n}.bias in {tpath} has shape {tuple(b.shape)}: the file is damaged")
-            q.bias = nn.Parameter(b.clone(), requires_grad=False)
+            q.bias = nn.Parameter(b.to(dtype), requires_grad=False)
         if device is not None and device.type != "meta":
             q = q.to(device)
         parent, leaf = _owner(transformer, n)
         setattr(parent, leaf, q)
     for n, spec in meta["kept"].items():
-        t = need(n)
+        if spec.get("storage") == "int8":
+            codes, scale = need(f"{n}.int8"), need(f"{n}.int8_scale")
+            if codes.dtype != torch.int8 or codes.dim() != 2 or scale.shape != (codes.shape[0],):
+                raise _fail(f"tensor {n}.int8 in {tpath} has shape {tuple(codes.shape)}/{codes.dtype}: the file is "
+                            "damaged; re-run `ditaccel quantize`")
+            t = _int8_decode(codes, scale)
+        else:
+            t = need(n)
         if list(t.shape) != spec["shape"]:
             raise _fail(f"tensor {n} in {tpath} has shape {tuple(t.shape)}, expected {tuple(spec['shape'])}: "
                         "the file is damaged; re-run `ditaccel quantize`")

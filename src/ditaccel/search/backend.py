@@ -26,10 +26,11 @@ class LocalBackend:
 
     def __init__(self, pipe: Any, prompts: Sequence[str], seeds: Sequence[int], batch_size: int,
                  call_kwargs: dict[str, Any], metric: str, metric_paths: dict[str, Any], steps: int,
-                 cost: str = "macs", share: bool = True) -> None:
+                 cost: str = "macs", share: bool = True, tiebreak: str | None = None) -> None:
         self.pipe = pipe
         self.prompts = list(prompts)
         self.metric = get_metric(metric, **metric_paths)
+        self.tiebreak = get_metric(tiebreak) if tiebreak else None
         self.ev = PrefixEvaluator(pipe, prompts, seeds, batch_size, call_kwargs)
         self.steps = steps
         self.cost = cost
@@ -43,10 +44,11 @@ class LocalBackend:
             self._refs = imgs[0]
         return self._refs
 
-    def _score(self, images: list[np.ndarray]) -> tuple[float, dict[str, Any]]:
-        refs = self.references() if self.metric.needs_reference else None
+    def _score(self, images: list[np.ndarray]) -> tuple[float, dict[str, Any], float | None]:
+        refs = self.references() if self.metric.needs_reference or self.tiebreak is not None else None
+        second = None if self.tiebreak is None else float(self.tiebreak.score(images, self.prompts, refs))
         return (float(self.metric.score(images, self.prompts, refs)),
-                self.metric.details(images, self.prompts, refs))
+                self.metric.details(images, self.prompts, refs), second)
 
     def latency(self, schedule: CacheSchedule, repeats: int = 2) -> float:
         """Best-of-``repeats`` seconds of one pipeline call on the first prompt under ``schedule``."""
@@ -64,9 +66,11 @@ class LocalBackend:
         images, stats = self.ev.images(scheds, share=self.share, on_done=on_done)
         results = []
         for k, imgs in enumerate(images):
-            q, details = self._score(imgs)
+            q, details, second = self._score(imgs)
             r = {"quality": q, "details": details, "components": stats.per_candidate_live[k],
                  "components_alone": stats.per_candidate_alone[k]}
+            if second is not None:
+                r["tiebreak"] = second
             if self.cost == "latency":
                 r["latency_s"] = self.latency(scheds[k])
             results.append(r)

@@ -55,6 +55,9 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--batch-size", type=int, default=64, help="images per pipeline call (default 64)")
     s.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     s.add_argument("--cost", choices=("macs", "latency"), default="macs", help="cost objective (default macs)")
+    s.add_argument("--tiebreak", default="auto", metavar="METRIC",
+                   help="psnr | ssim | none: orders candidates of equal quality by fidelity to the uncached images "
+                        "(default auto: psnr when the metric is adherence)")
     s.set_defaults(func=cmd_search)
 
     f = subparsers.add_parser("frontier", help="print a search's frontier, or write the schedule you pick")
@@ -80,7 +83,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                        metric_paths=_metric_paths(args.metric_path), population=args.population,
                        generations=args.generations, seed=args.seed, init=args.init,
                        out=args.out, resume=args.resume, batch_size=args.batch_size, call_kwargs=call_kwargs,
-                       cost=args.cost, ray_address=args.ray, ray_workers=args.ray_workers, progress=True)
+                       cost=args.cost, ray_address=args.ray, ray_workers=args.ray_workers, progress=True,
+                       tiebreak=args.tiebreak)
     if args.metric:  # fail on an unknown metric or missing weights before loading the model
         from ditaccel.metrics import get_metric
 
@@ -106,17 +110,21 @@ def _print_table(frontier: Any) -> None:
     base = frontier.baseline.get("quality")
     t = Table(title=f"{frontier.family} frontier ({frontier.metric}; no cache: "
                     f"{'?' if base is None else f'{base:.4g}'})")
-    for col in ("point", "speedup (MACs)", frontier.metric, "vs no cache", "schedule"):
+    second = frontier.info.get("tiebreak")
+    cols = ["point", "speedup (MACs)", frontier.metric, "vs no cache", *([second] if second else []), "schedule"]
+    for col in cols:
         t.add_column(col, justify="left" if col in ("point", "schedule") else "right")
-    for row in frontier.table():
+    for row, p in zip(frontier.table(), frontier.points, strict=True):
         delta = "" if row["delta"] is None else f"{row['delta']:+.4g}"
-        t.add_row(row["name"], f"{row['speedup']:.2f}x", f"{row['quality']:.4g}", delta,
+        extra = [f"{p.details[second]:.4g}" if second in p.details else ""] if second else []
+        t.add_row(row["name"], f"{row['speedup']:.2f}x", f"{row['quality']:.4g}", delta, *extra,
                   f"schedules/{row['name']}.json")
     fora = sorted((p for p in frontier.presets if str(p["name"]).startswith("fora(")), key=lambda p: p["speedup"])
     for p in fora:
         d = "" if base is None else f"{p['quality'] - base:+.4g}"
         t.add_row(f"[dim]{p['name']}[/dim]", f"[dim]{p['speedup']:.2f}x[/dim]", f"[dim]{p['quality']:.4g}[/dim]",
-                  f"[dim]{d}[/dim]", "[dim]preset[/dim]")
+                  f"[dim]{d}[/dim]", *([f"[dim]{p[second]:.4g}[/dim]" if second in p else ""] if second else []),
+                  "[dim]preset[/dim]")
     console.print(t)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from ditaccel._io import atomic_write_json, atomic_write_text
 from ditaccel.caching import CacheSchedule, schedule_macs
 from ditaccel.errors import DitaccelError
+from ditaccel.metrics.fidelity import PSNR_CAP
 from ditaccel.models import get_adapter, get_transformer, vae_factor
 from ditaccel.pipeline import BUNDLED_DIR, pipeline_call_kwargs
 from ditaccel.search.frontier import Frontier, FrontierPoint, non_dominated, write_frontier
@@ -80,6 +81,10 @@ class SearchConfig:
     loader_args: list[Any] | None = None
     share_prefixes: bool = True
     progress: bool = False
+    #: A second metric that only orders candidates of equal ``metric`` (psnr or ssim against the
+    #: uncached images). ``"auto"``: psnr when ``metric`` is adherence, whose 1/N steps saturate at
+    #: 1.0 and would leave the nearly-lossless end of the frontier empty; ``None``: off.
+    tiebreak: str | None = "auto"
 
 
 def _is_bundled(pipe: Any) -> bool:
@@ -104,6 +109,7 @@ class _Plan:
     out: Path | None
     resume_state: dict[str, Any] | None
     needs_reference: bool = False
+    tiebreak: str | None = None
 
 
 def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
@@ -138,6 +144,7 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     pairs_p = [p for p in prompts for _ in seeds]
     pairs_s = [s for _ in prompts for s in seeds]
     m.validate_prompts(pairs_p)
+    tiebreak = resolve_tiebreak(cfg.tiebreak, metric)
     if m.kind == "set" and len(pairs_p) < 2:
         raise DitaccelError(f"metric {metric} is a set metric; give it at least 2 images")
     kw = pipeline_call_kwargs(pipe, **cfg.call_kwargs)
@@ -168,10 +175,44 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         "seeds": seeds, "metric": metric, "population": cfg.population, "seed": cfg.seed, "init": init_id,
         "batch_size": cfg.batch_size, "call_kwargs": json_kw, "cost": cfg.cost, "resolution": [height, width],
     }
+    if tiebreak is not None:  # absent when off, so searches from before the option resume unchanged
+        fingerprint["tiebreak"] = tiebreak
     out = Path(cfg.out) if cfg.out is not None else None
     resume_state = _check_out(out, fingerprint, cfg.resume)
     return _Plan(pairs_p, pairs_s, metric, steps, height, width, kw, named, shape, fingerprint, out, resume_state,
-                 m.needs_reference)
+                 m.needs_reference, tiebreak)
+
+
+TIEBREAK_METRICS = {"psnr": PSNR_CAP, "ssim": 1.0}  # metric -> its value for identical images
+
+
+def resolve_tiebreak(tiebreak: str | None, metric: str) -> str | None:
+    """The tie-break metric to use, or None; one-line errors for unsupported names."""
+    if tiebreak is None or str(tiebreak).lower() in ("none", "off", ""):
+        return None
+    name = str(tiebreak).lower()
+    if name == "auto":
+        return "psnr" if metric == "adherence" else None
+    if name not in TIEBREAK_METRICS:
+        raise DitaccelError(f"tie-break metric {tiebreak!r} is not supported; use psnr, ssim or none")
+    if name == metric:
+        raise DitaccelError(f"the tie-break metric equals the main metric ({metric}); pick another or none")
+    return name
+
+
+def tiebreak_weight(n_images: int) -> float:
+    """Weight of the [0, 1] tie-break term in the quality objective.
+
+    Half of one image's share of a per-image metric, so the tie-break orders candidates of equal
+    quality but can never outweigh a single image judged differently.
+    """
+    return 0.5 / max(1, n_images)
+
+
+def tiebreak_unit(name: str, value: float) -> float:
+    """Map a tie-break value to [0, 1], 1 = identical to the uncached images."""
+    top = TIEBREAK_METRICS[name]
+    return float(min(max(value, 0.0), top) / top) if np.isfinite(value) else 1.0
 
 
 def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> dict[str, Any] | None:
@@ -317,7 +358,7 @@ def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
         if backend is None:
             kwargs = dict(prompts=plan.prompts, seeds=plan.seeds, batch_size=cfg.batch_size,
                           call_kwargs=dict(cfg.call_kwargs), metric=plan.metric, metric_paths=dict(cfg.metric_paths),
-                          steps=plan.steps, cost=cfg.cost, share=cfg.share_prefixes)
+                          steps=plan.steps, cost=cfg.cost, share=cfg.share_prefixes, tiebreak=plan.tiebreak)
             if cfg.ray_address is not None:
                 from ditaccel.search.backend import RayBackend
 
@@ -342,9 +383,13 @@ def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
         macs = macs_of(bits)
         cost = res["latency_s"] if cfg.cost == "latency" else macs / 1e9
         reuse = int((~canonical(bits)).sum())
+        loss = 1.0 - res["quality"]
+        if plan.tiebreak is not None:
+            loss += tiebreak_weight(len(plan.prompts)) * (1.0 - tiebreak_unit(plan.tiebreak, res["tiebreak"]))
         return {"genome": key, "generation": gen, "name": names.get(key, "offspring" if gen else "mutant"),
                 "quality": res["quality"], "macs": macs, "speedup": full_macs / macs,
-                "objectives": [1.0 - res["quality"], cost], "constraint": 0.5 - reuse, "feasible": reuse > 0,
+                **({"tiebreak": res["tiebreak"]} if plan.tiebreak is not None else {}),
+                "objectives": [loss, cost], "constraint": 0.5 - reuse, "feasible": reuse > 0,
                 "cost": {"components": res["components"], "components_alone": res["components_alone"]},
                 "details": res.get("details", {}), **({"latency_s": res["latency_s"]} if "latency_s" in res else {})}
 
@@ -434,7 +479,8 @@ def _frontier(cache: dict[str, dict[str, Any]], a: Any, shape: tuple[int, int, i
               full_macs: int) -> Frontier:
     rows = list(cache.values())
     feasible = [r for r in rows if r["feasible"]]
-    keep = non_dominated([(r["objectives"][1], r["quality"]) for r in feasible])
+    # on the GA's own objective: with a tie-break, equal-quality points trade fidelity for speed
+    keep = non_dominated([(r["objectives"][1], -r["objectives"][0]) for r in feasible])
     pts = sorted((feasible[i] for i in keep), key=lambda r: (r["speedup"], r["quality"]))
     points = []
     for i, r in enumerate(pts):
@@ -444,23 +490,27 @@ def _frontier(cache: dict[str, dict[str, Any]], a: Any, shape: tuple[int, int, i
                               metrics={plan.metric: r["quality"], "macs": r["macs"], "speedup_macs": r["speedup"]},
                               meta={"searched_by": "ditaccel.search", "generation": r["generation"],
                                     "model": plan.fingerprint["model"], "call_kwargs": plan.fingerprint["call_kwargs"]})
-        points.append(FrontierPoint(name, r["speedup"], r["quality"], sched, r["macs"], r["generation"],
-                                    r.get("details", {})))
+        details = dict(r.get("details", {}))
+        if "tiebreak" in r:
+            details[plan.tiebreak] = r["tiebreak"]
+        points.append(FrontierPoint(name, r["speedup"], r["quality"], sched, r["macs"], r["generation"], details))
     base = next((r for r in rows if r["name"] == "none"), None)
     if plan.needs_reference:  # the uncached images are the reference itself: no meaningful baseline score
         baseline = {"quality": None, "macs": full_macs, "note": f"{plan.metric} is measured against this model"}
     else:
         baseline = {"quality": base["quality"] if base else None, "macs": full_macs,
                     "details": base.get("details", {}) if base else {}}
-    presets_pts = [{"name": r["name"], "speedup": r["speedup"], "quality": r["quality"]}
+    presets_pts = [{"name": r["name"], "speedup": r["speedup"], "quality": r["quality"],
+                    **({plan.tiebreak: r["tiebreak"]} if "tiebreak" in r else {})}
                    for r in rows if r["name"] not in ("none", "mutant", "offspring") and not r["name"].startswith("init:")]
-    return Frontier(points, a.family, plan.metric, baseline, presets_pts)
+    return Frontier(points, a.family, plan.metric, baseline, presets_pts,
+                    {"tiebreak": plan.tiebreak} if plan.tiebreak else {})
 
 
 def _summary(history: list[dict[str, Any]], cache: dict[str, dict[str, Any]], plan: _Plan) -> dict[str, Any]:
     live = sum(h.get("components_live", 0) for h in history)
     alone = sum(h.get("components_alone", 0) for h in history)
-    return {"steps": plan.steps, "blocks": plan.shape[1], "components": list(plan.fingerprint["components"]),
+    return {"tiebreak": plan.tiebreak, "steps": plan.steps, "blocks": plan.shape[1], "components": list(plan.fingerprint["components"]),
             "resolution": [plan.height, plan.width], "model": plan.fingerprint["model"],
             "n_images": len(plan.prompts), "seeds": plan.fingerprint["seeds"], "evaluations": len(cache),
             "generations": len(history), "population": plan.fingerprint["population"],

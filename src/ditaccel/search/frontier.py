@@ -111,6 +111,13 @@ def plot_frontier(frontier: Frontier, path: str | Path) -> None:
     ys = [p.quality for p in frontier.points]
     ax.step(xs, ys, where="pre", color="tab:blue", alpha=0.5)
     ax.scatter(xs, ys, color="tab:blue", zorder=3, label="ECAD frontier")
+    second = frontier.info.get("tiebreak")
+    if second:  # equal-quality points differ in fidelity to the uncached images: label them with it
+        for p in frontier.points:
+            if second in p.details:
+                ax.annotate(f"{p.details[second]:.3g}", (p.speedup, p.quality), fontsize=6, color="tab:blue",
+                            xytext=(0, -9), textcoords="offset points", ha="center")
+        ax.plot([], [], " ", label=f"labels: {second} vs no cache")
     if frontier.presets:
         px = [p["speedup"] for p in frontier.presets]
         py = [p["quality"] for p in frontier.presets]
