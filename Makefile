@@ -30,7 +30,9 @@ bench: setup
 	$(PY) bench/bench_bundled.py --seeds 4 --threads 1
 	$(PY) bench/bench_speed.py --steps 8 --repeats 3
 	$(PY) bench/bench_search.py
-	$(PY) bench/bench_quant.py --prompts 48 --calib-every 2 --iters 200 --threads 1
+	$(PY) bench/bench_quant.py --prompts 48 --calib-every 2 --iters 200 --threads 1 --auto
+	$(PY) bench/bench_quant.py --ablation --prompts 1 --calib-every 2 --threads 1
+	$(PY) bench/bench_quant_size.py --threads 1
 	$(PY) bench/bench_eval.py --every 6 --seeds 0,1 --repeats 3 --timing-images 4
 
 clean:

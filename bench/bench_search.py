@@ -23,6 +23,7 @@ from ditaccel.pipeline import load_pipeline
 from ditaccel.search import SearchConfig, search
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
 
 
@@ -97,13 +98,27 @@ def main() -> int:
                      f"{h.get('cpu_seconds_here', 0):.1f} | {h.get('components_live', 0):,} | "
                      f"{h.get('components_alone', 0):,} | {h.get('saving', 1.0):.2f}x | "
                      f"{h.get('components_generation_alone', 0):,} | {'n/a' if gs is None else f'{gs:.2f}x'} |")
-    lines += ["", "## Frontier", "", "| point | MACs speedup | adherence | vs uncached (points) |", "|---|---|---|---|"]
+    from analyze_sharing import analyze, render
+
+    rows, info = analyze(args.out)
+    lines += ["", "## Where the new schedules diverge (`python bench/analyze_sharing.py " + str(args.out) + "`)", "",
+              render(args.out, rows, info)]
+    second = frontier.info.get("tiebreak")
+    sec_col = f" {second} vs uncached (dB) |" if second else ""
+    lines += ["## Frontier", "",
+              (f"Tie-break: `{second}` orders schedules of equal adherence (so the frontier also holds the "
+               "nearly-lossless end); it never outweighs one image of adherence." if second else ""), "",
+              f"| point | MACs speedup | adherence | vs uncached (points) |{sec_col}",
+              "|---|---|---|---|" + ("---|" if second else "")]
     for p in frontier.points:
-        lines.append(f"| {p.name} | {p.speedup:.2f}x | {p.quality:.4f} | {(p.quality - base) * 100:+.1f} |")
+        extra = f" {p.details.get(second, float('nan')):.2f} |" if second else ""
+        lines.append(f"| {p.name} | {p.speedup:.2f}x | {p.quality:.4f} | {(p.quality - base) * 100:+.1f} |{extra}")
     fora = sorted((p for p in frontier.presets if str(p["name"]).startswith("fora(")), key=lambda p: p["speedup"])
-    lines += ["", "FORA presets on the same images:", "", "| preset | MACs speedup | adherence |", "|---|---|---|"]
+    lines += ["", "FORA presets on the same images:", "", f"| preset | MACs speedup | adherence |{sec_col}",
+              "|---|---|---|" + ("---|" if second else "")]
     for p in fora[:8]:
-        lines.append(f"| {p['name']} | {p['speedup']:.2f}x | {p['quality']:.4f} |")
+        extra = f" {p.get(second, float('nan')):.2f} |" if second else ""
+        lines.append(f"| {p['name']} | {p['speedup']:.2f}x | {p['quality']:.4f} |{extra}")
     lines.append("")
     atomic_write_text(args.results, "\n".join(lines))
     print("\n".join(lines))
