@@ -50,7 +50,8 @@ def find_search(arg: str | None) -> Path | None:
 
 
 def ecad_methods(search: Path, points: int, combo_target: float) -> list[str]:
-    """Up to ``points`` frontier points spread over the speedup range, and FP4 + the one nearest ``combo_target``."""
+    """``points`` frontier points spread over the speedup range, the fastest one within 1 point of the uncached
+    quality, and FP4 + the one nearest ``combo_target``."""
     from ditaccel.search import load_frontier
 
     fr = load_frontier(search)
@@ -58,8 +59,12 @@ def ecad_methods(search: Path, points: int, combo_target: float) -> list[str]:
     if not pts:
         return []
     if len(pts) > points:
-        idx = sorted({round(i * (len(pts) - 1) / (points - 1)) for i in range(points)})
-        pts = [pts[i] for i in idx]
+        idx = {round(i * (len(pts) - 1) / (points - 1)) for i in range(points)}
+        base = fr.baseline.get("quality")
+        if base is not None:  # and the fastest point that keeps calibration quality within 1 point
+            keep = [i for i, p in enumerate(pts) if p.quality >= base - 0.01]
+            idx |= set(keep[-1:])
+        pts = [pts[i] for i in sorted(idx)]
     rel = search.relative_to(ROOT) if search.is_relative_to(ROOT) else search
     out = [f"ecad:{rel}:{p.speedup:.3f}x" for p in pts]
     best = min(fr.points, key=lambda p: abs(p.speedup - combo_target))
