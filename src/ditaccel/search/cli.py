@@ -89,6 +89,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         from ditaccel.metrics import get_metric
 
         get_metric(args.metric, **cfg.metric_paths)
+    from ditaccel.search.engine import resolve_tiebreak
+
+    resolve_tiebreak(args.tiebreak, args.metric or "adherence")  # an unknown tie-break, before loading the model
     if args.out.exists() and not args.resume and ((args.out / "checkpoint").exists()
                                                    or (args.out / "candidates.jsonl").exists()):
         raise DitaccelError(f"--out {args.out} already holds a search; pass --resume to continue it or choose "
