@@ -458,3 +458,12 @@ def test_kept_storage_is_exact_on_reload_and_shrinks_the_file(storage, tmp_path)
 def test_bad_kept_storage_is_refused():
     with pytest.raises(DitaccelError, match="kept_storage"):
         FP4DiTConfig(kept_storage="int3")
+
+
+def test_saved_files_get_the_usual_mode(tmp_path):
+    """Atomic writes go through a 0600 temp file; the result must not stay private to the owner."""
+    d = _saved(tmp_path / "q")
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in (TENSORS_NAME, CONFIG_NAME):
+        assert (d / name).stat().st_mode & 0o777 == 0o666 & ~mask

@@ -22,9 +22,10 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a user's file gets the usual mode
     try:
         writer(tmp)
+        # mkstemp makes 0600 (and some writers, like safetensors, recreate the file): set the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
