@@ -61,9 +61,9 @@ def run_demo(out: Path, generations: int = 6, population: int = 24, console: Con
     for r in presets:
         if r["name"] in ("fora(2)", "fora(3)", "fora(4)", "fora(5)"):
             table.add_row("preset", r["name"], f"{r['speedup']:.2f}x", f"{r['quality']:.3f}",
-                          f"{r['quality'] - base_q:+.3f}", *([f"{r.get(second, float('nan')):.1f}"] if second else []))
+                          f"{r['quality'] - base_q:+.3f}", *([f"{r.get(second, float('nan')):.2f}"] if second else []))
     for p in frontier.points:
-        extra = [f"{p.details[second]:.1f}" if second in p.details else ""] if second else []
+        extra = [f"{p.details[second]:.2f}" if second in p.details else ""] if second else []
         table.add_row("[green]ECAD[/]", p.name, f"{p.speedup:.2f}x", f"{p.quality:.3f}", f"{p.quality - base_q:+.3f}",
                       *extra)
     console.print(table)
