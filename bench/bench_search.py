@@ -121,6 +121,8 @@ def main() -> int:
         lines.append(f"| {p['name']} | {p['speedup']:.2f}x | {p['quality']:.4f} |{extra}")
     lines.append("")
     atomic_write_text(args.results, "\n".join(lines))
+    if (args.out / "frontier.png").is_file():  # the plot next to the numbers
+        shutil.copyfile(args.out / "frontier.png", args.results.parent / "search_frontier.png")
     print("\n".join(lines))
     return 0
 
