@@ -100,24 +100,25 @@ def write_frontier(frontier: Frontier, folder: str | Path, plot: bool = True) ->
 
 
 def plot_frontier(frontier: Frontier, path: str | Path) -> None:
-    """Quality against MACs speedup: the frontier as a step line, the presets as labelled crosses."""
+    """Quality against MACs speedup: the frontier as a step line, the presets as labelled crosses.
+
+    With a tie-break metric a second panel shows it on the same x axis, since the frontier's
+    equal-quality points differ only there.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    second = frontier.info.get("tiebreak")
+    if second:
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True, height_ratios=(3, 2))
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     xs = [p.speedup for p in frontier.points]
     ys = [p.quality for p in frontier.points]
     ax.step(xs, ys, where="pre", color="tab:blue", alpha=0.5)
     ax.scatter(xs, ys, color="tab:blue", zorder=3, label="ECAD frontier")
-    second = frontier.info.get("tiebreak")
-    if second:  # equal-quality points differ in fidelity to the uncached images: label them with it
-        for p in frontier.points:
-            if second in p.details:
-                ax.annotate(f"{p.details[second]:.3g}", (p.speedup, p.quality), fontsize=6, color="tab:blue",
-                            xytext=(0, -9), textcoords="offset points", ha="center")
-        ax.plot([], [], " ", label=f"labels: {second} vs no cache")
     if frontier.presets:
         px = [p["speedup"] for p in frontier.presets]
         py = [p["quality"] for p in frontier.presets]
@@ -128,11 +129,23 @@ def plot_frontier(frontier: Frontier, path: str | Path) -> None:
                             xytext=(3, 3), textcoords="offset points")
     if frontier.baseline.get("quality") is not None:
         ax.axhline(frontier.baseline["quality"], color="grey", ls="--", lw=0.8, label="no cache")
-    ax.set_xlabel("speedup (transformer MACs, x)")
     ax.set_ylabel(frontier.metric)
     ax.set_title(f"{frontier.family}: quality vs speedup")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if second:
+        pts = [p for p in frontier.points if second in p.details]
+        ax2.plot([p.speedup for p in pts], [p.details[second] for p in pts], "o-", color="tab:blue", ms=4,
+                 alpha=0.8, label="ECAD frontier")
+        pre = [p for p in frontier.presets if second in p]
+        ax2.scatter([p["speedup"] for p in pre], [p[second] for p in pre], marker="x", color="tab:orange",
+                    label="presets")
+        ax2.set_ylabel(f"{second} vs no cache (tie-break)")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=8)
+        ax2.set_xlabel("speedup (transformer MACs, x)")
+    else:
+        ax.set_xlabel("speedup (transformer MACs, x)")
     fig.tight_layout()
 
     def _w(tmp: str) -> None:
