@@ -467,3 +467,40 @@ def test_saved_files_get_the_usual_mode(tmp_path):
     os.umask(mask)
     for name in (TENSORS_NAME, CONFIG_NAME):
         assert (d / name).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_load_image_folder_reads_captions_and_fits_the_size(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ditaccel.quant import load_image_folder
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(d / "a.png")
+    (d / "a.txt").write_text("a red fox\n")
+    Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(d / "b.jpg")
+    with pytest.raises(DitaccelError, match=r"b\.jpg has no caption"):
+        load_image_folder(d, 16, 24)
+    (d / "b.txt").write_text("a blue boat")
+    images, captions = load_image_folder(d, 16, 24)
+    assert captions == ["a red fox", "a blue boat"]
+    assert all(np.asarray(i).shape == (16, 24, 3) for i in images)
+    (d / "images.jsonl").write_text('{"file": "b.jpg", "prompt": "from the index"}\n')  # an index wins
+    assert load_image_folder(d, 8, 8)[1] == ["from the index"]
+    (d / "images.jsonl").write_text('{"name": "b.jpg"}\n')
+    with pytest.raises(DitaccelError, match="line 1"):
+        load_image_folder(d, 8, 8)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DitaccelError, match="holds no images"):
+        load_image_folder(empty, 8, 8)
+    with pytest.raises(DitaccelError, match="does not exist"):
+        load_image_folder(tmp_path / "nowhere", 8, 8)
+
+
+def test_calibration_sets_add_up(pixart):
+    _, calib = pixart
+    both = calib + calib.subsample(2)
+    assert len(both) == len(calib) + len(calib.subsample(2))
+    assert both.num_samples == calib.num_samples + calib.subsample(2).num_samples

@@ -132,9 +132,17 @@ BUNDLED_ADAROUND_ITERS = 300
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from ditaccel.models import image_size
     from ditaccel.pipeline import pipeline_call_kwargs
     from ditaccel.prompts import load_prompts, parse_seeds
-    from ditaccel.quant import FP4DiTConfig, collect_calibration, quantize_, save_quantized
+    from ditaccel.quant import (
+        FP4DiTConfig,
+        calibration_from_images,
+        collect_calibration,
+        load_image_folder,
+        quantize_,
+        save_quantized,
+    )
 
     out: Path = args.out
     _check_out_dir(out)
@@ -151,10 +159,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.calib_seeds)
     if args.quantized is not None:
         raise DitaccelError("quantize starts from full-precision weights; drop --quantized")
+    folders = [Path(f) for f in (args.calib_images or [])]
+    for folder in folders:  # before loading the model
+        if not folder.is_dir():
+            raise DitaccelError(f"--calib-images {folder} is not a folder; pass a folder of images + captions")
     pipe = _load(args)
     t0 = time.perf_counter()
     console.print(f"collecting calibration data: {len(prompts)} prompts x {len(seeds)} seeds along the sampler")
-    calib = collect_calibration(pipe, prompts, seeds, **pipeline_call_kwargs(pipe, num_inference_steps=args.steps))
+    kw = pipeline_call_kwargs(pipe, num_inference_steps=args.steps)
+    calib = collect_calibration(pipe, prompts, seeds, **kw)
+    for folder in folders:  # the paper's way too: real images, VAE-encoded, noised at every step
+        h, w = image_size(pipe, kw)
+        images, captions = load_image_folder(folder, h, w)
+        console.print(f"adding {len(images)} real images from {folder}, noised along the sampler's timesteps")
+        calib = calib + calibration_from_images(pipe, images, captions, **kw)
     report = quantize_(pipe.transformer, config, calib=calib)
     stats = save_quantized(pipe.transformer, out, config)
     console.print(
@@ -210,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--acts", default="e3m4", help="e2m3 (= fp6) | e3m4 (= fp8) | e4m3 | int8 | none (online, per token)")
     q.add_argument("--calib-prompts", default=None, help="prompt set or file (default: the model's calibration prompts)")
     q.add_argument("--calib-seeds", default="0", help="seeds per calibration prompt")
+    q.add_argument("--calib-images", action="append", metavar="DIR",
+                   help="also calibrate on real images, noised at every step (the paper's way): a folder of images "
+                        "with NAME.txt captions or an images.jsonl (repeatable)")
     q.add_argument("--steps", type=int, default=None, help="sampler steps for the calibration trajectories")
     q.add_argument("--iters", type=int, default=None,
                    help=f"AdaRound iterations per block (default: the paper's 2500; {BUNDLED_ADAROUND_ITERS} on the bundled model)")

@@ -56,7 +56,19 @@ def vae_factor(pipe_or_transformer: Any) -> int:
     return int(f) if f else 8
 
 
+def image_size(pipe: Any, call_kwargs: dict[str, Any] | None = None) -> tuple[int, int]:
+    """(height, width) in pixels a pipeline call generates: the call's own, else the model's default."""
+    kw = call_kwargs or {}
+    t = get_transformer(pipe)
+    base = getattr(t.config, "sample_size", None) or getattr(pipe, "default_sample_size", None)
+    if base is None and not (kw.get("height") and kw.get("width")):
+        raise UnsupportedModelError(f"cannot tell the image size of {type(t).__name__}: pass height and width")
+    f = vae_factor(pipe)
+    return int(kw.get("height") or base * f), int(kw.get("width") or base * f)
+
+
 __all__ = [
     "ADAPTERS", "Adapter", "BlockSpec", "FluxAdapter", "HunyuanAdapter", "PixArtAdapter", "SD3Adapter",
-    "SUPPORTED", "attention_macs", "get_adapter", "get_transformer", "linear_macs", "vae_factor",
+    "SUPPORTED", "attention_macs", "get_adapter", "get_transformer", "image_size", "linear_macs",
+    "vae_factor",
 ]

@@ -14,7 +14,12 @@ from ditaccel.quant.api import (
     quantized_layers,
     set_activation_quant,
 )
-from ditaccel.quant.calib import CalibrationSet, calibration_from_images, collect_calibration
+from ditaccel.quant.calib import (
+    CalibrationSet,
+    calibration_from_images,
+    collect_calibration,
+    load_image_folder,
+)
 from ditaccel.quant.formats import (
     FPFormat,
     IntFormat,
@@ -48,6 +53,7 @@ __all__ = [
     "encode",
     "fp_bias",
     "kernel_available",
+    "load_image_folder",
     "load_quantized",
     "pack_nibbles",
     "parse_format",

@@ -9,9 +9,11 @@ VAE-encoded and noised at every timestep) is :func:`calibration_from_images`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +21,9 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ditaccel.errors import DitaccelError
 
-__all__ = ["CalibrationSet", "collect_calibration", "calibration_from_images"]
+__all__ = ["CalibrationSet", "collect_calibration", "calibration_from_images", "load_image_folder"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def _cpu_clone(obj: Any) -> Any:
@@ -60,6 +64,12 @@ class CalibrationSet:
     def subsample(self, every: int) -> CalibrationSet:
         """Keep every ``every``-th call: fewer timesteps, same prompts."""
         return CalibrationSet(self.records[::every], self.prompts, self.seeds, self.steps, self.seconds)
+
+    def __add__(self, other: CalibrationSet) -> CalibrationSet:
+        """Both sets' calls (e.g. the sampler's trajectory plus noised real images)."""
+        return CalibrationSet(self.records + other.records, self.prompts + other.prompts,
+                              sorted(set(self.seeds) | set(other.seeds)), max(self.steps, other.steps),
+                              self.seconds + other.seconds)
 
 
 def collect_calibration(
@@ -185,3 +195,49 @@ def calibration_from_images(
             handle.remove()
     return CalibrationSet(records, list(captions), [seed], int(kw.get("num_inference_steps", 0) or 0),
                           time.perf_counter() - t0)
+
+
+def load_image_folder(folder: str | os.PathLike, height: int, width: int) -> tuple[list[Any], list[str]]:
+    """Images and their captions from a folder, centre-cropped and resized to ``height`` x ``width``.
+
+    Captions come from ``images.jsonl`` or ``captions.jsonl`` (lines ``{"file": ..., "prompt"|"caption": ...}``,
+    the format ``ditaccel generate`` writes), else from a ``NAME.txt`` next to each ``NAME.png``.
+    """
+    import json
+
+    from PIL import Image, ImageOps
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DitaccelError(f"calibration image folder {folder} does not exist: pass a folder of images + captions")
+    pairs: list[tuple[Path, str]] = []
+    index = next((folder / n for n in ("images.jsonl", "captions.jsonl") if (folder / n).is_file()), None)
+    if index is not None:
+        for i, line in enumerate(index.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pairs.append((folder / row["file"], str(row.get("prompt", row.get("caption")))))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DitaccelError(f"{index} line {i} is not {{\"file\": ..., \"prompt\": ...}}: fix or remove it") from None
+            if row.get("prompt", row.get("caption")) is None:
+                raise DitaccelError(f"{index} line {i} has no prompt or caption: add one")
+    else:
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                cap = f.with_suffix(".txt")
+                if not cap.is_file():
+                    raise DitaccelError(f"{f} has no caption: add {cap.name}, or an images.jsonl for the folder")
+                pairs.append((f, cap.read_text(encoding="utf-8").strip()))
+    if not pairs:
+        raise DitaccelError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass a folder of images + captions")
+    images, captions = [], []
+    for f, cap in pairs:
+        try:
+            img = Image.open(f).convert("RGB")
+        except (OSError, ValueError) as e:
+            raise DitaccelError(f"cannot read calibration image {f} ({type(e).__name__}): replace or remove it") from None
+        images.append(ImageOps.fit(img, (width, height), Image.Resampling.LANCZOS))
+        captions.append(cap)
+    return images, captions

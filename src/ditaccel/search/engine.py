@@ -29,7 +29,7 @@ from ditaccel._io import atomic_write_json, atomic_write_text
 from ditaccel.caching import CacheSchedule, schedule_macs
 from ditaccel.errors import DitaccelError
 from ditaccel.metrics.fidelity import PSNR_CAP
-from ditaccel.models import get_adapter, get_transformer, vae_factor
+from ditaccel.models import get_adapter, get_transformer, image_size
 from ditaccel.pipeline import BUNDLED_DIR, pipeline_call_kwargs
 from ditaccel.search.frontier import Frontier, FrontierPoint, non_dominated, write_frontier
 from ditaccel.search.genome import (
@@ -151,9 +151,7 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     params = inspect.signature(pipe.__call__).parameters
     steps = kw.get("num_inference_steps") or params["num_inference_steps"].default
     t = get_transformer(pipe)
-    f = vae_factor(pipe)
-    height = int(kw.get("height") or t.config.sample_size * f)
-    width = int(kw.get("width") or t.config.sample_size * f)
+    height, width = image_size(pipe, kw)
     if str(cfg.init) == "presets":
         named = preset_population(pipe, steps)
         init_id = "presets"
