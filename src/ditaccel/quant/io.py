@@ -100,15 +100,18 @@ def _int8_decode(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return codes.float() * scale.float()[:, None]
 
 
+def _file_form(t: torch.Tensor, storage: str) -> torch.Tensor:
+    """A kept tensor as the file holds it (int8-stored Linear weights aside): wide floats become 16-bit."""
+    if storage != "model" and t.is_floating_point() and t.element_size() > 2:
+        return t.to(_STORAGE_16[storage])
+    return t
+
+
 def _stored(t: torch.Tensor, storage: str, as_int8: bool) -> torch.Tensor:
     """The value the file will hold for a kept tensor, in the tensor's own dtype."""
-    if storage == "model" or not t.is_floating_point():
-        return t
-    if as_int8 and storage == "int8":
+    if as_int8 and storage == "int8" and t.is_floating_point():
         return _int8_decode(*int8_rows(t)).to(t.dtype)
-    if t.element_size() > 2:
-        return t.to(_STORAGE_16[storage]).to(t.dtype)
-    return t
+    return _file_form(t, storage).to(t.dtype)
 
 
 @torch.no_grad()
@@ -118,8 +121,6 @@ def round_kept_(transformer: nn.Module, storage: str) -> None:
     Called by ``quantize_`` so that the in-memory model *is* the saved one: the reload is bitwise.
     """
     storage = _check_storage(storage)
-    if storage == "model":
-        return
     lin = _linear_weights(transformer)
     for n, t in _kept_tensors(transformer).items():
         t.data = _stored(t.data, storage, n in lin)
@@ -159,8 +160,7 @@ def save_quantized(
         if m.zeros.numel():
             tensors[f"{n}.zeros"] = m.zeros
         if m.bias is not None:
-            b = m.bias.detach()
-            tensors[f"{n}.bias"] = b.to(_STORAGE_16[storage]) if storage != "model" and b.element_size() > 2 else b
+            tensors[f"{n}.bias"] = _file_form(m.bias.detach(), storage)
         layers[n] = {
             "format": m.fmt.name, "in_features": m.in_features, "out_features": m.out_features,
             "group_size": m.group_size, "bias": m.bias is not None, "act_format": m.act_format,
@@ -182,9 +182,7 @@ def save_quantized(
             tensors[f"{n}.int8"], tensors[f"{n}.int8_scale"] = codes, scale
             spec["storage"] = "int8"
         else:
-            if storage != "model" and store.is_floating_point() and store.element_size() > 2:
-                store = store.to(_STORAGE_16[storage])
-            tensors[n] = store
+            tensors[n] = _file_form(store, storage)
         kept[n] = spec
         if t.is_floating_point():
             fp16_bytes += 2 * t.numel()
