@@ -143,6 +143,7 @@ KNOWN = {
     "eval.json": "every number behind eval.md, per method (timings, MACs, memory, metrics, notes)",
     "eval_grid.png": "one row per method, same prompts and seeds: what each method does to the images",
     "eval_quality_vs_speed.png": "adherence against measured speedup; ECAD frontier as a line, peers as points",
+    "search_long72.tar.gz": "the population-72, 80-generation search behind search_long.md (resumable with --resume)",
 }
 
 
