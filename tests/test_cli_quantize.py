@@ -32,6 +32,7 @@ def test_quantize_then_generate(tmp_path, capsys):
         (["--iters", "0"], "--iters must be >= 1"),
         (["--quantized", "somewhere"], "drop --quantized"),
         (["--calib-images", "/nonexistent/folder"], "is not a folder"),
+        (["--kept-storage", "int3"], "kept_storage='int3' is not supported"),
     ],
 )
 def test_quantize_refuses_bad_input(tmp_path, capsys, argv, message):

@@ -168,8 +168,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     console.print(f"collecting calibration data: {len(prompts)} prompts x {len(seeds)} seeds along the sampler")
     kw = pipeline_call_kwargs(pipe, num_inference_steps=args.steps)
     calib = collect_calibration(pipe, prompts, seeds, **kw)
+    h, w = image_size(pipe, kw)
     for folder in folders:  # the paper's way too: real images, VAE-encoded, noised at every step
-        h, w = image_size(pipe, kw)
         images, captions = load_image_folder(folder, h, w)
         console.print(f"adding {len(images)} real images from {folder}, noised along the sampler's timesteps")
         calib = calib + calibration_from_images(pipe, images, captions, **kw)
@@ -235,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--iters", type=int, default=None,
                    help=f"AdaRound iterations per block (default: the paper's 2500; {BUNDLED_ADAROUND_ITERS} on the bundled model)")
     q.add_argument("--no-adaround", action="store_true", help="round-to-nearest only")
-    q.add_argument("--kept-storage", default="float16", choices=("model", "float16", "bfloat16", "int8"),
+    q.add_argument("--kept-storage", default="float16",
                    help="storage of the layers kept out of 4-bit (embeddings, adaLN, final layer): float16 (default), "
-                        "the model's dtype, or int8 weights for the smallest file")
+                        "bfloat16, model (its own dtype), or int8 weights for the smallest file")
     q.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     q.add_argument("--out", type=Path, required=True)
     q.set_defaults(func=cmd_quantize)

@@ -218,11 +218,12 @@ def load_image_folder(folder: str | os.PathLike, height: int, width: int) -> tup
                 continue
             try:
                 row = json.loads(line)
-                pairs.append((folder / row["file"], str(row.get("prompt", row.get("caption")))))
-            except (json.JSONDecodeError, KeyError, TypeError):
+                name, cap = row["file"], row.get("prompt", row.get("caption"))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise DitaccelError(f"{index} line {i} is not {{\"file\": ..., \"prompt\": ...}}: fix or remove it") from None
-            if row.get("prompt", row.get("caption")) is None:
+            if cap is None:
                 raise DitaccelError(f"{index} line {i} has no prompt or caption: add one")
+            pairs.append((folder / name, str(cap)))
     else:
         for f in sorted(folder.iterdir()):
             if f.suffix.lower() in IMAGE_SUFFIXES:
