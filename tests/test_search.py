@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ditaccel.caching import CacheSchedule, presets
+from ditaccel.cli import main
 from ditaccel.errors import DitaccelError, MissingWeightsError
 from ditaccel.search import PrefixEvaluator, SearchConfig, load_frontier, non_dominated, search, select
 from ditaccel.search.engine import build_algorithm
@@ -262,25 +263,7 @@ def test_bad_inputs_refused_before_work(pipe, full_run, tmp_path):
         assert calls.n == 0, f"work started before refusing {over}"
 
 
-def _main(argv: list[str]) -> int:
-    """What ``ditaccel.cli.main`` does with our subcommands (it registers them via ``add_parsers``)."""
-    import argparse
-    import sys
-
-    from ditaccel.search.cli import add_parsers
-
-    ap = argparse.ArgumentParser(prog="ditaccel")
-    add_parsers(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DitaccelError as e:
-        print(f"ditaccel: error: {e}", file=sys.stderr)
-        return 2
-
-
 def test_cli_frontier_and_search_refusals(full_run, tmp_path, capsys):
-    main = _main
     out, _ = full_run
     assert main(["frontier", str(out)]) == 0
     assert main(["frontier", str(out), "--select", "2x", "--out", str(tmp_path / "sel.json")]) == 0
@@ -319,11 +302,11 @@ def test_cli_search_end_to_end_on_bundled(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["search", "--prompts", str(prompts), "--steps", "3", "--population", "4", "--generations", "1",
             "--out", str(out)]
-    assert _main(argv) == 0
+    assert main(argv) == 0
     assert (out / "frontier.json").is_file() and (out / "frontier.png").is_file()
-    assert _main(argv) == 2  # the folder now holds a search
+    assert main(argv) == 2  # the folder now holds a search
     assert "already holds a search" in capsys.readouterr().err
-    assert _main([*argv[:-4], "--generations", "2", "--out", str(out), "--resume"]) == 0
+    assert main([*argv[:-4], "--generations", "2", "--out", str(out), "--resume"]) == 0
     assert json.loads((out / "checkpoint").read_text())["generations_done"] == 2
 
 
