@@ -32,14 +32,16 @@ def _check_out_dir(out: Path) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the bundled model)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    from ditaccel.device import add_device_args
+
+    add_device_args(p)
     p.add_argument("--quantized", type=Path, default=None, help="folder written by `ditaccel quantize`")
 
 
 def _load(args: argparse.Namespace) -> Any:
     from ditaccel.pipeline import load_pipeline
 
-    pipe = load_pipeline(args.model, device=args.device)
+    pipe = load_pipeline(args.model, device=args.device, dtype=getattr(args, "dtype", "auto"))
     if getattr(args, "quantized", None) is not None:
         from ditaccel.quant import load_quantized
 
@@ -192,6 +194,41 @@ def _default_calib_prompts(model: str | None) -> list[str]:
     return load_prompts("calibration") if model is None else load_prompts("parti", limit=32)
 
 
+# ----------------------------------------------------------------------------- schedule convert
+
+
+def cmd_schedule_convert(args: argparse.Namespace) -> int:
+    from ditaccel.caching import CacheSchedule
+    from ditaccel.caching.ecad_format import is_ecad
+
+    src: Path = args.input
+    out: Path = args.output
+    if out.exists() and not args.overwrite:
+        raise DitaccelError(f"{out} exists; pick a new file or pass --overwrite")
+    if out.exists() and out.resolve() == src.resolve():
+        raise DitaccelError(f"IN and OUT are the same file {out}; write the conversion to a new file")
+    schedule = CacheSchedule.load(src)
+    to = args.to
+    if to is None:
+        with open(src, encoding="utf-8") as f:
+            to = "ditaccel" if is_ecad(json.load(f)) else "ecad"
+    if args.model is not None:
+        from ditaccel.pipeline import load_pipeline
+
+        model = load_pipeline(args.model, device="cpu", dtype="float32")
+    else:
+        model = None
+    if model is not None:
+        schedule.validate_for(model)
+    if to == "ecad":
+        schedule.to_ecad(out, model)
+    else:
+        schedule.save(out)
+    console.print(f"wrote {out} ({to} format): {schedule.family}, {schedule.steps} steps x {schedule.blocks} "
+                  f"blocks, {schedule.recompute_fraction():.1%} of components recomputed")
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -242,6 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, required=True)
     q.set_defaults(func=cmd_quantize)
 
+    sc = sub.add_parser("schedule", help="cache schedule files: convert between ditaccel's and ECAD's JSON")
+    sc_sub = sc.add_subparsers(dest="schedule_command", required=True)
+    cv = sc_sub.add_parser("convert", help="ECAD schedule JSON <-> ditaccel schedule JSON (input format detected)")
+    cv.add_argument("input", type=Path, metavar="IN", help="schedule file, ditaccel's or ECAD's")
+    cv.add_argument("output", type=Path, metavar="OUT", help="file to write")
+    cv.add_argument("--to", choices=("ecad", "ditaccel"), default=None,
+                    help="output format (default: the other one)")
+    cv.add_argument("--model", default=None,
+                    help="pipeline to check the schedule against (and, for FLUX, its double/single block split)")
+    cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    cv.set_defaults(func=cmd_schedule_convert)
+
     from ditaccel.evaluate.cli import add_parsers as add_eval_parsers
     from ditaccel.search.cli import add_parsers as add_search_parsers
 
@@ -260,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "device"):
+            from ditaccel.device import resolve_args
+
+            resolve_args(args)  # 'auto' -> 'cuda'/'cpu' and a torch dtype; unknown devices fail here, in one line
         return int(args.func(args) or 0)
     except DitaccelError as e:
         print(f"ditaccel: error: {e}", file=sys.stderr)

@@ -30,17 +30,33 @@ def bundled_model_path() -> Path:
     return BUNDLED_DIR
 
 
+def _dtype_kwarg() -> str:
+    """``dtype`` where diffusers has renamed ``torch_dtype`` (0.42+, which warns on the old name)."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
 def load_pipeline(
-    model: str | Path | None = None, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
+    model: str | Path | None = None, device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto", torch_dtype: torch.dtype | None = None,
 ) -> Any:
-    """The bundled model when ``model`` is None, else a local folder or a hub id from the HF cache."""
+    """The bundled model when ``model`` is None, else a local folder or a hub id from the HF cache.
+
+    ``device``/``dtype`` as ``ditaccel.device`` resolves them: ``auto`` is cuda, then mps, then cpu,
+    in bf16 on GPUs that support it and fp32 on the CPU. ``torch_dtype`` (diffusers' name) wins
+    over ``dtype`` when given.
+    """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
 
+    from ditaccel.device import resolve_device, resolve_dtype
+
+    device = resolve_device(device)
     path = bundled_model_path() if model is None else model
-    kwargs: dict[str, Any] = {}
-    if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
+    kwargs: dict[str, Any] = {_dtype_kwarg(): torch_dtype if torch_dtype is not None else resolve_dtype(dtype, device)}
     local = Path(path).exists()
     if local and not (Path(path) / "model_index.json").is_file():
         raise DitaccelError(f"{path} is not a diffusers pipeline folder (no model_index.json); pass a pipeline folder")

@@ -136,7 +136,11 @@ class CacheSchedule:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "schedule") -> CacheSchedule:
-        """Parse a dict made by ``to_dict``; any mismatch raises a one-line ``ScheduleError``."""
+        """Parse a dict made by ``to_dict`` or an ECAD file's (auto-detected); mismatches raise ``ScheduleError``."""
+        from ditaccel.caching.ecad_format import from_ecad_dict, is_ecad
+
+        if is_ecad(d):
+            return from_ecad_dict(d, source)
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ScheduleError(f"{source} is not a ditaccel cache schedule (missing format {FORMAT!r})")
         if d.get("version") != VERSION:
@@ -177,7 +181,7 @@ class CacheSchedule:
 
     @classmethod
     def load(cls, path: str | os.PathLike, pipe_or_transformer: Any = None) -> CacheSchedule:
-        """Read a schedule file; with a model, also check it fits (``validate_for``)."""
+        """Read a schedule file, ditaccel's or ECAD's; with a model, also check it fits (``validate_for``)."""
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
@@ -190,6 +194,19 @@ class CacheSchedule:
         if pipe_or_transformer is not None:
             s.validate_for(pipe_or_transformer)
         return s
+
+    @classmethod
+    def from_ecad(cls, path: str | os.PathLike) -> CacheSchedule:
+        """Read one of ECAD's schedule files (github.com/AniAggarwal/ecad, ``schedules/``)."""
+        from ditaccel.caching.ecad_format import load_ecad
+
+        return load_ecad(path)
+
+    def to_ecad(self, path: str | os.PathLike, pipe_or_transformer: Any = None) -> None:
+        """Write ECAD's JSON (PixArt/FLUX); a FLUX schedule not from FLUX.1 or ECAD needs the model."""
+        from ditaccel.caching.ecad_format import save_ecad
+
+        save_ecad(self, path, pipe_or_transformer)
 
     @classmethod
     def for_model(cls, pipe_or_transformer: Any, bits: np.ndarray, **kw: Any) -> CacheSchedule:
