@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.schedule import CacheSchedule
 from ditaccel.errors import ScheduleError
 from ditaccel.models import Adapter, get_adapter
@@ -166,7 +167,8 @@ def _register(module: torch.nn.Module, hook: ModelHook, name: str) -> tuple[torc
             f"a ditaccel cache schedule is already applied to {type(module).__name__}; "
             f"call handle.remove() first"
         )
-    registry.register_hook(hook, name)
+    with beneath_offload_hook(module):  # under enable_model_cpu_offload, accelerate's hook stays outermost
+        registry.register_hook(hook, name)
     return module, had_registry, had_forward
 
 
@@ -175,12 +177,13 @@ def unregister_hook(module: torch.nn.Module, name: str, had_registry: bool, had_
     registry = getattr(module, "_diffusers_hook", None)
     if registry is None:
         return
-    registry.remove_hook(name, recurse=False)
-    if not registry.hooks:
-        if not had_forward and "forward" in module.__dict__:
-            del module.__dict__["forward"]
-        if not had_registry:
-            del module._diffusers_hook
+    with beneath_offload_hook(module):
+        registry.remove_hook(name, recurse=False)
+        if not registry.hooks:
+            if not had_forward and "forward" in module.__dict__:
+                del module.__dict__["forward"]
+            if not had_registry:
+                del module._diffusers_hook
 
 
 class CacheHandle:

@@ -56,6 +56,7 @@ from typing import Any
 
 import torch
 
+from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.runtime import unregister_hook
 from ditaccel.errors import DitaccelError
 
@@ -248,9 +249,10 @@ def calibrate_magcache(pipe: Any, prompts: list[str], seeds: list[int], call_kwa
     steps = _num_steps(pipe, call_kwargs)
     before = _snapshot_hooks(t)
     ctx_hook = _make_context_hook(steps)
-    dh.apply_mag_cache(t, dh.MagCacheConfig(calibrate=True, num_inference_steps=steps))
-    reg = dh.HookRegistry.check_if_exists_or_initialize(t)
-    reg.register_hook(ctx_hook, _CONTEXT_HOOK)
+    with beneath_offload_hook(t):
+        dh.apply_mag_cache(t, dh.MagCacheConfig(calibrate=True, num_inference_steps=steps))
+        reg = dh.HookRegistry.check_if_exists_or_initialize(t)
+        reg.register_hook(ctx_hook, _CONTEXT_HOOK)
     reg.invalidate_child_registries_cache()
     logger = logging.getLogger("diffusers.hooks.mag_cache")
     records: list[str] = []
@@ -310,7 +312,8 @@ def apply_peer_cache(pipe: Any, name: str, call_kwargs: dict[str, Any] | None = 
         verbosity = dlogging.get_verbosity()
         dlogging.set_verbosity_error()  # FasterCache warns "experimental" on every install
         try:
-            apply(t, cfg)
+            with beneath_offload_hook(t):  # keeps working under enable_model_cpu_offload (caching/offload.py)
+                apply(t, cfg)
         finally:
             dlogging.set_verbosity(verbosity)
         hooked = sum(1 for m in t.modules() if hasattr(m, "_diffusers_hook") and m is not t
@@ -318,7 +321,8 @@ def apply_peer_cache(pipe: Any, name: str, call_kwargs: dict[str, Any] | None = 
         if hooked == 0 and name not in ("fastercache",):
             raise PeerUnavailable(f"diffusers' {name} found no module of {type(t).__name__} to hook")
         reg = dh.HookRegistry.check_if_exists_or_initialize(t)
-        reg.register_hook(ctx_hook, _CONTEXT_HOOK)  # last = outermost: runs before the caches' hooks
+        with beneath_offload_hook(t):
+            reg.register_hook(ctx_hook, _CONTEXT_HOOK)  # last = outermost: runs before the caches' hooks
         reg.invalidate_child_registries_cache()
     except PeerUnavailable:
         handle.remove()
