@@ -1,9 +1,12 @@
-"""Metrics with learned weights (CLIP, ImageReward, HPSv2) and FID, from local files only.
+"""Metrics with learned weights (CLIP, ImageReward, HPSv2) and FID.
 
-Why the constructors check so much: weights cannot be downloaded on our machines, and a
+Weights come from a local path (argument or environment variable), a hub id, or, when nothing
+is given, the default weights their packages download. Why the constructors check so much: a
 search that fails after an hour of generation is worse than one that refuses at once. Every
-constructor checks that the files exist and the optional package imports, and raises one
-line naming what to provide. The models themselves load lazily on the first ``score``.
+constructor checks the optional package and gets the weights now (a download, or the local
+cache), and raises one line naming what to provide when it cannot. The models load lazily on the
+first ``score``, on ``device`` (``auto``: the device ``load_pipeline`` picks by default), and
+score ``batch_size`` images per forward.
 """
 
 from __future__ import annotations
@@ -18,19 +21,17 @@ import numpy as np
 
 from ditaccel.errors import DitaccelError, MissingWeightsError
 from ditaccel.metrics.base import Metric
+from ditaccel.metrics.weights import Hub, Url, resolve
 
-
-def _need(arg: Any, env: str, what: str, kind: str = "file") -> Path:
-    from ditaccel.metrics import env_path
-
-    value = env_path(arg, env)
-    if value is None:
-        raise MissingWeightsError(f"{what} is not set; pass its {kind} path or set ${env}")
-    p = Path(value).expanduser()
-    ok = p.is_dir() if kind == "folder" else p.is_file()
-    if not ok:
-        raise MissingWeightsError(f"{what} {kind} {p} does not exist; provide it (or set ${env})")
-    return p
+CLIP_DEFAULT = Hub("openai/clip-vit-large-patch14")  # torchmetrics CLIPScore's default model
+IMAGEREWARD_DEFAULT = Hub("THUDM/ImageReward", "ImageReward.pt")  # what ImageReward.load("ImageReward-v1.0") gets
+IMAGEREWARD_MED_DEFAULT = Hub("THUDM/ImageReward", "med_config.json")
+BERT_DEFAULT = Hub("google-bert/bert-base-uncased", patterns=("vocab.txt", "tokenizer_config.json", "config.json",
+                                                              "tokenizer.json"))
+HPSV2_DEFAULT = Hub("xswu/HPSv2", "HPS_v2_compressed.pt")  # what the hpsv2 package downloads
+OPEN_CLIP_DEFAULT = Hub("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "open_clip_pytorch_model.bin")
+INCEPTION_DEFAULT = Url("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                        "weights-inception-2015-12-05-6726825d.pth")  # torchmetrics' FID default
 
 
 def _package(module: str, pip_name: str, metric: str) -> None:
@@ -40,56 +41,99 @@ def _package(module: str, pip_name: str, metric: str) -> None:
         raise DitaccelError(f"metric {metric} needs the {pip_name} package; pip install {pip_name}") from None
 
 
+def _device(device: Any) -> Any:
+    from ditaccel.device import resolve_device
+
+    return resolve_device(device)
+
+
 def _to_tensor(images: Sequence[np.ndarray]) -> Any:
     import torch
 
     return torch.from_numpy(np.stack([np.asarray(i, dtype=np.uint8) for i in images])).permute(0, 3, 1, 2)
 
 
+def _pil(images: Sequence[np.ndarray]) -> list[Any]:
+    from PIL import Image
+
+    return [Image.fromarray(np.asarray(i, dtype=np.uint8)) for i in images]
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
 class ClipScore(Metric):
-    """CLIP score (torchmetrics ``CLIPScore``) from a local transformers CLIP folder."""
+    """CLIP score, ``100 * max(cos(image, text), 0)`` as torchmetrics defines it, batched with transformers."""
 
     name = "clip"
 
-    def __init__(self, clip_path: str | os.PathLike | None = None) -> None:
-        self.path = _need(clip_path, "DITACCEL_CLIP", "CLIP model (a transformers folder with config.json)",
-                          "folder")
+    def __init__(self, clip_path: str | os.PathLike | None = None, device: Any = "auto", batch_size: int = 32) -> None:
+        self.path = resolve(clip_path, "DITACCEL_CLIP", "CLIP model (a transformers folder with config.json)",
+                            CLIP_DEFAULT, "folder")
         if not (self.path / "config.json").is_file():
             raise MissingWeightsError(f"CLIP folder {self.path} has no config.json; pass a transformers CLIP folder")
-        _package("torchmetrics", "torchmetrics", self.name)
+        self.device, self.batch_size = device, int(batch_size)
         self._model: Any = None
+
+    def _load(self) -> tuple[Any, Any, Any]:
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+        from transformers.utils import logging as tlogging
+
+        dev = _device(self.device)
+        bar = tlogging.is_progress_bar_enabled()
+        tlogging.disable_progress_bar()
+        try:
+            model = CLIPModel.from_pretrained(str(self.path)).to(dev).eval()
+        finally:
+            if bar:
+                tlogging.enable_progress_bar()
+        return model, AutoTokenizer.from_pretrained(str(self.path)), CLIPImageProcessor.from_pretrained(str(self.path))
+
+    def cosines(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
+        """Cosine of each image's and its prompt's CLIP embeddings, ``batch_size`` pairs per forward."""
+        import torch
+
+        if self._model is None:
+            self._model = self._load()
+        model, tok, proc = self._model
+        dev = next(model.parameters()).device
+        max_len = int(model.config.text_config.max_position_embeddings)
+        out = []
+        with torch.no_grad():
+            for sl in _batches(len(images), self.batch_size):
+                text = tok(list(prompts[sl]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+                pix = proc(images=_pil(images[sl]), return_tensors="pt")["pixel_values"]
+                o = model(input_ids=text["input_ids"].to(dev), attention_mask=text["attention_mask"].to(dev),
+                          pixel_values=pix.to(dev, model.dtype))
+                out.append((o.image_embeds * o.text_embeds).sum(-1).float().cpu().numpy())  # both L2-normalised
+        return np.concatenate(out)
 
     def per_image(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                   references: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        import torch
-        from torchmetrics.multimodal.clip_score import CLIPScore
-
         self._check_inputs(images, prompts, None)
-        if self._model is None:
-            self._model = CLIPScore(model_name_or_path=str(self.path))
-        metric = self._model
-        scores = []
-        with torch.no_grad():
-            for img, p in zip(_to_tensor(images), prompts, strict=True):
-                metric.reset()
-                metric.update(img[None], [p])
-                scores.append(float(metric.compute()))
-        return np.array(scores)
+        return 100 * np.maximum(self.cosines(images, prompts), 0)
 
 
 class ImageRewardMetric(Metric):
-    """ImageReward (the ECAD paper's fitness) from ImageReward.pt, med_config.json and a BERT tokenizer folder."""
+    """ImageReward (the ECAD paper's fitness): ImageReward.pt, med_config.json and a BERT tokenizer folder."""
 
     name = "imagereward"
 
     def __init__(self, imagereward_path: str | os.PathLike | None = None,
                  med_config: str | os.PathLike | None = None, bert_path: str | os.PathLike | None = None,
-                 device: str = "cpu") -> None:
-        self.ckpt = _need(imagereward_path, "DITACCEL_IMAGEREWARD", "ImageReward checkpoint (ImageReward.pt)")
-        self.med = _need(med_config, "DITACCEL_IMAGEREWARD_MED_CONFIG", "ImageReward med_config.json")
-        self.bert = _need(bert_path, "DITACCEL_BERT", "bert-base-uncased tokenizer", "folder")
-        _package("ImageReward", "image-reward", self.name)
-        self.device = device
+                 device: Any = "auto", batch_size: int = 32) -> None:
+        def pkg() -> None:
+            _package("ImageReward", "image-reward", self.name)
+
+        self.ckpt = resolve(imagereward_path, "DITACCEL_IMAGEREWARD", "ImageReward checkpoint (ImageReward.pt)",
+                            IMAGEREWARD_DEFAULT, before_fetch=pkg)
+        self.med = resolve(med_config, "DITACCEL_IMAGEREWARD_MED_CONFIG", "ImageReward med_config.json",
+                           IMAGEREWARD_MED_DEFAULT, before_fetch=pkg)
+        self.bert = resolve(bert_path, "DITACCEL_BERT", "bert-base-uncased tokenizer", BERT_DEFAULT, "folder",
+                            before_fetch=pkg)
+        pkg()
+        self.device, self.batch_size = device, int(batch_size)
         self._model: Any = None
 
     def _load(self) -> Any:
@@ -107,39 +151,67 @@ class ImageRewardMetric(Metric):
             return tok
 
         bp.init_tokenizer = init_tokenizer
-        return RM.load(str(self.ckpt), device=self.device, med_config=str(self.med))
+        return RM.load(str(self.ckpt), device=str(_device(self.device)), med_config=str(self.med))
 
     def per_image(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                   references: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        from PIL import Image
-
         self._check_inputs(images, prompts, None)
         if self._model is None:
             self._model = self._load()
-        return np.array([float(self._model.score(p, [Image.fromarray(np.asarray(i, dtype=np.uint8))]))
-                         for i, p in zip(images, prompts, strict=True)])
+        return np.concatenate([imagereward_batch(self._model, list(prompts[sl]), _pil(images[sl]))
+                               for sl in _batches(len(images), self.batch_size)])
+
+
+def imagereward_batch(model: Any, prompts: list[str], pil_images: list[Any]) -> np.ndarray:
+    """ImageReward's ``score(prompt, image)`` for many (prompt, image) pairs in one forward.
+
+    The same computation as the package's per-image ``score``: BLIP's text encoder reads the
+    prompt (padded to 35 tokens) with cross-attention to the image's ViT embeddings; the [CLS]
+    feature goes through the reward MLP and is standardised by the model's mean and std.
+    """
+    import torch
+
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        text = model.blip.tokenizer(prompts, padding="max_length", truncation=True, max_length=35,
+                                    return_tensors="pt").to(dev)
+        pixels = torch.stack([model.preprocess(im) for im in pil_images]).to(dev)
+        image_embeds = model.blip.visual_encoder(pixels)
+        atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=dev)
+        feats = model.blip.text_encoder(text.input_ids, attention_mask=text.attention_mask,
+                                        encoder_hidden_states=image_embeds, encoder_attention_mask=atts,
+                                        return_dict=True).last_hidden_state[:, 0, :].float()
+        rewards = (model.mlp(feats) - model.mean) / model.std
+    return rewards.reshape(-1).cpu().numpy()
 
 
 class HPSv2Metric(Metric):
-    """HPSv2: an open_clip ViT-H-14 fine-tuned on human preferences; both files local."""
+    """HPSv2: an open_clip ViT-H-14 fine-tuned on human preferences (cosine of image and prompt features)."""
 
     name = "hpsv2"
 
     def __init__(self, hpsv2_path: str | os.PathLike | None = None,
-                 open_clip_path: str | os.PathLike | None = None, device: str = "cpu") -> None:
-        self.ckpt = _need(hpsv2_path, "DITACCEL_HPSV2", "HPSv2 checkpoint (HPS_v2_compressed.pt)")
-        self.clip = _need(open_clip_path, "DITACCEL_OPEN_CLIP", "open_clip ViT-H-14 weights (open_clip_pytorch_model.bin)")
-        _package("open_clip", "open-clip-torch", self.name)
-        self.device = device
+                 open_clip_path: str | os.PathLike | None = None, device: Any = "auto", batch_size: int = 32) -> None:
+        def pkg() -> None:
+            _package("open_clip", "open-clip-torch", self.name)
+
+        self.ckpt = resolve(hpsv2_path, "DITACCEL_HPSV2", "HPSv2 checkpoint (HPS_v2_compressed.pt)",
+                            HPSV2_DEFAULT, before_fetch=pkg)
+        self.clip = resolve(open_clip_path, "DITACCEL_OPEN_CLIP",
+                            "open_clip ViT-H-14 weights (open_clip_pytorch_model.bin)", OPEN_CLIP_DEFAULT,
+                            before_fetch=pkg)
+        pkg()
+        self.device, self.batch_size = device, int(batch_size)
         self._model: Any = None
 
     def _load(self) -> tuple[Any, Any, Any]:
         import open_clip
         import torch
 
+        dev = _device(self.device)
         model, _, preprocess = open_clip.create_model_and_transforms("ViT-H-14", pretrained=str(self.clip),
-                                                                     device=self.device)
-        state = torch.load(self.ckpt, map_location=self.device, weights_only=True)
+                                                                     device=dev)
+        state = torch.load(self.ckpt, map_location=dev, weights_only=True)
         model.load_state_dict(state.get("state_dict", state))
         model.eval()
         return model, preprocess, open_clip.get_tokenizer("ViT-H-14")
@@ -147,22 +219,22 @@ class HPSv2Metric(Metric):
     def per_image(self, images: Sequence[np.ndarray], prompts: Sequence[str],
                   references: Sequence[np.ndarray] | None = None) -> np.ndarray:
         import torch
-        from PIL import Image
 
         self._check_inputs(images, prompts, None)
         if self._model is None:
             self._model = self._load()
         model, preprocess, tokenizer = self._model
+        dev = next(model.parameters()).device
         out = []
         with torch.no_grad():
-            for img, p in zip(images, prompts, strict=True):
-                x = preprocess(Image.fromarray(np.asarray(img, dtype=np.uint8))).unsqueeze(0).to(self.device)
+            for sl in _batches(len(images), self.batch_size):
+                x = torch.stack([preprocess(im) for im in _pil(images[sl])]).to(dev)
                 f_img = model.encode_image(x)
-                f_txt = model.encode_text(tokenizer([p]).to(self.device))
+                f_txt = model.encode_text(tokenizer(list(prompts[sl])).to(dev))
                 f_img = f_img / f_img.norm(dim=-1, keepdim=True)
                 f_txt = f_txt / f_txt.norm(dim=-1, keepdim=True)
-                out.append(float((f_img * f_txt).sum()))
-        return np.array(out)
+                out.append((f_img * f_txt).sum(-1).float().cpu().numpy())
+        return np.concatenate(out)
 
 
 class FIDMetric(Metric):
@@ -174,20 +246,25 @@ class FIDMetric(Metric):
     name, kind = "fid", "set"
 
     def __init__(self, inception_path: str | os.PathLike | None = None,
-                 fid_reference: str | os.PathLike | None = None) -> None:
-        self.weights = _need(inception_path, "DITACCEL_INCEPTION",
-                             "FID Inception weights (pt_inception-2015-12-05-6726825d.pth)")
+                 fid_reference: str | os.PathLike | None = None, device: Any = "auto", batch_size: int = 64) -> None:
         from ditaccel.metrics import env_path
 
-        ref = env_path(fid_reference, "DITACCEL_FID_REF")
+        def pkg() -> None:
+            _package("torchmetrics", "torchmetrics", self.name)
+            _package("torch_fidelity", "torch-fidelity", self.name)
+
+        ref = env_path(fid_reference, "DITACCEL_FID_REF")  # cheap checks before any download
         if ref is None:
             raise MissingWeightsError("FID reference is not set; pass a folder of images or an .npz of stats "
                                       "(fid_reference=) or set $DITACCEL_FID_REF")
         self.reference = Path(ref).expanduser()
         if not (self.reference.is_dir() or (self.reference.is_file() and self.reference.suffix == ".npz")):
             raise MissingWeightsError(f"FID reference {self.reference} is neither an image folder nor an .npz file")
-        _package("torchmetrics", "torchmetrics", self.name)
-        _package("torch_fidelity", "torch-fidelity", self.name)
+        self.weights = resolve(inception_path, "DITACCEL_INCEPTION",
+                               "FID Inception weights (torch-fidelity's weights-inception-2015-12-05-6726825d.pth)",
+                               INCEPTION_DEFAULT, hub=False, before_fetch=pkg)
+        pkg()
+        self.device, self.batch_size = device, int(batch_size)
         self._net: Any = None
         self._ref_stats: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -199,10 +276,12 @@ class FIDMetric(Metric):
 
             self._net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                            feature_extractor_weights_path=str(self.weights)).eval()
+            self._net.to(_device(self.device))
+        dev = next(self._net.parameters()).device
         feats = []
         with torch.no_grad():
-            for start in range(0, len(images), 64):
-                feats.append(self._net(_to_tensor(images[start:start + 64])).double().cpu().numpy())
+            for sl in _batches(len(images), self.batch_size):
+                feats.append(self._net(_to_tensor(images[sl]).to(dev)).double().cpu().numpy())
         return np.concatenate(feats)
 
     @staticmethod
