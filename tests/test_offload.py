@@ -67,7 +67,7 @@ def test_schedule_under_offload_is_bitwise_the_same(family, offload):
     assert not torch.equal(ref[0], ref[2])  # the schedule did change the output; removal restored it
 
 
-@pytest.mark.parametrize("method", ["fbc", "taylorseer"])
+@pytest.mark.parametrize("method", ["fbc", "taylorseer", "magcache"])
 @pytest.mark.parametrize("offload", ["model", "group-block"])
 def test_dynamic_peers_under_offload_are_bitwise_the_same(method, offload):
     ref = _two_generations("pixart-alpha", None, method)
