@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-ecad gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +34,16 @@ bench: setup
 	$(PY) bench/bench_quant.py --ablation --prompts 1 --calib-every 2 --threads 1
 	$(PY) bench/bench_quant_size.py --threads 1
 	$(PY) bench/bench_eval.py --every 6 --seeds 0,1 --repeats 3 --timing-images 4
+	$(PY) bench/bench_metric_split.py --population 8 --generations 2 --repeats 5
+
+# ditaccel's MACs of ECAD's published schedules vs the files' own figures (needs git and network).
+bench-ecad: setup
+	test -d runs/ecad || git clone --depth 1 https://github.com/AniAggarwal/ecad runs/ecad
+	$(PY) bench/ecad_macs.py --ecad-dir runs/ecad
+
+# On a machine with a CUDA GPU: writes bench/results/gpu.md (meant to take <= 8 min on one H100).
+gpu-check: setup
+	$(PY) bench/device_check.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -3,9 +3,10 @@
 Why a registry: the search needs a quality number per candidate, and which metric fits
 depends on what the user has. The bundled model has an exact checker (``adherence``); any
 model can be scored for fidelity to its own uncached images (``psnr``, ``ssim``); learned
-metrics (``clip``, ``imagereward``, ``hpsv2``) and ``fid`` need weights that cannot be
-downloaded here, so they take local paths (arguments or environment variables) and refuse
-with one line, naming what to provide, before any image is generated.
+metrics (``clip``, ``imagereward``, ``hpsv2``) and ``fid`` take local paths or hub ids
+(arguments or environment variables) or download their packages' default weights, all before
+any image is generated; when that is impossible they refuse with one line naming what to
+provide. ``get_metric(name, device=..., batch_size=...)`` sets where and how they score.
 
 Every metric answers ``score(images, prompts, references=None) -> float``, higher is better
 (``fid`` reports ``-FID`` there; ``fid_value`` gives the plain number).
@@ -38,8 +39,10 @@ def available_metrics() -> dict[str, str]:
 def get_metric(name: str, **paths: Any) -> Metric:
     """The metric ``name``, built and checked: missing weights raise ``MissingWeightsError`` now.
 
-    ``paths`` are the metric's local weight locations (e.g. ``clip_path=...``); ones left out
-    come from the environment variables named in ``available_metrics()``.
+    ``paths`` are the metric's weight locations (local paths or hub ids, e.g. ``clip_path=...``);
+    ones left out come from the environment variables named in ``available_metrics()``, else the
+    package's default weights. Learned metrics also take ``device`` (default ``auto``) and
+    ``batch_size``; the others ignore them.
     """
     if name not in _REGISTRY:
         raise DitaccelError(f"unknown metric {name!r}; use one of: {', '.join(_REGISTRY)}")
@@ -61,17 +64,18 @@ register_metric("adherence", lambda **_: AdherenceMetric(),
 register_metric("psnr", lambda **_: PSNR(), "PSNR (dB) to the uncached images with the same prompts and seeds")
 register_metric("ssim", lambda **_: SSIM(), "SSIM to the uncached images with the same prompts and seeds")
 register_metric("clip", _external("ClipScore"),
-                "CLIP score (torchmetrics); needs a transformers CLIP folder: clip_path= or $DITACCEL_CLIP")
+                "CLIP score; a transformers CLIP folder or hub id (clip_path= / $DITACCEL_CLIP), default "
+                "openai/clip-vit-large-patch14")
 register_metric("imagereward", _external("ImageRewardMetric"),
-                "ImageReward; needs ImageReward.pt (imagereward_path= / $DITACCEL_IMAGEREWARD), med_config.json "
+                "ImageReward; ImageReward.pt (imagereward_path= / $DITACCEL_IMAGEREWARD), med_config.json "
                 "(med_config= / $DITACCEL_IMAGEREWARD_MED_CONFIG) and a bert-base-uncased tokenizer folder "
-                "(bert_path= / $DITACCEL_BERT)")
+                "(bert_path= / $DITACCEL_BERT); defaults: THUDM/ImageReward, google-bert/bert-base-uncased")
 register_metric("hpsv2", _external("HPSv2Metric"),
-                "HPSv2; needs its checkpoint (hpsv2_path= / $DITACCEL_HPSV2) and open_clip ViT-H-14 weights "
-                "(open_clip_path= / $DITACCEL_OPEN_CLIP)")
+                "HPSv2; its checkpoint (hpsv2_path= / $DITACCEL_HPSV2) and open_clip ViT-H-14 weights "
+                "(open_clip_path= / $DITACCEL_OPEN_CLIP); defaults: xswu/HPSv2, laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
 register_metric("fid", _external("FIDMetric"),
-                "FID (set metric, torchmetrics); needs Inception weights (inception_path= / $DITACCEL_INCEPTION) "
-                "and a reference image folder or .npz stats (fid_reference= / $DITACCEL_FID_REF)")
+                "FID (set metric, torchmetrics); Inception weights (inception_path= / $DITACCEL_INCEPTION, default "
+                "torch-fidelity's) and a reference image folder or .npz stats (fid_reference= / $DITACCEL_FID_REF)")
 
 
 def env_path(arg: str | os.PathLike | None, env: str) -> str | None:
