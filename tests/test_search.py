@@ -272,7 +272,7 @@ def test_cli_frontier_and_search_refusals(full_run, tmp_path, capsys):
     assert main(["search", "--population", "2", "--out", str(tmp_path / "x")]) == 2
     assert main(["search", "--tiebreak", "clip", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "HPSv2" in err and "population" in err and "tie-break" in err
+    assert "hpsv2" in err.lower() and "population" in err and "tie-break" in err
     assert not (tmp_path / "x").exists()
 
 

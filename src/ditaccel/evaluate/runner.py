@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ class EvalConfig:
     reference: Path | None = None             # FID reference: image folder or .npz stats
     metric_paths: dict[str, Any] = field(default_factory=dict)
     model: str | None = None                  # recorded; Ray workers load it (None = bundled)
-    device: str = "cpu"
+    device: str = "auto"                      # auto: the pipeline's device (ditaccel.device when loading)
     steps: int | None = None
     guidance: float | None = None
     batch_size: int = 8
@@ -332,6 +332,10 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise DitaccelError(f"--out {out} is a file; pass a folder")
+    if str(cfg.device) == "auto":  # timing and peak memory need the concrete device
+        from ditaccel.device import resolve_device
+
+        cfg = replace(cfg, device=str(pipe.device if pipe is not None else resolve_device("auto")))
     if pipe is None:
         from ditaccel.pipeline import load_pipeline
 
