@@ -177,3 +177,14 @@ def test_cli_convert_both_ways_and_generate_reads_ecad(tmp_path, capsys):
                      "--schedule", str(tmp_path / f"{name}.json"), "--out", str(out)]) == 0
         imgs.append(np.asarray(Image.open(out / "00000.png")))
     assert np.array_equal(imgs[0], imgs[1])
+
+
+def test_eval_schedule_rows_read_ecad_files(tmp_path):
+    from ditaccel.evaluate import parse_methods
+    from ditaccel.evaluate.methods import resolve_methods
+
+    pipe = build_pipeline("pixart-alpha")
+    s = presets.fora(pipe, 2, steps=4)
+    s.to_ecad(tmp_path / "e.json")
+    methods = resolve_methods(pipe, parse_methods(f"baseline,schedule:{tmp_path / 'e.json'}"), 4)
+    assert np.array_equal(methods[1].schedule.bits, s.bits)
