@@ -26,7 +26,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -56,6 +56,7 @@ class Geometry:
     batch: int
     text_len: int
     time_scale: float  # timestep passed = t * time_scale (FLUX takes t / 1000)
+    steps: int = STEPS
 
 
 @dataclass
@@ -128,8 +129,8 @@ def _flux(small: bool) -> Geometry:
 
 
 def generation(model: Callable[..., Any], geo: Geometry, inputs: dict[str, Any]) -> Callable[[], None]:
-    """One 20-step generation's transformer calls, decreasing timesteps, latents nudged by each output."""
-    ts = torch.linspace(999, 0, STEPS)
+    """One generation's transformer calls (``geo.steps`` decreasing timesteps), latents nudged by each output."""
+    ts = torch.linspace(999, 0, geo.steps)
 
     def run() -> None:
         x = inputs["hidden_states"].clone()
@@ -160,28 +161,29 @@ def _measure(row: Row, model: Callable[..., Any], geo: Geometry, inputs: dict[st
 
 
 def _methods(geo: Geometry, t: torch.nn.Module) -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = [("baseline", None), ("FORA(2)", presets.fora(t, 2, steps=STEPS))]
+    out: list[tuple[str, Any]] = [("baseline", None), ("FORA(2)", presets.fora(t, 2, steps=geo.steps))]
     if geo.family == "pixart":
-        out.append(("ECAD fast (paper, PixArt-alpha 256)", CacheSchedule.load(ECAD_FAST, t)))
+        ecad = CacheSchedule.load(ECAD_FAST, t)
+        out.append(("ECAD fast (paper, PixArt-alpha 256)", ecad if ecad.steps == geo.steps else ecad.resample(geo.steps)))
     out.append(("FirstBlockCache", "fbc"))
     return out
 
 
-def _install(t: torch.nn.Module, how: Any) -> Any:
+def _install(t: torch.nn.Module, how: Any, steps: int) -> Any:
     if how is None:
         return None
     if isinstance(how, CacheSchedule):
         return apply_schedule(t, how)
     from ditaccel.evaluate.peers import apply_peer_cache
 
-    return apply_peer_cache(SimpleNamespace(transformer=t), how, {"num_inference_steps": STEPS})
+    return apply_peer_cache(SimpleNamespace(transformer=t), how, {"num_inference_steps": steps})
 
 
 def _macs(t: torch.nn.Module, geo: Geometry, how: Any) -> str:
     if not isinstance(how, CacheSchedule) and how is not None:
         return "dynamic"
-    full = schedule_macs(t, presets.none(t, steps=STEPS), geo.height, geo.width, geo.batch, geo.text_len)
-    s = how if how is not None else presets.none(t, steps=STEPS)
+    full = schedule_macs(t, presets.none(t, steps=geo.steps), geo.height, geo.width, geo.batch, geo.text_len)
+    s = how if how is not None else presets.none(t, steps=geo.steps)
     return f"{full / schedule_macs(t, s, geo.height, geo.width, geo.batch, geo.text_len):.2f}x"
 
 
@@ -213,7 +215,7 @@ def run_row(row: Row, geo: Geometry, t: torch.nn.Module, how: Any, backend: str,
             quantize_(t, FP4DiTConfig(weights="e2m1", acts="none", adaround=False))
             t._device_check_fp4 = True
         row.macs_speedup = "1.00x (same MACs)" if how == "fp4" else _macs(t, geo, how)
-        handle = _install(t, None if how == "fp4" else how)
+        handle = _install(t, None if how == "fp4" else how, geo.steps)
         try:
             if row.mode != "eager":
                 torch._dynamo.reset()
@@ -238,13 +240,13 @@ def _speedups(rows: list[Row]) -> None:
 def report(rows: list[Row], args: argparse.Namespace, dev: torch.device, dtype: torch.dtype, wall: float) -> str:
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none (CPU)"
     cmd = ("python bench/device_check.py" + (" --small" if args.small else "")
-           + f" --repeats {args.repeats} --modes {args.modes} --models {args.models}")
+           + f" --repeats {args.repeats} --steps {args.steps} --modes {args.modes} --models {args.models}")
     lines = [
         "# Device check: caching and FP4 on full-size geometries" + (" (--small CPU mode)" if args.small else ""),
         "",
         f"- Card: {gpu}. Machine: {machine_description()}.",
         f"- Command: `{cmd}`; {wall:.0f} s in all.",
-        f"- Random weights, {str(dtype).removeprefix('torch.')}, transformer only, one {STEPS}-step generation "
+        f"- Random weights, {str(dtype).removeprefix('torch.')}, transformer only, one {args.steps}-step generation "
         f"(median of {args.repeats} after one warm-up call, which for compiled rows includes compilation). "
         "Speedup: against the baseline row of the same model and mode. Peak memory: "
         + ("torch.cuda.max_memory_allocated during the timed runs." if dev.type == "cuda"
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", action="store_true", help="tiny widths on the CPU (fp32, dynamo 'eager' backend)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=STEPS, help="denoising steps (the ECAD schedule is resampled)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip rows once this many seconds have passed")
     ap.add_argument("--backend", default=None, help="torch.compile backend (default inductor; eager with --small)")
     ap.add_argument("--modes", default="eager,compiled", help="comma list of eager, compiled")
@@ -278,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gpu.md")
     args = ap.parse_args(argv)
     bad = (set(args.modes.split(",")) - {"eager", "compiled"}) | (set(args.models.split(",")) - {"pixart", "flux"})
+    if args.steps < 2:
+        print(f"device_check: error: --steps must be at least 2, got {args.steps}", file=sys.stderr)
+        return 2
     if bad:
         print(f"device_check: error: unknown mode/model {', '.join(sorted(bad))}; use eager,compiled and "
               f"pixart,flux", file=sys.stderr)
@@ -291,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     backend = args.backend or ("eager" if args.small else "inductor")
     start = time.monotonic()
-    geos = [g(args.small) for g in (_pixart, _flux) if g.__name__.strip("_") in args.models.split(",")]
+    geos = [replace(g(args.small), steps=args.steps) for g in (_pixart, _flux)
+            if g.__name__.strip("_") in args.models.split(",")]
     models = [(geo, build(geo, dev, dtype)) for geo in geos]
     inputs = [geo.inputs(t, dev, dtype) for geo, t in models]
     rows: list[Row] = []

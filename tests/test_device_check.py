@@ -19,11 +19,11 @@ def _load():
     return mod
 
 
-@pytest.mark.slow  # ~17 s of CPU: 9 rows x 2 generations of 20 steps on 28- and 57-block models
+@pytest.mark.slow  # 9 rows x 2 generations of 5 steps on 28- and 57-block models
 def test_small_mode_measures_every_row(tmp_path, capsys):
     dc = _load()
     out = tmp_path / "small.md"
-    assert dc.main(["--small", "--modes", "eager", "--repeats", "1", "--out", str(out)]) == 0
+    assert dc.main(["--small", "--modes", "eager", "--repeats", "1", "--steps", "5", "--out", str(out)]) == 0
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ") and "tiny" in line]
     methods = [(r[0].strip("| "), r[2]) for r in rows]
     assert len(rows) == 9 and sum("PixArt" in m for m, _ in methods) == 5
@@ -33,7 +33,7 @@ def test_small_mode_measures_every_row(tmp_path, capsys):
         assert float(r[3]) > 0 and r[4].endswith("x") and r[-1].strip(" |") == "", r  # timed, no error
     macs = {(r[0].strip("| ")[:5], r[2]): r[5] for r in rows}
     assert macs[("PixAr", "baseline")] == "1.00x" and macs[("PixAr", "FirstBlockCache")] == "dynamic"
-    assert float(macs[("PixAr", "ECAD fast (paper, PixArt-alpha 256)")].rstrip("x")) > 2.5
+    assert float(macs[("PixAr", "ECAD fast (paper, PixArt-alpha 256)")].rstrip("x")) > 1.5  # resampled to 5 steps
     assert dc.main(["--small", "--modes", "eager,fast", "--out", str(out)]) == 2
     assert "unknown mode/model fast" in capsys.readouterr().err
 
