@@ -8,7 +8,6 @@ into images, so the CLI, the search and the benchmarks agree on what "the same s
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,7 @@ def load_pipeline(
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     defaults_file = Path(str(path)) / "ditaccel.json"
-    defaults = json.loads(defaults_file.read_text()).get("call_defaults", {}) if defaults_file.is_file() else {}
+    defaults = _call_defaults(defaults_file) if defaults_file.is_file() else {}
     pipe._ditaccel_call_defaults = defaults
     pipe._ditaccel_source = str(path)
     return pipe
@@ -120,3 +119,14 @@ def generate_images(
         if on_batch is not None:
             on_batch(len(ps))
     return out
+
+
+def _call_defaults(path: Path) -> dict[str, Any]:
+    """The ``call_defaults`` of a model folder's ``ditaccel.json`` (checked, since it is a file we read)."""
+    from ditaccel._io import read_json
+
+    d = read_json(path, "model defaults", "fix or remove it")
+    defaults = d.get("call_defaults", {}) if isinstance(d, dict) else None
+    if not isinstance(defaults, dict):
+        raise DitaccelError(f"{path} must be a JSON object with a 'call_defaults' object; fix or remove it")
+    return defaults
