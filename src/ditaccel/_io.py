@@ -146,31 +146,23 @@ def read_json(path: str | os.PathLike, what: str, fix: str, error: type[Exceptio
 
 
 def read_checked_jsonl(path: str | os.PathLike, what: str, fix: str, limit: int | None = None,
-                       error: type[Exception] = DitaccelError) -> tuple[list[dict[str, Any]], int]:
-    """Records of a JSON-lines file (each checksum verified), and how many trailing lines were dropped.
+                       error: type[Exception] = DitaccelError) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file, each checksum verified; with ``limit``, only the first ``limit``.
 
-    Why a damaged *last* line is dropped rather than refused: ditaccel appends to these files, so a
-    kill during a write leaves half a line at the end. With ``limit`` only the first ``limit``
-    records are read (what a checkpoint vouches for); damage before that is an error.
+    Why ``limit``: ditaccel appends to ``candidates.jsonl`` before its checkpoint vouches for the
+    rows, so rows past the checkpoint's count (a kill mid-append leaves half a line) are not read.
     """
-    text = read_text_file(path, what, fix, error)
-    lines = text.splitlines()
     rows: list[dict[str, Any]] = []
-    for i, line in enumerate(lines, 1):
+    for i, line in enumerate(read_text_file(path, what, fix, error).splitlines(), 1):
         if limit is not None and len(rows) >= limit:
-            return rows, len(lines) - i + 1
+            break
         if not line.strip():
             continue
-        try:
-            row = parse_json(line, f"{what} {os.fspath(path)} line {i}", fix, error)
-            if not isinstance(row, dict):
-                raise error(f"{what} {os.fspath(path)} line {i} is not a JSON object; {fix}")
-        except DitaccelError:
-            if i == len(lines) and not text.endswith("\n"):  # half a line from an interrupted append
-                return rows, 1
-            raise
+        row = parse_json(line, f"{what} {os.fspath(path)} line {i}", fix, error)
+        if not isinstance(row, dict):
+            raise error(f"{what} {os.fspath(path)} line {i} is not a JSON object; {fix}")
         rows.append(row)
-    return rows, 0
+    return rows
 
 
 def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> Path:

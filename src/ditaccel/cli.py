@@ -111,11 +111,15 @@ def _earlier_images(out: Path, resume: bool) -> list[dict[str, Any]]:
         raise DitaccelError(f"--out {out} holds files but no {_INDEX}, so it is not a `ditaccel generate` folder; "
                             "choose a new folder")
     fix = "restore it from a copy, or choose a new --out"
-    rows, _ = read_checked_jsonl(out / _INDEX, "image index", fix)
+    rows = read_checked_jsonl(out / _INDEX, "image index", fix)
+    if not rows:  # generate writes the index after its first batch: never empty
+        raise DitaccelError(f"{out / _INDEX} indexes no images (emptied?); {fix}")
     for i, r in enumerate(rows, 1):
         if not (isinstance(r.get("file"), str) and r["file"].removesuffix(".png").isdigit()
                 and isinstance(r.get("prompt"), str) and isinstance(r.get("seed"), int)):
             raise DitaccelError(f"{out / _INDEX} line {i} is not a `ditaccel generate` record; {fix}")
+        if not (out / r["file"]).is_file():
+            raise DitaccelError(f"{out / _INDEX} lists {r['file']}, which is not in {out}; {fix}")
     return rows
 
 

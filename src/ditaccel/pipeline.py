@@ -91,7 +91,17 @@ def pipeline_call_kwargs(pipe: Any, **overrides: Any) -> dict[str, Any]:
             kw["clean_caption"] = False  # what the pipeline falls back to anyway, minus its warnings
     kw.update(getattr(pipe, "_ditaccel_call_defaults", {}))
     kw.update({k: v for k, v in overrides.items() if v is not None})
+    steps = kw.get("num_inference_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise DitaccelError(f"num_inference_steps must be a whole number >= 1, got {steps!r}")
+    if steps == 1 and type(pipe).__name__ in _ONE_STEP_NEEDS_DMD:
+        raise DitaccelError(f"{type(pipe).__name__} reads a 1-step run as DMD distillation, which this scheduler "
+                            "is not; pass --steps 2 or more")
     return {k: v for k, v in kw.items() if k in params}
+
+
+# Pipelines whose __call__ treats num_inference_steps == 1 as a one-step (DMD) scheduler's output
+_ONE_STEP_NEEDS_DMD = frozenset({"PixArtAlphaPipeline"})
 
 
 def generate_images(

@@ -119,7 +119,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                                                    or (args.out / "candidates.jsonl").exists()):
         raise DitaccelError(f"--out {args.out} already holds a search; pass --resume to continue it or choose "
                             f"another --out")
-    if args.resume and not (args.out / "checkpoint").is_file():
+    if args.resume and not (args.out / "checkpoint").exists():
+        left = [n for n in ("candidates.jsonl", "frontier.json") if (args.out / n).exists()]
+        if left:  # a search whose checkpoint is gone: starting over would empty its candidates
+            raise DitaccelError(f"--out {args.out} holds {left[0]} but no checkpoint, so it cannot be resumed; "
+                                "restore the checkpoint or choose another --out")
         console.print(f"--resume: {args.out} holds no search checkpoint; starting a new search there")
     if args.ray is not None:  # each worker loads the same model (and quantized weights) once
         cfg.loader = "ditaccel.search.backend:load_for_worker"

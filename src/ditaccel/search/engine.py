@@ -251,7 +251,7 @@ def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> d
 def _read_candidates(out: Path, n: int, shape: tuple[int, int, int]) -> list[dict[str, Any]]:
     path = out / "candidates.jsonl"
     fix = f"remove {out} (or pick another --out) and start again"
-    rows, _ = read_checked_jsonl(path, "candidates file", fix, limit=n) if path.exists() else ([], 0)
+    rows = read_checked_jsonl(path, "candidates file", fix, limit=n) if path.exists() else []
     if len(rows) < n:
         raise DitaccelError(f"{path} has {len(rows)} candidates but the checkpoint counts {n}; {fix}")
     hex_len = 2 * -(-int(np.prod(shape)) // 8)

@@ -163,8 +163,8 @@ _FRONTIER_FIX = "rerun `ditaccel search --resume` on the folder, or search again
 def load_frontier(folder: str | Path) -> Frontier:
     """Read a search folder's ``frontier.json`` and its schedule files; one-line errors otherwise."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DitaccelError(f"{folder} is not a folder; pass a folder written by `ditaccel search`")
+    if folder.exists() and not folder.is_dir():
+        raise DitaccelError(f"{folder} is a file; pass the folder holding frontier.json written by `ditaccel search`")
     path = folder / "frontier.json"
     if not path.exists():
         raise DitaccelError(f"{folder} holds no frontier.json; pass a folder written by `ditaccel search`")
@@ -178,10 +178,26 @@ def load_frontier(folder: str | Path) -> Frontier:
                                ("presets", list)) if k in d and not isinstance(d[k], t)), None)
     if bad is not None or "family" not in d or "points" not in d:
         raise DitaccelError(f"{path} has a malformed {bad or 'header'!r} field; {_FRONTIER_FIX}")
+    second = d.get("tiebreak")
+    if second is not None and not isinstance(second, str):
+        raise DitaccelError(f"{path} has a malformed 'tiebreak' field; {_FRONTIER_FIX}")
+    base = d.get("baseline", {}).get("quality")
+    if base is not None and not _number(base):
+        raise DitaccelError(f"{path} has a malformed baseline quality; {_FRONTIER_FIX}")
+    for i, p in enumerate(d.get("presets", [])):
+        if not (isinstance(p, dict) and isinstance(p.get("name"), str) and _number(p.get("speedup"))
+                and _number(p.get("quality")) and (second not in p or _number(p[second]))):
+            raise DitaccelError(f"{path} preset {i} is malformed; {_FRONTIER_FIX}")
     points = [_load_point(folder, path, i, p) for i, p in enumerate(d["points"])]
+    if second is not None and not all(_number(p.details.get(second, 0.0)) for p in points):
+        raise DitaccelError(f"{path} has a malformed {second} value in a point's details; {_FRONTIER_FIX}")
     known = {"format", "version", "family", "metric", "baseline", "points", "presets"}
     return Frontier(points, d["family"], d.get("metric", "?"), d.get("baseline", {}), d.get("presets", []),
                     {k: v for k, v in d.items() if k not in known}, folder)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _load_point(folder: Path, path: Path, i: int, p: Any) -> FrontierPoint:
