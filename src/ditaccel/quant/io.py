@@ -260,6 +260,20 @@ _LAYER_FIELDS = {"format": str, "in_features": int, "out_features": int, "group_
 _OPTIONAL_STR = ("act_format", "out_act_format", "compute_dtype")
 
 
+def _known_format(name: Any) -> bool:
+    """A number format this ditaccel can decode (None: not quantized), checked at load, not mid-generation."""
+    from ditaccel.errors import DitaccelError
+    from ditaccel.quant.formats import parse_format
+
+    if name is None:
+        return True
+    try:
+        parse_format(name)
+    except DitaccelError:
+        return False
+    return True
+
+
 def _meta_problem(meta: dict[str, Any]) -> str | None:
     """The first field of a quantized config with the wrong JSON type or an impossible value, else None."""
     model = meta["model"]
@@ -274,7 +288,8 @@ def _meta_problem(meta: dict[str, Any]) -> str | None:
     for name, spec in meta["layers"].items():
         if not (isinstance(spec, dict) and all(_is(spec.get(k), t) for k, t in _LAYER_FIELDS.items())
                 and all(spec.get(k) is None or _is(spec[k], str) for k in _OPTIONAL_STR)
-                and min(spec["in_features"], spec["out_features"], spec["group_size"]) >= 1):
+                and min(spec["in_features"], spec["out_features"], spec["group_size"]) >= 1
+                and all(_known_format(spec.get(k)) for k in ("format", "act_format", "out_act_format"))):
             return f"layer {name!r}"
     for name, spec in meta["kept"].items():
         if not (isinstance(spec, dict) and spec.get("kind") in ("parameter", "buffer") and _is(spec.get("dtype"), str)

@@ -120,7 +120,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise DitaccelError(f"--out {args.out} already holds a search; pass --resume to continue it or choose "
                             f"another --out")
     if args.resume and not (args.out / "checkpoint").exists():
-        left = [n for n in ("candidates.jsonl", "frontier.json") if (args.out / n).exists()]
+        left = [n for n in ("candidates.jsonl", "frontier.json") if (args.out / n).exists()
+                and not ((args.out / n).is_file() and (args.out / n).stat().st_size == 0)]
         if left:  # a search whose checkpoint is gone: starting over would empty its candidates
             raise DitaccelError(f"--out {args.out} holds {left[0]} but no checkpoint, so it cannot be resumed; "
                                 "restore the checkpoint or choose another --out")
@@ -149,7 +150,8 @@ def _kept_search(out: Path) -> str:
         state = read_json(out / "checkpoint", "search checkpoint", "")
         gens, cands = int(state["generations_done"]), int(state["candidates"])
     except (DitaccelError, KeyError, TypeError, ValueError):
-        return f"no generation finished, so {out} holds no checkpoint; rerun the same command to start again"
+        return (f"no generation finished, so nothing was kept in {out}; rerun the same command with --resume to "
+                "start again there")
     return (f"kept {gens} finished generation(s) and {cands} evaluated candidates in {out} (checkpoint, "
             f"candidates.jsonl, frontier.json); rerun the same command with --resume to continue")
 
