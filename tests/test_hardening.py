@@ -33,7 +33,13 @@ def test_generate_never_overwrites_and_resume_adds(bundled_pipe, tmp_path, capsy
     rows = [json.loads(x) for x in (out / "images.jsonl").read_text().splitlines()]
     assert [(r["file"], r["seed"]) for r in rows] == [("00000.png", 0), ("00001.png", 1), ("00002.png", 2)]
     assert all({p.name: p.read_bytes() for p in out.glob("*.png")}[k] == v for k, v in first.items())
-    assert all(r["checksum"] == json_checksum(r) for r in rows)
+    assert all(r["checksum"] == json_checksum(r) and r["count"] == 3 for r in rows)
+    lines = (out / "images.jsonl").read_text().splitlines(keepends=True)
+    (out / "images.jsonl").write_text("".join(lines[:2]))  # cut at a record boundary: every line still valid
+    capsys.readouterr()
+    with using_pipe(bundled_pipe):
+        assert main([*GEN, "--seeds", "0-2", "--out", str(out), "--resume"]) == 2
+    assert "cut short" in _one_error(capsys)
 
 
 def test_interrupted_generate_says_what_it_kept_and_resumes(bundled_pipe, tmp_path, capsys, monkeypatch):

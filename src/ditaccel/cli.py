@@ -114,6 +114,11 @@ def _earlier_images(out: Path, resume: bool) -> list[dict[str, Any]]:
     rows = read_checked_jsonl(out / _INDEX, "image index", fix)
     if not rows:  # generate writes the index after its first batch: never empty
         raise DitaccelError(f"{out / _INDEX} indexes no images (emptied?); {fix}")
+    if any(r.get("count") not in (None, len(rows)) for r in rows):  # each record knows the index's length
+        raise DitaccelError(f"{out / _INDEX} holds {len(rows)} records but says it held {rows[-1].get('count')} "
+                            f"(cut short?); {fix}")
+    for r in rows:
+        r.pop("count", None)
     for i, r in enumerate(rows, 1):
         if not (isinstance(r.get("file"), str) and r["file"].removesuffix(".png").isdigit()
                 and isinstance(r.get("prompt"), str) and isinstance(r.get("seed"), int)):
@@ -206,7 +211,8 @@ def _generate_into(pipe: Any, out: Path, jobs: list[tuple[str, int]], records: l
                     records.append({"file": name, "prompt": prompt, "seed": seed, **meta})
                     number += 1
                 # a crash keeps every finished batch indexed; an unindexed image is never overwritten
-                atomic_write_text(out / _INDEX, "".join(checked_jsonl_line(r) for r in records))
+                atomic_write_text(out / _INDEX, "".join(checked_jsonl_line({**r, "count": len(records)})
+                                                        for r in records))
                 written += len(chunk)
                 prog.advance(task, len(chunk))
     except KeyboardInterrupt:
@@ -259,15 +265,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             raise DitaccelError(f"--calib-images {folder} is not a folder; pass a folder of images + captions")
     pipe = _load(args)
     t0 = time.perf_counter()
-    console.print(f"collecting calibration data: {len(prompts)} prompts x {len(seeds)} seeds along the sampler")
-    kw = pipeline_call_kwargs(pipe, num_inference_steps=args.steps)
-    calib = collect_calibration(pipe, prompts, seeds, **kw)
-    h, w = image_size(pipe, kw)
-    for folder in folders:  # the paper's way too: real images, VAE-encoded, noised at every step
-        images, captions = load_image_folder(folder, h, w)
-        console.print(f"adding {len(images)} real images from {folder}, noised along the sampler's timesteps")
-        calib = calib + calibration_from_images(pipe, images, captions, **kw)
-    report = quantize_(pipe.transformer, config, calib=calib)
+    try:  # nothing is written before the end, so an interruption loses only time
+        console.print(f"collecting calibration data: {len(prompts)} prompts x {len(seeds)} seeds along the sampler")
+        kw = pipeline_call_kwargs(pipe, num_inference_steps=args.steps)
+        calib = collect_calibration(pipe, prompts, seeds, **kw)
+        h, w = image_size(pipe, kw)
+        for folder in folders:  # the paper's way too: real images, VAE-encoded, noised at every step
+            images, captions = load_image_folder(folder, h, w)
+            console.print(f"adding {len(images)} real images from {folder}, noised along the sampler's timesteps")
+            calib = calib + calibration_from_images(pipe, images, captions, **kw)
+        report = quantize_(pipe.transformer, config, calib=calib)
+    except KeyboardInterrupt:
+        raise Interrupted(f"nothing was written to {out} (quantize writes it only when done); rerun to start "
+                          "again") from None
     stats = save_quantized(pipe.transformer, out, config)
     console.print(
         f"quantized in {time.perf_counter() - t0:.0f}s: {stats.get('bits_per_weight', float('nan')):.2f} bits/weight, "
@@ -290,9 +300,15 @@ def _default_calib_prompts(model: str | None) -> list[str]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ditaccel._io import check_out_dir
     from ditaccel.demo import run_demo
 
-    return run_demo(args.out, generations=args.generations, population=args.population, console=console)
+    check_out_dir(args.out)
+    try:
+        return run_demo(args.out, generations=args.generations, population=args.population, console=console)
+    except KeyboardInterrupt:
+        raise Interrupted(f"the search so far is kept in {args.out / 'search'} (its checkpoint, if a generation "
+                          "finished); rerun the same `ditaccel demo` to continue it") from None
 
 
 # ----------------------------------------------------------------------------- entry

@@ -237,8 +237,11 @@ def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> d
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DitaccelError(f"{ckpt} is not a ditaccel search checkpoint; pick another --out")
     counts = [state.get(k) for k in ("generations_done", "candidates")]
+    history = state.get("history", [])
     if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts) or not isinstance(
-            state.get("history", []), list) or not isinstance(state.get("fingerprint"), dict):
+            history, list) or not isinstance(state.get("fingerprint"), dict) or not all(
+            isinstance(h, dict) and all(isinstance(h.get(k, 0), int | float) and not isinstance(h.get(k), bool)
+                                        for k in ("components_live", "components_alone")) for h in history):
         raise DitaccelError(f"{ckpt} is malformed; remove {out} (or pick another --out) and start again")
     if state.get("fingerprint") != fingerprint:
         old = state.get("fingerprint", {})

@@ -232,8 +232,8 @@ def parse_speedup(text: str | float) -> float:
         value = float(str(text).strip().lower().rstrip("x"))
     except ValueError:
         raise DitaccelError(f"cannot read speedup {text!r}; write it like 2.5x") from None
-    if value <= 0:
-        raise DitaccelError(f"speedup must be positive, got {text!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise DitaccelError(f"speedup must be a positive number, got {text!r}; write it like 2.5x")
     return value
 
 

@@ -302,4 +302,19 @@ def _same_content(a: bytes, b: bytes) -> bool:
         ra, rb = _records(a.decode()), _records(b.decode())
     except UnicodeDecodeError:
         return False
-    return ra is not None and ra == rb
+    if ra is None or rb is None or len(ra) != len(rb):
+        return False
+    return all(_unsign(x, y) == y for x, y in zip(ra, rb, strict=True))
+
+
+def _unsign(orig: Any, damaged: Any) -> Any:
+    """``orig`` as the reader sees ``damaged`` when the fault only renamed the checksum key.
+
+    Why: a file whose checksum key was damaged reads as an unsigned hand-written file with one unknown
+    key, which readers accept by design; its content is still the original.
+    """
+    if not (isinstance(orig, dict) and isinstance(damaged, dict)) or "checksum" not in orig or "checksum" in damaged:
+        return orig
+    extra = {k: v for k, v in damaged.items() if k not in orig}
+    return {**{k: v for k, v in orig.items() if k != "checksum"}, **extra} if list(extra.values()) == [
+        orig["checksum"]] else orig
