@@ -75,6 +75,7 @@ OUT = ["--out", "OUT"]
     ([*GEN, "--bogus", *OUT], "unrecognized arguments: --bogus; see `ditaccel --help`"),
     (["generate", "--prompt", "x"], "the following arguments are required: --out; see `ditaccel generate --help`"),
     (["search", "--generations", "0", *OUT], "argument --generations: must be >= 1"),
+    (["search", "--seed", "-1", *OUT], "argument --seed: must be in 0 .. 2**63-1"),
     (["search", "--metric", "clip", "--metric-path", "clip_pth=/x", *OUT], "key 'clip_pth' is not one metric clip uses"),
     (["frontier", "OUT", "--min-quality", "inf"], "argument --min-quality"),
 ])

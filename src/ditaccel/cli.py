@@ -36,6 +36,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (random seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 2**63-1, got {value}")
+    return value
+
+
 def guidance_scale(text: str) -> float:
     """argparse type: a finite CFG scale >= 0."""
     try:

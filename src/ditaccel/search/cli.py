@@ -44,7 +44,7 @@ def _finite(text: str) -> float:
 
 def add_parsers(subparsers: Any) -> None:
     """Register the ``search`` and ``frontier`` subcommands."""
-    from ditaccel.cli import _add_model_args, positive_int
+    from ditaccel.cli import _add_model_args, non_negative_int, positive_int
 
     s = subparsers.add_parser("search", help="learn a Pareto frontier of caching schedules (ECAD, NSGA-II)")
     _add_model_args(s)
@@ -59,7 +59,7 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--population", type=int, default=None,
                    help="NSGA-II population (default 72; 24 on the bundled model)")
     s.add_argument("--generations", type=positive_int, default=None, help="generations (default 12; 6 on the bundled model)")
-    s.add_argument("--seed", type=int, default=0, help="GA random seed (same seed, same frontier)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="GA random seed (same seed, same frontier)")
     s.add_argument("--init", default="presets", help="'presets' or a previous search folder to start from")
     s.add_argument("--out", type=Path, default=Path("runs/search"), help="output folder (default runs/search)")
     s.add_argument("--resume", action="store_true",
