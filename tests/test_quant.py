@@ -340,6 +340,11 @@ def test_bad_folders_give_one_line_errors(tmp_path):
     save_file(tensors, str(t))
     meta["tensors_bytes"] = t.stat().st_size
     (d / CONFIG_NAME).write_text(json.dumps(meta))
+    assert "checksum" in _one_line_error(d, fresh())  # the config no longer matches its checksum
+    from ditaccel._io import file_sha256, with_checksum
+
+    meta["tensors_sha256"] = file_sha256(t)  # consistent, checksummed, but short of one tensor
+    (d / CONFIG_NAME).write_text(json.dumps(with_checksum(meta)))
     assert "lacks tensor" in _one_line_error(d, fresh())
 
 

@@ -19,3 +19,11 @@ class QuantizedCheckpointError(DitaccelError):
 
 class MissingWeightsError(DitaccelError):
     """A metric or model needs weights that are not on this machine."""
+
+
+class UsageError(DitaccelError):
+    """The command line itself is wrong (unknown flag, bad number); the message names ``--help``."""
+
+
+class Interrupted(Exception):
+    """A long command was stopped (Ctrl-C); the message says what it kept and how to go on."""

@@ -8,7 +8,6 @@ into images, so the CLI, the search and the benchmarks agree on what "the same s
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,7 +82,7 @@ def load_pipeline(
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     defaults_file = Path(str(path)) / "ditaccel.json"
-    defaults = json.loads(defaults_file.read_text()).get("call_defaults", {}) if defaults_file.is_file() else {}
+    defaults = _call_defaults(defaults_file) if defaults_file.is_file() else {}
     pipe._ditaccel_call_defaults = defaults
     pipe._ditaccel_source = str(path)
     return pipe
@@ -108,7 +107,17 @@ def pipeline_call_kwargs(pipe: Any, **overrides: Any) -> dict[str, Any]:
             kw["clean_caption"] = False  # what the pipeline falls back to anyway, minus its warnings
     kw.update(getattr(pipe, "_ditaccel_call_defaults", {}))
     kw.update({k: v for k, v in overrides.items() if v is not None})
+    steps = kw.get("num_inference_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise DitaccelError(f"num_inference_steps must be a whole number >= 1, got {steps!r}")
+    if steps == 1 and type(pipe).__name__ in _ONE_STEP_NEEDS_DMD:
+        raise DitaccelError(f"{type(pipe).__name__} reads a 1-step run as DMD distillation, which this scheduler "
+                            "is not; pass --steps 2 or more")
     return {k: v for k, v in kw.items() if k in params}
+
+
+# Pipelines whose __call__ treats num_inference_steps == 1 as a one-step (DMD) scheduler's output
+_ONE_STEP_NEEDS_DMD = frozenset({"PixArtAlphaPipeline"})
 
 
 def generate_images(
@@ -136,3 +145,14 @@ def generate_images(
         if on_batch is not None:
             on_batch(len(ps))
     return out
+
+
+def _call_defaults(path: Path) -> dict[str, Any]:
+    """The ``call_defaults`` of a model folder's ``ditaccel.json`` (checked, since it is a file we read)."""
+    from ditaccel._io import read_json
+
+    d = read_json(path, "model defaults", "fix or remove it")
+    defaults = d.get("call_defaults", {}) if isinstance(d, dict) else None
+    if not isinstance(defaults, dict):
+        raise DitaccelError(f"{path} must be a JSON object with a 'call_defaults' object; fix or remove it")
+    return defaults

@@ -9,19 +9,19 @@ JSON format (version 1)::
     {"format": "ditaccel.cache_schedule", "version": 1, "family": "pixart",
      "steps": 20, "blocks": 28, "components": ["attn1", "attn2", "ff"],
      "resolution": [256, 256], "metrics": {...}, "meta": {...},
-     "schedule": [["111", "101", ...], ...]}   # [step][block] -> one char per component
+     "schedule": [["111", "101", ...], ...],   # [step][block] -> one char per component
+     "checksum": "sha256:..."}                 # written by ditaccel; optional in hand-written files
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ditaccel._io import atomic_write_json
+from ditaccel._io import atomic_write_checked_json, read_json, verify_checksum
 from ditaccel.errors import ScheduleError
 
 FORMAT = "ditaccel.cache_schedule"
@@ -141,18 +141,22 @@ class CacheSchedule:
 
         if is_ecad(d):
             return from_ecad_dict(d, source)
+        fix = "re-save it with CacheSchedule.save or pick it again with `ditaccel frontier --select`"
+        d = verify_checksum(d, source, fix, ScheduleError)
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ScheduleError(f"{source} is not a ditaccel cache schedule (missing format {FORMAT!r})")
         if d.get("version") != VERSION:
             raise ScheduleError(
                 f"{source} has schedule version {d.get('version')!r}; this ditaccel reads version {VERSION}"
             )
-        try:
-            comps = [str(c) for c in d["components"]]
-            steps, blocks, family = int(d["steps"]), int(d["blocks"]), str(d["family"])
-            rows = d["schedule"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ScheduleError(f"{source} lacks a valid field {e}; re-save it with CacheSchedule.save") from None
+        comps, steps, blocks, family = (d.get(k) for k in ("components", "steps", "blocks", "family"))
+        for key, ok in (("components", isinstance(comps, list) and bool(comps)
+                         and all(isinstance(c, str) and c for c in comps) and len(set(comps)) == len(comps)),
+                        ("steps", _count(steps)), ("blocks", _count(blocks)),
+                        ("family", isinstance(family, str) and bool(family))):
+            if not ok:
+                raise ScheduleError(f"{source} lacks a valid field {key!r} (got {d.get(key)!r}); {fix}")
+        rows = d.get("schedule")
         if not isinstance(rows, list) or len(rows) != steps or any(
             not isinstance(r, list) or len(r) != blocks for r in rows
         ):
@@ -172,24 +176,23 @@ class CacheSchedule:
                     )
                 bits[s, b] = [ch == "1" for ch in cell]
         res = d.get("resolution")
+        if res is not None and not (isinstance(res, list) and len(res) == 2 and all(_count(v) for v in res)):
+            raise ScheduleError(f"{source} has resolution {res!r}; write [height, width] in pixels or null")
+        for key in ("metrics", "meta"):
+            if d.get(key) is not None and not isinstance(d[key], dict):
+                raise ScheduleError(f"{source} has {key} {d[key]!r}; write a JSON object or leave it out")
         return cls(bits, tuple(comps), family, tuple(res) if res else None,
                    dict(d.get("metrics") or {}), dict(d.get("meta") or {}))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the versioned JSON atomically (a crash never leaves half a file)."""
-        atomic_write_json(path, self.to_dict())
+        """Write the versioned JSON atomically (a crash never leaves half a file), with its checksum."""
+        atomic_write_checked_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike, pipe_or_transformer: Any = None) -> CacheSchedule:
         """Read a schedule file, ditaccel's or ECAD's; with a model, also check it fits (``validate_for``)."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise ScheduleError(f"schedule file {os.fspath(path)} does not exist; check the path") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ScheduleError(f"{os.fspath(path)} is not JSON ({e}); pass a file written by CacheSchedule.save") \
-                from None
+        d = read_json(path, "schedule file", "pass a file written by CacheSchedule.save or `ditaccel frontier`",
+                      ScheduleError)
         s = cls.from_dict(d, source=os.fspath(path))
         if pipe_or_transformer is not None:
             s.validate_for(pipe_or_transformer)
@@ -217,3 +220,8 @@ class CacheSchedule:
         s = cls(bits, a.component_names, a.family, **kw)
         s.validate_for(a.transformer)
         return s
+
+
+def _count(v: Any) -> bool:
+    """A positive JSON integer (``true`` is not one)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1

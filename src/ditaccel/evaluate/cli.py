@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ditaccel.errors import DitaccelError
+from ditaccel.errors import DitaccelError, Interrupted
 
 
 def _seeds(text: str) -> list[int]:
@@ -23,9 +23,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ditaccel.evaluate.runner import precheck
 
     console = Console(stderr=True)
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise DitaccelError(f"--out {out} is a file; pass a folder path")
+    from ditaccel._io import check_out_dir
+
+    out: Path = check_out_dir(args.out)
     if args.batch_size < 1 or args.repeats < 1 or args.timing_images < 1:
         raise DitaccelError("--batch-size, --repeats and --timing-images must be >= 1")
     if getattr(args, "quantized", None) is not None:
@@ -45,7 +45,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ditaccel.cli import _load
 
     pipe = _load(args)
-    result = evaluate(cfg, pipe=pipe)
+    try:
+        result = evaluate(cfg, pipe=pipe)
+    except KeyboardInterrupt:
+        kept = sum(1 for _ in (out / "images").glob("*/*.png"))
+        raise Interrupted(f"kept {kept} generated images under {out / 'images'}; rerun the same command to reuse "
+                          "them and generate the rest") from None
     from ditaccel.evaluate.report import markdown
 
     console.print(markdown(result))
@@ -55,7 +60,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on the main ``ditaccel`` parser."""
-    from ditaccel.cli import _add_model_args
+    from ditaccel.cli import _add_model_args, guidance_scale, positive_int
 
     p = subparsers.add_parser(
         "eval", help="compare methods and peers side by side (speed, MACs, memory, quality)",
@@ -70,18 +75,18 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--prompts", default="heldout",
                    help="calibration, heldout, all, parti, coco, drawbench, imagereward, or a file (MJHQ meta_data.json)")
     p.add_argument("--seeds", default="0", help="e.g. 0,1,2 or 0-3")
-    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts")
     p.add_argument("--metrics", default=None,
                    help="comma list of adherence, psnr, ssim, clip, imagereward, hpsv2, fid "
                         "(default: adherence on the bundled model, psnr, ssim)")
     p.add_argument("--reference", type=Path, default=None, help="FID reference: folder of images or .npz stats")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (model default when omitted)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (model default when omitted)")
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (model default when omitted)")
+    p.add_argument("--guidance", type=guidance_scale, default=None, help="CFG scale (model default when omitted)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--timing-images", type=int, default=2, help="images per timed generation")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median; 1 warm-up first)")
-    p.add_argument("--quant-calib-prompts", type=int, default=8, help="calibration prompts for fp4-*/int-* rows")
+    p.add_argument("--quant-calib-prompts", type=positive_int, default=8, help="calibration prompts for fp4-*/int-* rows")
     p.add_argument("--ray", default=None, metavar="ADDR", help="spread image generation over a Ray cluster "
                    "(address, or 'local')")
     for flag, what in (("--clip", "transformers CLIP folder"), ("--imagereward", "ImageReward.pt"),

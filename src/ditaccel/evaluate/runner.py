@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ditaccel._io import atomic_write, atomic_write_json
+from ditaccel._io import atomic_write, atomic_write_checked_json, read_json
 from ditaccel.errors import DitaccelError
 from ditaccel.evaluate.measure import (
     PeakMemory,
@@ -219,16 +219,16 @@ class ImageStore:
     def check(self, label: str) -> None:
         """Refuse to mix images made with other prompts/seeds/settings into this run."""
         man = self.folder(label) / "manifest.json"
-        if man.is_file():
-            d = json.loads(man.read_text())
-            if d.get("key") != self.key or d.get("label") != label:
+        if man.exists():
+            d = read_json(man, "image manifest", f"delete {self.folder(label)} and rerun to regenerate its images")
+            if not isinstance(d, dict) or d.get("key") != self.key or d.get("label") != label:
                 raise DitaccelError(f"{self.folder(label)} holds images made with other prompts, seeds or settings; "
                                     f"use a new --out or delete that folder")
 
     def begin(self, label: str) -> None:
         f = self.folder(label)
         f.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(f / "manifest.json", {"label": label, "key": self.key, "count": len(self.jobs),
+        atomic_write_checked_json(f / "manifest.json", {"label": label, "key": self.key, "count": len(self.jobs),
                                                 "jobs": [{"file": f"{i:05d}.png", "prompt": p, "seed": s}
                                                          for i, (p, s) in enumerate(self.jobs)]})
 
@@ -246,7 +246,13 @@ class ImageStore:
     def load(self, label: str) -> list[np.ndarray]:
         from PIL import Image
 
-        return [np.asarray(Image.open(self.path(label, i)).convert("RGB")) for i in range(len(self.jobs))]
+        out = []
+        for i in range(len(self.jobs)):
+            try:
+                out.append(np.asarray(Image.open(self.path(label, i)).convert("RGB")))
+            except (OSError, ValueError, Image.DecompressionBombError):
+                raise DitaccelError(f"{self.path(label, i)} is damaged; delete it and rerun to regenerate it") from None
+        return out
 
 
 def _generate_local(pipe: Any, method: Method, store: ImageStore, idx: list[int], cfg: EvalConfig,

@@ -14,6 +14,8 @@ Every metric answers ``score(images, prompts, references=None) -> float``, highe
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -54,9 +56,28 @@ def _external(kind: str) -> Callable[..., Metric]:
     def make(**paths: Any) -> Metric:
         from ditaccel.metrics import external
 
-        return getattr(external, kind)(**paths)
+        cls = getattr(external, kind)
+        keys = _path_keys(cls)  # callers (eval) may pass every metric's paths: each takes its own
+        return cls(**{k: v for k, v in paths.items() if k in keys})
 
+    make.path_keys = lambda: _path_keys(getattr(importlib.import_module("ditaccel.metrics.external"), kind))  # type: ignore[attr-defined]
     return make
+
+
+def _path_keys(cls: Any) -> tuple[str, ...]:
+    return tuple(n for n in inspect.signature(cls).parameters if n.endswith(("_path", "_config", "_reference")))
+
+
+def check_metric_paths(name: str, paths: dict[str, Any], flag: str = "metric_paths") -> None:
+    """Refuse a path key that metric ``name`` does not take (a typo would otherwise be ignored or crash)."""
+    if name not in _REGISTRY:
+        return  # get_metric names the unknown metric
+    keys_of = getattr(_REGISTRY[name][0], "path_keys", None)
+    keys = keys_of() if keys_of else ()
+    unknown = [k for k in paths if k not in keys]
+    if unknown:
+        takes = f"it takes {', '.join(keys)}" if keys else "it takes none"
+        raise DitaccelError(f"{flag} key {unknown[0]!r} is not one metric {name} uses; {takes}")
 
 
 register_metric("adherence", lambda **_: AdherenceMetric(),
@@ -86,5 +107,6 @@ def env_path(arg: str | os.PathLike | None, env: str) -> str | None:
     return value or None
 
 
-__all__ = ["PSNR", "SSIM", "AdherenceMetric", "Metric", "available_metrics", "env_path", "get_metric", "psnr",
+__all__ = ["PSNR", "SSIM", "AdherenceMetric", "Metric", "available_metrics", "check_metric_paths", "env_path",
+           "get_metric", "psnr",
            "register_metric", "ssim"]

@@ -203,9 +203,9 @@ def load_image_folder(folder: str | os.PathLike, height: int, width: int) -> tup
     Captions come from ``images.jsonl`` or ``captions.jsonl`` (lines ``{"file": ..., "prompt"|"caption": ...}``,
     the format ``ditaccel generate`` writes), else from a ``NAME.txt`` next to each ``NAME.png``.
     """
-    import json
-
     from PIL import Image, ImageOps
+
+    from ditaccel._io import parse_json, read_text_file
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -213,14 +213,15 @@ def load_image_folder(folder: str | os.PathLike, height: int, width: int) -> tup
     pairs: list[tuple[Path, str]] = []
     index = next((folder / n for n in ("images.jsonl", "captions.jsonl") if (folder / n).is_file()), None)
     if index is not None:
-        for i, line in enumerate(index.read_text(encoding="utf-8").splitlines(), 1):
+        fix = "fix or remove it"
+        for i, line in enumerate(read_text_file(index, "image index", fix).splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-                name, cap = row["file"], row.get("prompt", row.get("caption"))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                raise DitaccelError(f"{index} line {i} is not {{\"file\": ..., \"prompt\": ...}}: fix or remove it") from None
+            row = parse_json(line, f"{index} line {i}", fix)  # verifies the checksum `generate` writes
+            name = row.get("file") if isinstance(row, dict) else None
+            cap = row.get("prompt", row.get("caption")) if isinstance(row, dict) else None
+            if not isinstance(name, str) or not name:
+                raise DitaccelError(f"{index} line {i} is not {{\"file\": ..., \"prompt\": ...}}: {fix}")
             if cap is None:
                 raise DitaccelError(f"{index} line {i} has no prompt or caption: add one")
             pairs.append((folder / name, str(cap)))
@@ -230,7 +231,7 @@ def load_image_folder(folder: str | os.PathLike, height: int, width: int) -> tup
                 cap = f.with_suffix(".txt")
                 if not cap.is_file():
                     raise DitaccelError(f"{f} has no caption: add {cap.name}, or an images.jsonl for the folder")
-                pairs.append((f, cap.read_text(encoding="utf-8").strip()))
+                pairs.append((f, read_text_file(cap, "caption file", "write the caption as UTF-8 text").strip()))
     if not pairs:
         raise DitaccelError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): pass a folder of images + captions")
     images, captions = [], []

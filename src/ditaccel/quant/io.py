@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ditaccel._io import atomic_write, atomic_write_json
+from ditaccel._io import atomic_write, atomic_write_checked_json, file_sha256, read_json
 from ditaccel.errors import QuantizedCheckpointError
 from ditaccel.quant.linear import QuantLinear, weight_bytes
 
@@ -201,10 +201,10 @@ def save_quantized(
     meta = {
         "format": FORMAT_ID, "version": FORMAT_VERSION, "model": model_fingerprint(transformer),
         "config": config.to_dict() if hasattr(config, "to_dict") else config,
-        "tensors_file": TENSORS_NAME, "tensors_bytes": tbytes, "layers": layers, "kept": kept, "stats": stats,
-        "extra": extra or {},
+        "tensors_file": TENSORS_NAME, "tensors_bytes": tbytes, "tensors_sha256": file_sha256(tpath),
+        "layers": layers, "kept": kept, "stats": stats, "extra": extra or {},
     }
-    atomic_write_json(directory / CONFIG_NAME, meta)
+    atomic_write_checked_json(directory / CONFIG_NAME, meta)
     return stats
 
 
@@ -212,31 +212,91 @@ def _fail(msg: str) -> QuantizedCheckpointError:
     return QuantizedCheckpointError(msg)
 
 
+_REQUOTE = "re-run `ditaccel quantize`"
+
+
 def _read_meta(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
-        raise _fail(f"quantized folder {directory} does not exist: pass the --out folder of `ditaccel quantize`")
+        raise _fail(f"quantized folder {directory} does not exist or is not a folder: pass the --out folder of "
+                    "`ditaccel quantize`")
     cpath = directory / CONFIG_NAME
-    if not cpath.is_file():
+    if not cpath.exists():
         raise _fail(f"{cpath} is missing: this is not a quantized folder; re-run `ditaccel quantize --out {directory}`")
-    try:
-        meta = json.loads(cpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _fail(f"{cpath} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): re-run `ditaccel quantize`") from None
+    meta = read_json(cpath, "quantized config", f"copy the folder again or {_REQUOTE}", QuantizedCheckpointError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_ID:
-        raise _fail(f"{cpath} is not a ditaccel quantized config: re-run `ditaccel quantize`")
-    if int(meta.get("version", 0)) > FORMAT_VERSION:
+        raise _fail(f"{cpath} is not a ditaccel quantized config: {_REQUOTE}")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _fail(f"{cpath} has a malformed version {version!r}: {_REQUOTE}")
+    if version > FORMAT_VERSION:
         raise _fail(f"{cpath} has format version {meta.get('version')}, newer than this ditaccel: upgrade ditaccel")
     for key in ("model", "layers", "kept", "tensors_bytes"):
         if key not in meta:
-            raise _fail(f"{cpath} lacks '{key}': the folder is damaged; re-run `ditaccel quantize`")
+            raise _fail(f"{cpath} lacks '{key}': the folder is damaged; {_REQUOTE}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise _fail(f"{cpath} has a malformed {problem}: the folder is damaged; {_REQUOTE}")
+    text = json.dumps(meta["model"]["config"], sort_keys=True, default=str)
+    if hashlib.sha256(text.encode()).hexdigest()[:16] != meta["model"]["config_hash"]:
+        raise _fail(f"{cpath} has a model config that does not match its hash: the folder is damaged; {_REQUOTE}")
     tpath = directory / meta.get("tensors_file", TENSORS_NAME)
     if not tpath.is_file():
-        raise _fail(f"{tpath} is missing: copy the whole quantized folder or re-run `ditaccel quantize`")
+        raise _fail(f"{tpath} is missing: copy the whole quantized folder or {_REQUOTE}")
     size = tpath.stat().st_size
-    if size != int(meta["tensors_bytes"]):
+    if size != meta["tensors_bytes"]:
         raise _fail(f"{tpath} is truncated or altered ({size} bytes, expected {meta['tensors_bytes']}): "
-                    "copy it again or re-run `ditaccel quantize`")
+                    f"copy it again or {_REQUOTE}")
+    if "tensors_sha256" in meta and file_sha256(tpath) != meta["tensors_sha256"]:
+        raise _fail(f"{tpath} fails its checksum (damaged or changed since it was written): copy it again or "
+                    f"{_REQUOTE}")
     return meta
+
+
+def _is(v: Any, kind: Any) -> bool:
+    return isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+
+
+_LAYER_FIELDS = {"format": str, "in_features": int, "out_features": int, "group_size": int, "bias": bool}
+_OPTIONAL_STR = ("act_format", "out_act_format", "compute_dtype")
+
+
+def _known_format(name: Any) -> bool:
+    """A number format this ditaccel can decode (None: not quantized), checked at load, not mid-generation."""
+    from ditaccel.errors import DitaccelError
+    from ditaccel.quant.formats import parse_format
+
+    if name is None:
+        return True
+    try:
+        parse_format(name)
+    except DitaccelError:
+        return False
+    return True
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """The first field of a quantized config with the wrong JSON type or an impossible value, else None."""
+    model = meta["model"]
+    if not (isinstance(model, dict) and _is(model.get("class"), str) and _is(model.get("config_hash"), str)
+            and _is(model.get("config"), dict)):
+        return "'model' entry"
+    if not _is(meta["tensors_bytes"], int) or not _is(meta.get("tensors_file", TENSORS_NAME), str) \
+            or Path(meta.get("tensors_file", TENSORS_NAME)).name != meta.get("tensors_file", TENSORS_NAME):
+        return "'tensors_bytes' or 'tensors_file'"
+    if not _is(meta["layers"], dict) or not _is(meta["kept"], dict) or not _is(meta.get("stats", {}), dict):
+        return "'layers', 'kept' or 'stats' entry"
+    for name, spec in meta["layers"].items():
+        if not (isinstance(spec, dict) and all(_is(spec.get(k), t) for k, t in _LAYER_FIELDS.items())
+                and all(spec.get(k) is None or _is(spec[k], str) for k in _OPTIONAL_STR)
+                and min(spec["in_features"], spec["out_features"], spec["group_size"]) >= 1
+                and all(_known_format(spec.get(k)) for k in ("format", "act_format", "out_act_format"))):
+            return f"layer {name!r}"
+    for name, spec in meta["kept"].items():
+        if not (isinstance(spec, dict) and spec.get("kind") in ("parameter", "buffer") and _is(spec.get("dtype"), str)
+                and _is(spec.get("shape"), list) and all(_is(v, int) and v >= 0 for v in spec["shape"])
+                and _is(spec.get("persistent", True), bool) and spec.get("storage") in (None, "int8")):
+            return f"kept tensor {name!r}"
+    return None
 
 
 def _build_empty(meta: dict[str, Any]) -> nn.Module:
@@ -245,8 +305,12 @@ def _build_empty(meta: dict[str, Any]) -> nn.Module:
     cls = getattr(diffusers, meta["model"]["class"], None)
     if cls is None:
         raise _fail(f"diffusers has no class {meta['model']['class']}: upgrade diffusers")
-    with torch.device("meta"):
-        return cls.from_config(meta["model"]["config"])
+    try:
+        with torch.device("meta"):
+            return cls.from_config(meta["model"]["config"])
+    except Exception as e:  # diffusers raises many kinds on a config it cannot build
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise _fail(f"cannot build a {meta['model']['class']} from the stored config ({first}): {_REQUOTE}") from None
 
 
 def load_quantized(directory: str | os.PathLike, pipe: Any, kernel: str = "portable") -> nn.Module:

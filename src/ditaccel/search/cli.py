@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ditaccel.errors import DitaccelError
+from ditaccel.errors import DitaccelError, Interrupted
 
 console = Console()
 
@@ -28,9 +28,23 @@ def _metric_paths(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _finite(text: str) -> float:
+    """argparse type: a finite number (``--min-quality nan`` would match nothing, silently)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def add_parsers(subparsers: Any) -> None:
     """Register the ``search`` and ``frontier`` subcommands."""
-    from ditaccel.cli import _add_model_args
+    from ditaccel.cli import _add_model_args, non_negative_int, positive_int
 
     s = subparsers.add_parser("search", help="learn a Pareto frontier of caching schedules (ECAD, NSGA-II)")
     _add_model_args(s)
@@ -44,16 +58,17 @@ def add_parsers(subparsers: Any) -> None:
                    help="local weights for the metric, e.g. clip_path=/models/clip (repeatable)")
     s.add_argument("--population", type=int, default=None,
                    help="NSGA-II population (default 72; 24 on the bundled model)")
-    s.add_argument("--generations", type=int, default=None, help="generations (default 12; 6 on the bundled model)")
-    s.add_argument("--seed", type=int, default=0, help="GA random seed (same seed, same frontier)")
+    s.add_argument("--generations", type=positive_int, default=None, help="generations (default 12; 6 on the bundled model)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="GA random seed (same seed, same frontier)")
     s.add_argument("--init", default="presets", help="'presets' or a previous search folder to start from")
     s.add_argument("--out", type=Path, default=Path("runs/search"), help="output folder (default runs/search)")
-    s.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the search in --out from its checkpoint (a folder without one starts a new search)")
     s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="evaluate on Ray workers (no ADDRESS: a local Ray with --ray-workers processes)")
-    s.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: GPUs, else 2 locally)")
-    s.add_argument("--batch-size", type=int, default=64, help="images per pipeline call (default 64)")
-    s.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    s.add_argument("--ray-workers", type=positive_int, default=None, help="Ray workers (default: GPUs, else 2 locally)")
+    s.add_argument("--batch-size", type=positive_int, default=64, help="images per pipeline call (default 64)")
+    s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
     s.add_argument("--cost", choices=("macs", "latency"), default="macs", help="cost objective (default macs)")
     s.add_argument("--tiebreak", default="auto", metavar="METRIC",
                    help="psnr | ssim | none: orders candidates of equal quality by fidelity to the uncached images "
@@ -63,14 +78,17 @@ def add_parsers(subparsers: Any) -> None:
     f = subparsers.add_parser("frontier", help="print a search's frontier, or write the schedule you pick")
     f.add_argument("dir", type=Path, help="folder written by `ditaccel search`")
     pick = f.add_mutually_exclusive_group()
-    pick.add_argument("--select", default=None, metavar="SPEEDUP", help="the point closest to this speedup, e.g. 2.5x")
-    pick.add_argument("--min-quality", type=float, default=None, help="the fastest point with at least this quality")
+    pick.add_argument("--select", default=None, metavar="SPEEDUP",
+                      help="the point closest to this speedup, e.g. 2.5x (outside the frontier's range: the nearest end, "
+                           "said so)")
+    pick.add_argument("--min-quality", type=_finite, default=None, help="the fastest point with at least this quality")
     f.add_argument("--out", type=Path, default=None, help="schedule file to write (default DIR/selected.json)")
     f.add_argument("--json", action="store_true", help="print the frontier as JSON")
     f.set_defaults(func=cmd_frontier)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from ditaccel._io import check_out_dir
     from ditaccel.cli import _load
     from ditaccel.search import SearchConfig, search
 
@@ -78,13 +96,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise DitaccelError(f"--population must be at least 4, got {args.population}")
     if args.ray_workers is not None and args.ray is None:
         raise DitaccelError("--ray-workers needs --ray")
+    check_out_dir(args.out)
     call_kwargs = {"num_inference_steps": args.steps} if args.steps else {}
+    paths = _metric_paths(args.metric_path)
     cfg = SearchConfig(prompts=args.prompts, seeds=args.seeds, metric=args.metric,
-                       metric_paths=_metric_paths(args.metric_path), population=args.population,
+                       metric_paths=paths, population=args.population,
                        generations=args.generations, seed=args.seed, init=args.init,
                        out=args.out, resume=args.resume, batch_size=args.batch_size, call_kwargs=call_kwargs,
                        cost=args.cost, ray_address=args.ray, ray_workers=args.ray_workers, progress=True,
                        tiebreak=args.tiebreak)
+    from ditaccel.metrics import check_metric_paths
+
+    check_metric_paths(args.metric or "adherence", paths, flag="--metric-path")
     if args.metric:  # fail on an unknown metric or missing weights before loading the model
         from ditaccel.metrics import get_metric
 
@@ -96,17 +119,41 @@ def cmd_search(args: argparse.Namespace) -> int:
                                                    or (args.out / "candidates.jsonl").exists()):
         raise DitaccelError(f"--out {args.out} already holds a search; pass --resume to continue it or choose "
                             f"another --out")
+    if args.resume and not (args.out / "checkpoint").exists():
+        left = [n for n in ("candidates.jsonl", "frontier.json") if (args.out / n).exists()
+                and not ((args.out / n).is_file() and (args.out / n).stat().st_size == 0)]
+        if left:  # a search whose checkpoint is gone: starting over would empty its candidates
+            raise DitaccelError(f"--out {args.out} holds {left[0]} but no checkpoint, so it cannot be resumed; "
+                                "restore the checkpoint or choose another --out")
+        console.print(f"--resume: {args.out} holds no search checkpoint; starting a new search there")
     if args.ray is not None:  # each worker loads the same model (and quantized weights) once
         cfg.loader = "ditaccel.search.backend:load_for_worker"
         cfg.loader_args = [args.model, args.device, None if args.quantized is None else str(args.quantized)]
     pipe = _load(args)
-    frontier = search(pipe, cfg)
+    try:
+        frontier = search(pipe, cfg)
+    except KeyboardInterrupt:
+        raise Interrupted(_kept_search(args.out)) from None
     _print_table(frontier)
     info = frontier.info.get("block_component_evaluations", {})
     console.print(f"{frontier.info.get('evaluations', 0)} schedules evaluated; block-component evaluations "
                   f"{info.get('done', 0):,} (separately {info.get('separately', 0):,}, "
                   f"saving {info.get('saving', 1.0):.2f}x). Wrote {args.out}/frontier.json, frontier.png, schedules/")
     return 0
+
+
+def _kept_search(out: Path) -> str:
+    """What an interrupted search left in ``out``: its last checkpoint, read back."""
+    from ditaccel._io import read_json
+
+    try:
+        state = read_json(out / "checkpoint", "search checkpoint", "")
+        gens, cands = int(state["generations_done"]), int(state["candidates"])
+    except (DitaccelError, KeyError, TypeError, ValueError):
+        return (f"no generation finished, so nothing was kept in {out}; rerun the same command with --resume to "
+                "start again there")
+    return (f"kept {gens} finished generation(s) and {cands} evaluated candidates in {out} (checkpoint, "
+            f"candidates.jsonl, frontier.json); rerun the same command with --resume to continue")
 
 
 def _print_table(frontier: Any) -> None:
@@ -143,8 +190,17 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         else:
             _print_table(frontier)
         return 0
-    out = args.out or args.dir / "selected.json"
+    from ditaccel._io import check_out_file
+
+    out = check_out_file(args.out or args.dir / "selected.json")
     point = select(frontier, speedup=args.select, min_quality=args.min_quality, out=out)
+    if args.select is not None and frontier.points:
+        from ditaccel.search.frontier import parse_speedup
+
+        target, speeds = parse_speedup(args.select), [p.speedup for p in frontier.points]
+        if not min(speeds) <= target <= max(speeds):
+            console.print(f"--select {args.select} is outside the frontier's range ({min(speeds):.2f}x to "
+                          f"{max(speeds):.2f}x); picked the nearest point, {point.name} at {point.speedup:.2f}x")
     console.print(f"selected {point.name}: {point.speedup:.2f}x MACs speedup, {frontier.metric} "
                   f"{point.quality:.4g}; wrote {out}")
     return 0

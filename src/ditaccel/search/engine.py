@@ -25,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from ditaccel._io import atomic_write_json, atomic_write_text
+from ditaccel._io import (
+    atomic_write_checked_json,
+    atomic_write_text,
+    checked_jsonl_line,
+    read_checked_jsonl,
+    read_json,
+)
 from ditaccel.caching import CacheSchedule, schedule_macs
 from ditaccel.errors import DitaccelError
 from ditaccel.metrics.fidelity import PSNR_CAP
@@ -227,12 +233,16 @@ def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> d
         raise DitaccelError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
     if not resume or not ckpt.exists():
         return None
-    try:
-        state = json.loads(ckpt.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        raise DitaccelError(f"{ckpt} is corrupt; remove {out} and start again") from None
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise DitaccelError(f"{ckpt} is not a ditaccel search checkpoint")
+    state = read_json(ckpt, "search checkpoint", f"remove {out} (or pick another --out) and start again")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise DitaccelError(f"{ckpt} is not a ditaccel search checkpoint; pick another --out")
+    counts = [state.get(k) for k in ("generations_done", "candidates")]
+    history = state.get("history", [])
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts) or not isinstance(
+            history, list) or not isinstance(state.get("fingerprint"), dict) or not all(
+            isinstance(h, dict) and all(isinstance(h.get(k, 0), int | float) and not isinstance(h.get(k), bool)
+                                        for k in ("components_live", "components_alone")) for h in history):
+        raise DitaccelError(f"{ckpt} is malformed; remove {out} (or pick another --out) and start again")
     if state.get("fingerprint") != fingerprint:
         old = state.get("fingerprint", {})
         diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
@@ -241,18 +251,35 @@ def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> d
     return state
 
 
-def _read_candidates(out: Path, n: int) -> list[dict[str, Any]]:
+def _read_candidates(out: Path, n: int, shape: tuple[int, int, int]) -> list[dict[str, Any]]:
     path = out / "candidates.jsonl"
-    rows = []
-    if path.exists():
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if len(rows) >= n:
-                    break
-                rows.append(json.loads(line))
+    fix = f"remove {out} (or pick another --out) and start again"
+    rows = read_checked_jsonl(path, "candidates file", fix, limit=n) if path.exists() else []
     if len(rows) < n:
-        raise DitaccelError(f"{path} has {len(rows)} candidates but the checkpoint counts {n}; remove {out} and restart")
+        raise DitaccelError(f"{path} has {len(rows)} candidates but the checkpoint counts {n}; {fix}")
+    hex_len = 2 * -(-int(np.prod(shape)) // 8)
+    bad = next((i for i, r in enumerate(rows) if not _valid_candidate(r) or len(r["genome"]) != hex_len
+                or set(r["genome"]) - set("0123456789abcdef")), None)
+    if bad is not None:
+        raise DitaccelError(f"{path} candidate {bad + 1} is malformed; {fix}")
     return rows
+
+
+_NUM = (int, float)
+_CANDIDATE_FIELDS = {"genome": str, "generation": int, "name": str, "quality": _NUM, "macs": int, "speedup": _NUM,
+                     "constraint": _NUM, "feasible": bool, "cost": dict}
+
+
+def _valid_candidate(r: dict[str, Any]) -> bool:
+    """The fields a resumed search reads, with their types (rows written before checksums have no other guard)."""
+    def num(v: Any) -> bool:
+        return isinstance(v, _NUM) and not isinstance(v, bool)
+
+    return (all(isinstance(r.get(k), t) and (t is bool or not isinstance(r.get(k), bool))
+                for k, t in _CANDIDATE_FIELDS.items())
+            and isinstance(r.get("objectives"), list) and len(r["objectives"]) == 2 and all(map(num, r["objectives"]))
+            and all(num(r["cost"].get(k)) for k in ("components", "components_alone"))
+            and isinstance(r.get("details", {}), dict) and num(r.get("tiebreak", 0.0)) and r["macs"] > 0)
 
 
 class _Progress:
@@ -339,12 +366,12 @@ def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
     history: list[dict[str, Any]] = []
     done_gens = 0
     if plan.resume_state is not None:
-        rows = _read_candidates(plan.out, int(plan.resume_state["candidates"]))  # type: ignore[arg-type]
+        rows = _read_candidates(plan.out, int(plan.resume_state["candidates"]), plan.shape)  # type: ignore[arg-type]
         cache = {r["genome"]: r for r in rows}
         history = list(plan.resume_state.get("history", []))
         done_gens = int(plan.resume_state["generations_done"])
         atomic_write_text(plan.out / "candidates.jsonl",  # type: ignore[operator]
-                          "".join(json.dumps(r) + "\n" for r in rows))
+                          "".join(checked_jsonl_line(r) for r in rows))
     elif plan.out is not None:
         plan.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(plan.out / "candidates.jsonl", "")
@@ -442,7 +469,7 @@ def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
             if plan.out is not None:
                 frontier.info.update(_summary(history, cache, plan))
                 write_frontier(frontier, plan.out, plot=False)
-                atomic_write_json(plan.out / "checkpoint", {
+                atomic_write_checked_json(plan.out / "checkpoint", {
                     "format": CHECKPOINT_FORMAT, "version": 1, "fingerprint": plan.fingerprint,
                     "generations_done": gen + 1, "candidates": len(cache), "history": history,
                     "config": {k: v for k, v in asdict(cfg).items() if _jsonable(v)}})
@@ -468,7 +495,7 @@ def _jsonable(v: Any) -> bool:
 def _append(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         for r in rows:
-            fh.write(json.dumps(r) + "\n")
+            fh.write(checked_jsonl_line(r))
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -7,14 +7,14 @@ ready for ``generate --schedule``.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ditaccel._io import atomic_write, atomic_write_json
+from ditaccel._io import atomic_write, atomic_write_checked_json, json_checksum, read_json
 from ditaccel.caching import CacheSchedule
 from ditaccel.errors import DitaccelError
 
@@ -38,7 +38,7 @@ class FrontierPoint:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "speedup": round(self.speedup, 6), "quality": self.quality,
                 "macs": self.macs, "generation": self.generation, "schedule": f"schedules/{self.name}.json",
-                "details": self.details}
+                "schedule_checksum": json_checksum(self.schedule.to_dict()), "details": self.details}
 
 
 @dataclass
@@ -93,7 +93,7 @@ def write_frontier(frontier: Frontier, folder: str | Path, plot: bool = True) ->
     for old in sched_dir.glob("*.json"):  # points that left the frontier
         if old.name not in wanted:
             old.unlink()
-    atomic_write_json(folder / "frontier.json", frontier.to_dict())
+    atomic_write_checked_json(folder / "frontier.json", frontier.to_dict())
     frontier.folder = folder
     if plot:
         plot_frontier(frontier, folder / "frontier.png")
@@ -157,30 +157,73 @@ def plot_frontier(frontier: Frontier, path: str | Path) -> None:
         plt.close(fig)
 
 
+_FRONTIER_FIX = "rerun `ditaccel search --resume` on the folder, or search again"
+
+
 def load_frontier(folder: str | Path) -> Frontier:
     """Read a search folder's ``frontier.json`` and its schedule files; one-line errors otherwise."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DitaccelError(f"{folder} is a file; pass the folder holding frontier.json written by `ditaccel search`")
     path = folder / "frontier.json"
-    if not path.is_file():
+    if not path.exists():
         raise DitaccelError(f"{folder} holds no frontier.json; pass a folder written by `ditaccel search`")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DitaccelError(f"{path} is not valid JSON ({e}); rerun the search with --resume") from None
-    if d.get("format") != FORMAT:
-        raise DitaccelError(f"{path} is not a ditaccel frontier (format {d.get('format')!r})")
-    try:
-        points = []
-        for p in d["points"]:
-            sp = folder / p["schedule"]
-            points.append(FrontierPoint(p["name"], float(p["speedup"]), float(p["quality"]), CacheSchedule.load(sp),
-                                        int(p["macs"]), int(p.get("generation", 0)), dict(p.get("details", {})), sp))
-        family, metric = d["family"], d.get("metric", "?")
-    except (KeyError, TypeError, ValueError) as e:
-        raise DitaccelError(f"{path} is malformed ({type(e).__name__}: {e}); rerun the search with --resume") from None
+    d = read_json(path, "frontier", _FRONTIER_FIX)
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        got = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise DitaccelError(f"{path} is not a ditaccel frontier (format {got!r})")
+    if d.get("version", VERSION) != VERSION:
+        raise DitaccelError(f"{path} has frontier version {d.get('version')!r}; this ditaccel reads {VERSION}")
+    bad = next((k for k, t in (("family", str), ("metric", str), ("baseline", dict), ("points", list),
+                               ("presets", list)) if k in d and not isinstance(d[k], t)), None)
+    if bad is not None or "family" not in d or "points" not in d:
+        raise DitaccelError(f"{path} has a malformed {bad or 'header'!r} field; {_FRONTIER_FIX}")
+    second = d.get("tiebreak")
+    if second is not None and not isinstance(second, str):
+        raise DitaccelError(f"{path} has a malformed 'tiebreak' field; {_FRONTIER_FIX}")
+    base = d.get("baseline", {}).get("quality")
+    if base is not None and not _number(base):
+        raise DitaccelError(f"{path} has a malformed baseline quality; {_FRONTIER_FIX}")
+    for i, p in enumerate(d.get("presets", [])):
+        if not (isinstance(p, dict) and isinstance(p.get("name"), str) and _number(p.get("speedup"))
+                and _number(p.get("quality")) and (second not in p or _number(p[second]))):
+            raise DitaccelError(f"{path} preset {i} is malformed; {_FRONTIER_FIX}")
+    points = [_load_point(folder, path, i, p) for i, p in enumerate(d["points"])]
+    if second is not None and not all(_number(p.details.get(second, 0.0)) for p in points):
+        raise DitaccelError(f"{path} has a malformed {second} value in a point's details; {_FRONTIER_FIX}")
     known = {"format", "version", "family", "metric", "baseline", "points", "presets"}
-    return Frontier(points, family, metric, d.get("baseline", {}), d.get("presets", []),
+    return Frontier(points, d["family"], d.get("metric", "?"), d.get("baseline", {}), d.get("presets", []),
                     {k: v for k, v in d.items() if k not in known}, folder)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _load_point(folder: Path, path: Path, i: int, p: Any) -> FrontierPoint:
+    """One ``points`` entry of ``frontier.json`` with its schedule file, every field type-checked."""
+    def bad(what: str) -> DitaccelError:
+        return DitaccelError(f"{path} point {i} has a malformed {what}; {_FRONTIER_FIX}")
+
+    if not isinstance(p, dict):
+        raise bad("entry")
+    for key, kinds in (("name", str), ("speedup", (int, float)), ("quality", (int, float)), ("macs", int),
+                       ("generation", int), ("schedule", str), ("details", dict)):
+        if (key in p or key not in ("generation", "details")) and (
+                not isinstance(p.get(key), kinds) or isinstance(p.get(key), bool)):
+            raise bad(repr(key))
+    if not math.isfinite(p["speedup"]) or p["speedup"] <= 0 or not p["name"]:
+        raise bad("'speedup' or 'name'")
+    rel = Path(p["schedule"])
+    if rel.is_absolute() or ".." in rel.parts:
+        raise bad("'schedule' path (it must stay inside the search folder)")
+    sp = folder / rel
+    sched = CacheSchedule.load(sp)
+    want = p.get("schedule_checksum")
+    if want is not None and want != json_checksum(sched.to_dict()):
+        raise DitaccelError(f"{sp} is not the schedule {path} recorded for {p['name']}; {_FRONTIER_FIX}")
+    return FrontierPoint(p["name"], float(p["speedup"]), float(p["quality"]), sched, p["macs"],
+                         p.get("generation", 0), dict(p.get("details", {})), sp)
 
 
 def parse_speedup(text: str | float) -> float:
@@ -189,8 +232,8 @@ def parse_speedup(text: str | float) -> float:
         value = float(str(text).strip().lower().rstrip("x"))
     except ValueError:
         raise DitaccelError(f"cannot read speedup {text!r}; write it like 2.5x") from None
-    if value <= 0:
-        raise DitaccelError(f"speedup must be positive, got {text!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise DitaccelError(f"speedup must be a positive number, got {text!r}; write it like 2.5x")
     return value
 
 
