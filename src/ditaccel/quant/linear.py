@@ -8,6 +8,9 @@ bias in high precision; the float weight exists only transiently inside ``forwar
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,6 +69,9 @@ class QuantLinear(nn.Module):
             "zeros",
             torch.zeros(out_features, n_groups if needs_zero else 0, dtype=torch.uint8, device=device),
         )
+        #: ``(backend, mode)`` once :func:`ditaccel.quant.fused.compile_linears` routed this layer
+        #: through the compiled dequant-matmul; ``None``: the eager portable forward.
+        self.compiled: tuple[str, str | None] | None = None
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False)
         else:
@@ -135,18 +141,20 @@ class QuantLinear(nn.Module):
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The float weight ``[out, in]`` these codes stand for (built on demand, not stored).
 
-        Fast path (packed codes, whole groups): one table lookup per *byte* gives both
-        nibbles' values, then a broadcast multiply by the group scales; bit-identical to
-        :func:`decode`, without unpacking or expanding scales.
+        Fast path (packed codes, whole groups): one gather per *byte* from a 256-entry
+        table of int64 words, each two float32 values (low and high nibble), then an
+        in-place broadcast multiply by the group scales: four passes over the weight,
+        bit-identical to :func:`decode`, without unpacking or expanding scales.
         """
         dtype = dtype or self.compute_dtype or torch.float32
         zeros = self.zeros if self.zeros.numel() else None
         if self.packed and self.in_features % self.group_size == 0:
-            vals = F.embedding(self.qweight.long(), _byte_table(self.fmt, self.qweight.device))  # [out, in/2, 2]
-            vals = vals.reshape(self.out_features, -1, self.group_size)
+            idx = self.qweight.view(-1).to(torch.int32)
+            vals = _pair_table(self.fmt, self.qweight.device).index_select(0, idx).view(torch.float32)
+            vals = vals.view(self.out_features, -1, self.group_size)  # [out, groups, group]: fresh, owned
             if zeros is not None:
-                vals = vals - zeros.unsqueeze(-1).float()
-            return (vals * self.scales.unsqueeze(-1)).reshape(self.out_features, self.in_features).to(dtype)
+                vals.sub_(zeros.unsqueeze(-1))
+            return vals.mul_(self.scales.unsqueeze(-1)).view(self.out_features, self.in_features).to(dtype)
         return decode(self.codes(), self.fmt, self.scales, self.group_size, zeros, dtype=dtype)
 
     @property
@@ -156,10 +164,16 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_format is not None:
-            x = quantize_per_token(x, self.act_format)
-        w = self.dequantize(x.dtype)
+            x = _shared_act_quant(x, self.act_format)
         b = self.bias.to(x.dtype) if self.bias is not None else None
-        y = F.linear(x, w, b)
+        if self.compiled is not None:
+            from ditaccel.quant.fused import code_values, compiled_fn
+
+            zeros = self.zeros if self.zeros.numel() else None
+            y = compiled_fn(*self.compiled)(x, self.qweight, code_values(self), self.scales, zeros, b,
+                                            self.group_size)
+        else:
+            y = F.linear(x, self.dequantize(x.dtype), b)
         if self.out_act_format is not None:
             y = quantize_per_token(y, self.out_act_format)
         return y
@@ -177,11 +191,46 @@ class QuantLinear(nn.Module):
         return storage / n
 
 
+class _LastActQuant(threading.local):
+    """The last per-token quantization done on this thread: input (weakly), its version, format, result."""
+
+    ref: weakref.ref | None = None
+    version: int = -1
+    fmt: str = ""
+    out: torch.Tensor | None = None
+
+
+_LAST = _LastActQuant()
+
+
+def _shared_act_quant(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """``quantize_per_token(x, fmt)``, reused when the previous call quantized this same tensor.
+
+    Sibling projections read one input (``to_q``/``to_k``/``to_v`` on the normed hidden
+    states, ``to_k``/``to_v`` on the text states), so it is quantized once, not three
+    times. Identity is the tensor object itself (a weak reference) plus its in-place
+    version counter; tensors that need grad are never shared.
+    """
+    last = _LAST
+    if (not x.requires_grad and last.ref is not None and last.ref() is x and last.version == x._version
+            and last.fmt == fmt):
+        return last.out  # type: ignore[return-value]
+    out = quantize_per_token(x, fmt)
+    if not x.requires_grad:
+        last.ref, last.version, last.fmt, last.out = weakref.ref(x), x._version, fmt, out
+    return out
+
+
 _TABLES: dict[tuple[str, str], torch.Tensor] = {}
 
 
-def _byte_table(fmt: FPFormat | IntFormat, device: torch.device) -> torch.Tensor:
-    """``[256, 2]`` float32: the values of a byte's low and high nibble (grid value or integer level)."""
+def _pair_table(fmt: FPFormat | IntFormat, device: torch.device) -> torch.Tensor:
+    """``[256]`` int64: for each byte, the float32 values of its low and high nibble side by side.
+
+    A value is the grid value (FP), the signed level (symmetric INT) or the raw level (INT
+    with zero point). Gathering 8-byte words is one ``index_select`` of contiguous rows,
+    where a ``[256, 2]`` float table costs an embedding lookup of 2-wide rows.
+    """
     key = (fmt.name, str(device))
     if key not in _TABLES:
         codes = torch.arange(16)
@@ -192,7 +241,8 @@ def _byte_table(fmt: FPFormat | IntFormat, device: torch.device) -> torch.Tensor
         else:
             per_code = codes.float()
         b = torch.arange(256)
-        _TABLES[key] = torch.stack([per_code[b & 15], per_code[b >> 4]], dim=-1).to(device)
+        pairs = torch.stack([per_code[b & 15], per_code[b >> 4]], dim=-1).contiguous()
+        _TABLES[key] = pairs.view(torch.int64).reshape(256).to(device)
     return _TABLES[key]
 
 
