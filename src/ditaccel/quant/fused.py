@@ -4,7 +4,8 @@ Why: the torchao kernels re-express the weights in a hardware format (``torchao-
 keeps 8 bits per weight, twice the 4-bit footprint), while this path keeps exactly the
 ``QuantLinear`` buffers (two codes per byte + group scales) between calls. Inductor
 turns the unpack + grid lookup + group-scale multiply into one generated kernel (C++ on
-the CPU, Triton on a GPU) feeding the matmul; with ``mode="max-autotune"`` on a GPU it
+the CPU, Triton on a GPU) feeding the matmul, and the per-token activation rounding
+into one reduction + one elementwise pass; with ``mode="max-autotune"`` on a GPU it
 may fuse the dequantization into the Triton matmul's prologue. The full-size weight
 exists only inside one call. Outputs are bit-identical to the portable path (same
 multiplications in the same order; checked in the tests).
@@ -26,7 +27,7 @@ __all__ = ["COMPILED_KERNEL", "check_compiled", "compile_linears", "dequant_line
 COMPILED_KERNEL = "compiled"
 
 _CODE_VALUES: dict[tuple[str, str], torch.Tensor] = {}
-_COMPILED: dict[tuple[str, str | None], Any] = {}
+_COMPILED: dict[tuple, Any] = {}
 
 
 def dequant_linear(
@@ -64,9 +65,19 @@ def code_values(module: nn.Module) -> torch.Tensor:
 
 def compiled_fn(backend: str = "inductor", mode: str | None = None) -> Any:
     """One compiled :func:`dequant_linear` per (backend, mode); recompiles per weight shape."""
-    key = (backend, mode)
+    key = ("dequant_linear", backend, mode)
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(dequant_linear, backend=backend, mode=mode, dynamic=None)
+    return _COMPILED[key]
+
+
+def compiled_per_token(backend: str = "inductor", mode: str | None = None) -> Any:
+    """:func:`~ditaccel.quant.formats.quantize_per_token` compiled: one reduction + one fused pass."""
+    from ditaccel.quant.formats import quantize_per_token
+
+    key = ("per_token", backend, mode)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(quantize_per_token, backend=backend, mode=mode, dynamic=None)
     return _COMPILED[key]
 
 

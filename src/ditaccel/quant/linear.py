@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -163,19 +164,22 @@ class QuantLinear(nn.Module):
         return self.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quant = quantize_per_token
+        if self.compiled is not None:
+            from ditaccel.quant.fused import code_values, compiled_fn, compiled_per_token
+
+            quant = compiled_per_token(*self.compiled)
         if self.act_format is not None:
-            x = _shared_act_quant(x, self.act_format)
+            x = _shared_act_quant(x, self.act_format, quant)
         b = self.bias.to(x.dtype) if self.bias is not None else None
         if self.compiled is not None:
-            from ditaccel.quant.fused import code_values, compiled_fn
-
             zeros = self.zeros if self.zeros.numel() else None
             y = compiled_fn(*self.compiled)(x, self.qweight, code_values(self), self.scales, zeros, b,
                                             self.group_size)
         else:
             y = F.linear(x, self.dequantize(x.dtype), b)
         if self.out_act_format is not None:
-            y = quantize_per_token(y, self.out_act_format)
+            y = quant(y, self.out_act_format)
         return y
 
     def extra_repr(self) -> str:
@@ -203,7 +207,8 @@ class _LastActQuant(threading.local):
 _LAST = _LastActQuant()
 
 
-def _shared_act_quant(x: torch.Tensor, fmt: str) -> torch.Tensor:
+def _shared_act_quant(x: torch.Tensor, fmt: str,
+                      quant: Callable[[torch.Tensor, str], torch.Tensor] = quantize_per_token) -> torch.Tensor:
     """``quantize_per_token(x, fmt)``, reused when the previous call quantized this same tensor.
 
     Sibling projections read one input (``to_q``/``to_k``/``to_v`` on the normed hidden
@@ -215,7 +220,7 @@ def _shared_act_quant(x: torch.Tensor, fmt: str) -> torch.Tensor:
     if (not x.requires_grad and last.ref is not None and last.ref() is x and last.version == x._version
             and last.fmt == fmt):
         return last.out  # type: ignore[return-value]
-    out = quantize_per_token(x, fmt)
+    out = quant(x, fmt)
     if not x.requires_grad:
         last.ref, last.version, last.fmt, last.out = weakref.ref(x), x._version, fmt, out
     return out
