@@ -203,40 +203,47 @@ def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tenso
 
 
 def layer_rows(repeats: int, compiled: bool) -> list[str]:
-    """Per-layer options, one FFN-up layer: decode + matmul and per-token rounding, as time relative to FP."""
-    from ditaccel.quant.fused import code_values, compiled_fn
-
+    """Per-layer options on one FFN-up layer, as time relative to the fp32 linear."""
     lines = []
     for name, (o, i, tokens) in {"bundled FFN up, batch 2": (512, 128, 128),
                                  "bundled FFN up, batch 16": (512, 128, 1024),
                                  "PixArt FFN up, batch 2": (4608, 1152, 512)}.items():
-        torch.manual_seed(0)
-        lin = torch.nn.Linear(i, o)
-        m = QuantLinear.from_linear(lin, "e2m1", 128)
-        x = torch.randn(tokens, i)
-        fns: dict[str, Callable[[], object]] = {
-            "fp32 linear": lambda: F.linear(x, lin.weight, lin.bias),
-            "decode: [256,2] embedding (previous)": lambda: F.linear(x, legacy_dequant(m, x.dtype), m.bias),
-            "decode: int64 pair table (current)": lambda: F.linear(x, m.dequantize(x.dtype), m.bias),
-            "A8 rounding: log2/floor/exp2 (previous)": lambda: legacy_per_token(x, "e3m4"),
-            "A8 rounding: exponent bits (current)": lambda: quantize_per_token(x, "e3m4"),
-            "A8 INT8 rounding (current)": lambda: quantize_per_token(x, "int8"),
-        }
-        if compiled:
-            fns["decode: torch.compile dequant+linear"] = lambda: compiled_fn()(
-                x, m.qweight, code_values(m), m.scales, None, m.bias, m.group_size)
-        if hasattr(torch, "_int_mm"):
-            xi = torch.randint(-127, 128, (tokens, i), dtype=torch.int8)
-            wi = torch.randint(-12, 13, (i, o), dtype=torch.int8)
-            fns["int8 x int8 GEMM (torch._int_mm)"] = lambda: torch._int_mm(xi, wi)
-        with torch.no_grad():
-            times = interleaved(fns, repeats)
-        base = times["fp32 linear"]
-        lines.append(f"\n{name}: weight [{o}, {i}], {tokens} tokens; fp32 linear {1e6 * statistics.median(base):.0f} us\n")
-        lines.append("| option | median us | time / fp32 linear (min-max) |\n|---|---|---|")
-        for k, v in times.items():
-            r = sorted(a / b for a, b in zip(v, base, strict=True))
-            lines.append(f"| {k} | {1e6 * statistics.median(v):.0f} | {statistics.median(r):.2f} ({r[0]:.2f}-{r[-1]:.2f}) |")
+        lines += layer_table(name, o, i, tokens, repeats, compiled)
+    return lines
+
+
+def layer_table(name: str, o: int, i: int, tokens: int, repeats: int, compiled: bool) -> list[str]:
+    """Decode + matmul options and per-token rounding options for one weight shape."""
+    from ditaccel.quant.fused import code_values, compiled_fn, compiled_per_token
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(i, o)
+    m = QuantLinear.from_linear(lin, "e2m1", 128)
+    x = torch.randn(tokens, i)
+    fns: dict[str, Callable[[], object]] = {
+        "fp32 linear": lambda: F.linear(x, lin.weight, lin.bias),
+        "decode: [256,2] embedding (previous)": lambda: F.linear(x, legacy_dequant(m, x.dtype), m.bias),
+        "decode: int64 pair table (current)": lambda: F.linear(x, m.dequantize(x.dtype), m.bias),
+        "A8 rounding: log2/floor/exp2 (previous)": lambda: legacy_per_token(x, "e3m4"),
+        "A8 rounding: exponent bits (current)": lambda: quantize_per_token(x, "e3m4"),
+        "A8 INT8 rounding (current)": lambda: quantize_per_token(x, "int8"),
+    }
+    if compiled:
+        fns["decode: torch.compile dequant+linear"] = lambda: compiled_fn()(
+            x, m.qweight, code_values(m), m.scales, None, m.bias, m.group_size)
+        fns["A8 rounding: torch.compile exponent bits"] = lambda: compiled_per_token()(x, "e3m4")
+    if hasattr(torch, "_int_mm"):
+        xi = torch.randint(-127, 128, (tokens, i), dtype=torch.int8)
+        wi = torch.randint(-12, 13, (i, o), dtype=torch.int8)
+        fns["int8 x int8 GEMM (torch._int_mm, no scales)"] = lambda: torch._int_mm(xi, wi)
+    with torch.no_grad():
+        times = interleaved(fns, repeats)
+    base = times["fp32 linear"]
+    lines = [f"\n{name}: weight [{o}, {i}], {tokens} tokens; fp32 linear {1e6 * statistics.median(base):.0f} us\n",
+             "| option | median us | time / fp32 linear (min-max) |\n|---|---|---|"]
+    for k, v in times.items():
+        r = sorted(a / b for a, b in zip(v, base, strict=True))
+        lines.append(f"| {k} | {1e6 * statistics.median(v):.0f} | {statistics.median(r):.2f} ({r[0]:.2f}-{r[-1]:.2f}) |")
     return lines
 
 
