@@ -64,10 +64,16 @@ def code_values(module: nn.Module) -> torch.Tensor:
 
 
 def compiled_fn(backend: str = "inductor", mode: str | None = None) -> Any:
-    """One compiled :func:`dequant_linear` per (backend, mode); recompiles per weight shape."""
+    """One compiled :func:`dequant_linear` per (backend, mode), shape-generic.
+
+    ``dynamic=True``: one graph serves every layer width and token count (a DiT has a few
+    distinct widths and several token counts), where static shapes would hit Dynamo's
+    recompile limit and fall back to eager. Pass plain tensors (not ``nn.Parameter``),
+    whose shapes Dynamo would otherwise treat as static.
+    """
     key = ("dequant_linear", backend, mode)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(dequant_linear, backend=backend, mode=mode, dynamic=None)
+        _COMPILED[key] = torch.compile(dequant_linear, backend=backend, mode=mode, dynamic=True)
     return _COMPILED[key]
 
 
@@ -77,7 +83,7 @@ def compiled_per_token(backend: str = "inductor", mode: str | None = None) -> An
 
     key = ("per_token", backend, mode)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(quantize_per_token, backend=backend, mode=mode, dynamic=None)
+        _COMPILED[key] = torch.compile(quantize_per_token, backend=backend, mode=mode, dynamic=True)
     return _COMPILED[key]
 
 

@@ -174,8 +174,8 @@ class QuantLinear(nn.Module):
         b = self.bias.to(x.dtype) if self.bias is not None else None
         if self.compiled is not None:
             zeros = self.zeros if self.zeros.numel() else None
-            y = compiled_fn(*self.compiled)(x, self.qweight, code_values(self), self.scales, zeros, b,
-                                            self.group_size)
+            y = compiled_fn(*self.compiled)(x, self.qweight, code_values(self), self.scales, zeros,
+                                            None if b is None else b.detach(), self.group_size)
         else:
             y = F.linear(x, self.dequantize(x.dtype), b)
         if self.out_act_format is not None:
