@@ -7,8 +7,9 @@ ran at 0.35x of full precision). This times, in one process with interleaved rep
    int64 pair table, ``torch.compile``) and per-token FP rounding (log2/floor/exp2 vs
    exponent bits);
 2. whole transformer forwards: full precision vs W4A8 / W4A6 / weight-only FP and W4A8
-   INT, through the previous portable path (a frozen copy below), the current one and,
-   with ``--compile``, the compiled kernel; outputs are checked bit-identical across paths;
+   INT, through the previous portable path (a frozen copy below), the current one (int8
+   GEMM where both sides fit int8, and its float-GEMM form) and, with ``--compile``, the
+   compiled kernel; float paths are checked bit-identical, the int8 GEMM's difference shown;
 3. with ``--ecad``, FP4 W4A8 together with a cache schedule on the bundled pipeline.
 
 Run: OMP_NUM_THREADS=1 python bench/bench_quant_speed.py [--repeats 15] [--compile] [--ecad]
@@ -166,6 +167,12 @@ def set_compiled(q: torch.nn.Module, on: bool) -> None:
                 m.compiled = None
 
 
+def set_int_gemm(q: torch.nn.Module, on: bool) -> None:
+    for m in q.modules():
+        if isinstance(m, QuantLinear):
+            m.int_gemm = on
+
+
 def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tensor], repeats: int,
                compiled: bool) -> list[dict[str, object]]:
     """Interleaved FP / previous / current (/ compiled) forwards for every variant, plus bit-identity."""
@@ -174,25 +181,15 @@ def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tenso
     for label, w, acts in VARIANTS:
         q = qs[w]
         set_activation_quant(q, acts)
-
-        def legacy(q: torch.nn.Module = q) -> torch.Tensor:
-            with LegacyPath():
-                return call(q)
-
-        def comp(q: torch.nn.Module = q) -> torch.Tensor:
-            set_compiled(q, True)
-            try:
-                return call(q)
-            finally:
-                set_compiled(q, False)
-
-        fns: dict[str, Callable[[], object]] = {"fp": lambda: call(t), "previous": legacy, "current": lambda q=q: call(q)}
-        if compiled:
-            fns["compiled"] = comp
+        fns = model_paths(q, call, compiled, int8=acts in ("int8", "e2m3"))
+        fns = {"fp": lambda: call(t), **fns}
         with torch.no_grad():
-            same = torch.equal(legacy(), call(q)) and (not compiled or torch.equal(comp(), call(q)))
+            ref = fns.get("current, float GEMM", fns["current"])()
+            same = torch.equal(fns["previous"](), ref) and (not compiled or torch.equal(fns["compiled"](), ref))
+            rel = float((fns["current"]() - ref).abs().max() / ref.abs().max())
             times = interleaved(fns, repeats)
-        row: dict[str, object] = {"variant": label, "fp_ms": 1e3 * statistics.median(times["fp"]), "identical": same}
+        row: dict[str, object] = {"variant": label, "fp_ms": 1e3 * statistics.median(times["fp"]), "identical": same,
+                                  "int8_rel": rel if "current, float GEMM" in fns else None}
         for k in fns:
             if k != "fp":
                 row[k] = ratio_stats(times["fp"], times[k])
@@ -200,6 +197,30 @@ def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tenso
         rows.append(row)
         print(row, flush=True)
     return rows
+
+
+def model_paths(q: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tensor], compiled: bool,
+                int8: bool) -> dict[str, Callable[[], torch.Tensor]]:
+    """The quantized model's forward through each path (previous, current, float GEMM, compiled)."""
+    def legacy() -> torch.Tensor:
+        with LegacyPath():
+            return call(q)
+
+    def toggled(setter: Callable[[torch.nn.Module, bool], None], on: bool) -> Callable[[], torch.Tensor]:
+        def go() -> torch.Tensor:
+            setter(q, on)
+            try:
+                return call(q)
+            finally:
+                setter(q, not on)
+        return go
+
+    fns = {"previous": legacy, "current": lambda: call(q)}
+    if int8:
+        fns["current, float GEMM"] = toggled(set_int_gemm, False)
+    if compiled:
+        fns["compiled"] = toggled(set_compiled, True)
+    return fns
 
 
 def layer_rows(repeats: int, compiled: bool) -> list[str]:
@@ -295,12 +316,14 @@ def ecad_rows(repeats: int, images: int, compiled: bool) -> list[str]:
 
 
 def table(title: str, rows: list[dict[str, object]], compiled: bool) -> list[str]:
-    cols = ["previous", "current"] + (["compiled"] if compiled else [])
-    out = [f"\n### {title}\n", "| variant | fp32 ms | " + " | ".join(f"{c} ms | {c} speed vs fp32" for c in cols)
-           + " | outputs bit-identical |", "|---" * (3 + 2 * len(cols)) + "|"]
+    cols = ["previous", "current", "current, float GEMM"] + (["compiled"] if compiled else [])
+    out = [f"\n### {title}\n", "| variant | fp32 ms | " + " | ".join(f"{c}: ms, speed vs fp32" for c in cols)
+           + " | previous == current float path, bitwise | int8 GEMM max diff / max abs |",
+           "|---" * (4 + len(cols)) + "|"]
     for r in rows:
-        cells = " | ".join(f"{r[c + '_ms']:.1f} | {fmt_ratio(r[c])}" for c in cols)
-        out.append(f"| {r['variant']} | {r['fp_ms']:.1f} | {cells} | {'yes' if r['identical'] else 'NO'} |")
+        cells = " | ".join(f"{r[c + '_ms']:.1f}, {fmt_ratio(r[c])}" if c in r else "-" for c in cols)
+        rel = "-" if r["int8_rel"] is None else f"{r['int8_rel']:.1e}"
+        out.append(f"| {r['variant']} | {r['fp_ms']:.1f} | {cells} | {'yes' if r['identical'] else 'NO'} | {rel} |")
     return out
 
 

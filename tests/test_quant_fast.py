@@ -9,10 +9,10 @@ from torch import nn
 from ditaccel.errors import DitaccelError
 from ditaccel.quant import FP4DiTConfig, QuantLinear, collect_calibration, quantize_, quantize_per_token
 from ditaccel.quant.api import _auto_assignments, _auto_errors
-from ditaccel.quant.formats import FPFormat, _fp_round_normalised, decode, fp_step, parse_format
+from ditaccel.quant.formats import FPFormat, _fp_round_normalised, decode, fp_step, int8_digits, parse_format
 from ditaccel.quant.fused import compile_linears
 from ditaccel.quant.kernels import apply_kernel, check_kernel
-from ditaccel.quant.linear import _shared_act_quant, weight_bytes
+from ditaccel.quant.linear import INT_GEMM_MIN_ROWS, _shared_act_quant, weight_bytes
 from ditaccel.testing.replicas import build_pipeline, call_kwargs
 
 FP_FORMATS = ["e2m1", "e1m2", "e3m0", "e2m3", "e3m4", "e4m3"]
@@ -221,3 +221,39 @@ def test_auto_is_never_worse_than_all_fp_or_all_int_on_the_first_block(pixart_ca
             assert set(rep.layer_formats.values()) <= {"e2m1", "e1m2", "e3m0", "int4"}
     first = next(iter(mse["auto"]))
     assert mse["auto"][first] <= min(mse["fp"][first], mse["int"][first], mse["e2m1"][first]) * (1 + 1e-6)
+
+
+# --- integer GEMM ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wf", ["e2m1", "e1m2", "e3m0", "int4", "int4sym"])
+@pytest.mark.parametrize("af", ["int8", "int6", "e2m3", "e3m4"])
+def test_int8_gemm_equals_the_float_path_up_to_float32_rounding(wf, af):
+    """Exact int32 sums, then float32 scaling: within the float32 GEMM error bound of the float path."""
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(nn.Linear(384, 40), wf, 128, act_format=af)
+    x = torch.randn(2, INT_GEMM_MIN_ROWS // 2 + 3, 384) * 4
+    assert q._int8_ready(x)
+    got = q(x)
+    q.int_gemm = False
+    want = q(x)
+    xq, w = quantize_per_token(x, af).double(), q.dequantize(torch.float64)
+    exact = xq @ w.T + q.bias.double()
+    bound = 2 * 384 * 2.0**-24 * (xq.abs() @ w.abs().T + q.bias.double().abs())
+    assert ((got.double() - exact).abs() <= bound).all()
+    assert ((want.double() - exact).abs() <= bound).all()
+
+
+def test_int8_gemm_only_where_levels_are_integers_and_rows_are_many():
+    q = QuantLinear.from_linear(nn.Linear(128, 16), "e2m1", 128, act_format="e4m3")
+    x = torch.randn(INT_GEMM_MIN_ROWS, 128)
+    assert not q._int8_ready(x)  # E4M3 bias-0 levels reach 245760: no int8 digits
+    q.act_format = "e3m4"
+    assert q._int8_ready(x) and not q._int8_ready(x.clone().requires_grad_())
+    assert not q._int8_ready(x[: INT_GEMM_MIN_ROWS - 1])  # few rows: the float path is faster
+    q.int_gemm = False
+    assert not q._int8_ready(x)
+
+
+def test_int8_digits():
+    assert [int8_digits(parse_format(f)) for f in ("int8", "e2m3", "e3m4", "e4m3", "e2m1", "e3m0")] == [1, 1, 2, None, 1, 1]

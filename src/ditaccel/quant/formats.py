@@ -36,6 +36,10 @@ __all__ = [
     "decode",
     "quantize_groups",
     "quantize_per_token",
+    "per_token_levels",
+    "int8_multiplier",
+    "int8_digits",
+    "int_multiplier",
 ]
 
 
@@ -319,21 +323,60 @@ def quantize_groups(w: torch.Tensor, fmt: FPFormat | IntFormat | str, group_size
     return decode(codes, fmt, scale, group_size, zero, dtype=w.dtype)
 
 
+def per_token_levels(x: torch.Tensor, fmt: FPFormat | IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rounding as ``(levels, scale)``: the fake-quantized tensor is ``levels * scale``.
+
+    Levels are grid values of the bias-0 FP grid (``|levels| <= int_max``) or the signed
+    INT levels, float32 of ``x``'s shape; ``scale`` is float32 ``[..., 1]``, one per token.
+    """
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    safe = amax.masked_fill_(amax == 0, 1.0)
+    if isinstance(fmt, FPFormat):
+        y = (xf / safe).mul_(fmt.int_max)  # |y| <= int_max: x / absmax <= 1 in correctly rounded division
+        return _fp_round_normalised_(y, fmt, clamp=False), safe / fmt.int_max
+    qmax = 2 ** (fmt.int_bits - 1) - 1  # activations: symmetric per token
+    step = safe / qmax
+    return (xf / step).round_().clamp_(-qmax, qmax), step
+
+
+def int_multiplier(fmt: FPFormat | IntFormat) -> float:
+    """The power of two that turns every level of ``fmt`` into an integer.
+
+    FP levels are multiples of the subnormal step ``2^(1-M)``, so ``2^(M-1)`` makes them
+    integers (E2M1 weights: [-12, 12], E2M3: [-60, 60], E3M4: [-1984, 1984]); INT levels
+    are integers already.
+    """
+    return 1.0 if isinstance(fmt, IntFormat) else 2.0 ** (fmt.man_bits - 1)
+
+
+def int8_multiplier(fmt: FPFormat | IntFormat) -> float | None:
+    """For a *weight* format: :func:`int_multiplier` when its integer levels fit int8, else ``None``.
+
+    INT levels minus the zero point span ``[-(2^n - 1), 2^n - 1]``.
+    """
+    top = fmt.int_max * int_multiplier(fmt) if isinstance(fmt, FPFormat) else 2**fmt.int_bits - 1
+    return int_multiplier(fmt) if top <= 127 else None
+
+
+def int8_digits(fmt: FPFormat | IntFormat) -> int | None:
+    """For a *per-token activation* format: int8 digits (base 128, low digit in [-64, 64]) its levels take.
+
+    INT activations are symmetric (at most 127). E3M4 (up to 1984) takes two digits, so an
+    int8 GEMM still serves it as two GEMMs summed exactly in int32; E4M3 (bias-0 levels up
+    to 245760) does not fit.
+    """
+    if isinstance(fmt, IntFormat):
+        return 1 if fmt.int_bits <= 8 else None
+    top = fmt.int_max * int_multiplier(fmt)
+    return 1 if top <= 127 else 2 if top <= 127 * 128 else None
+
+
 def quantize_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat | str) -> torch.Tensor:
     """Online activation fake-quant: each token (last-dim vector) is scaled by its own absmax.
 
     Needs no calibration; DiT activation ranges differ strongly between tokens and steps.
     Computes in float32 and returns ``x``'s dtype.
     """
-    fmt = parse_format(fmt)
-    xf = x.float()
-    amax = xf.abs().amax(dim=-1, keepdim=True)
-    safe = amax.masked_fill_(amax == 0, 1.0)
-    if isinstance(fmt, FPFormat):
-        y = (xf / safe).mul_(fmt.int_max)  # |y| <= int_max: x / absmax <= 1 in correctly rounded division
-        out = _fp_round_normalised_(y, fmt, clamp=False).mul_(safe / fmt.int_max)
-    else:
-        qmax = 2 ** (fmt.int_bits - 1) - 1  # activations: symmetric per token
-        step = safe / qmax
-        out = (xf / step).round_().clamp_(-qmax, qmax).mul_(step)
-    return out.to(x.dtype)
+    levels, scale = per_token_levels(x, parse_format(fmt))
+    return levels.mul_(scale).to(x.dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +23,20 @@ from ditaccel.quant.formats import (
     IntFormat,
     decode,
     encode,
+    int8_digits,
+    int8_multiplier,
+    int_multiplier,
     parse_format,
+    per_token_levels,
     quantize_per_token,
 )
 from ditaccel.quant.packing import pack_nibbles, unpack_nibbles
 
-__all__ = ["QuantLinear", "weight_bytes"]
+__all__ = ["INT_GEMM_MIN_ROWS", "QuantLinear", "weight_bytes"]
+
+#: Token rows below which the integer GEMM is skipped: at 128 rows (the bundled model, one
+#: image with CFG) its extra small ops cost more than the GEMM saves (bench/results/quant_speed.md).
+INT_GEMM_MIN_ROWS = 256
 
 
 class QuantLinear(nn.Module):
@@ -73,6 +82,9 @@ class QuantLinear(nn.Module):
         #: ``(backend, mode)`` once :func:`ditaccel.quant.fused.compile_linears` routed this layer
         #: through the compiled dequant-matmul; ``None``: the eager portable forward.
         self.compiled: tuple[str, str | None] | None = None
+        #: Integer GEMMs (``torch._int_mm``) when activations and weights have integer levels: see
+        #: :meth:`_forward_int8`. ``False``: the float path, bitwise as before.
+        self.int_gemm = True
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False)
         else:
@@ -169,6 +181,9 @@ class QuantLinear(nn.Module):
             from ditaccel.quant.fused import code_values, compiled_fn, compiled_per_token
 
             quant = compiled_per_token(*self.compiled)
+        if self._int8_ready(x):
+            y = self._forward_int8(x)
+            return quant(y, self.out_act_format) if self.out_act_format is not None else y
         if self.act_format is not None:
             x = _shared_act_quant(x, self.act_format, quant)
         b = self.bias.to(x.dtype) if self.bias is not None else None
@@ -181,6 +196,45 @@ class QuantLinear(nn.Module):
         if self.out_act_format is not None:
             y = quant(y, self.out_act_format)
         return y
+
+    def _int8_ready(self, x: torch.Tensor) -> bool:
+        """Whether this call can run as int8 x int8 GEMMs (CPU or CUDA ``torch._int_mm``)."""
+        return (self.int_gemm and self.compiled is None and self.act_format is not None and self.packed
+                and self.in_features % self.group_size == 0 and not x.requires_grad and hasattr(torch, "_int_mm")
+                and x.numel() >= INT_GEMM_MIN_ROWS * self.in_features
+                and int8_digits(parse_format(self.act_format)) is not None
+                and int8_multiplier(self.fmt) is not None)
+
+    def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W^T + b`` as exact int8 GEMMs per weight group, scaled in float32 afterwards.
+
+        Activation levels (per token) and weight levels (per group) are integers (E2M1 in
+        [-12, 12], E2M3 in [-60, 60], INT levels as they are; E3M4's [-1984, 1984] as two
+        base-128 digits, one GEMM each), so products and sums are exact in int32; float32
+        rounding enters only in the scaling.
+        The result is the portable path's up to float32 rounding (bounded in the tests).
+        """
+        xi, xs = _shared_act_int8(x, self.act_format)
+        xi, xs = xi.reshape(xi.shape[0], -1, self.in_features), xs.reshape(-1, 1)
+        wi = _pair_table(self.fmt, self.qweight.device, int8=True).index_select(0, self.qweight.view(-1).to(torch.int32))
+        wi = wi.view(torch.int8).view(self.out_features, -1, self.group_size)
+        if self.zeros.numel():
+            wi = wi - self.zeros.view(torch.int8).unsqueeze(-1)  # levels 0..15 minus zero point: [-15, 15]
+        ws = self.scales / int8_multiplier(self.fmt)  # [out, groups], exact for power-of-two multipliers
+        if isinstance(self.fmt, FPFormat):
+            ws = ws / self.fmt.int_max
+        y: torch.Tensor | None = None
+        for g in range(ws.shape[1]):
+            cols, wg = slice(g * self.group_size, (g + 1) * self.group_size), wi[:, g].t()
+            acc = torch._int_mm(xi[0][:, cols], wg)
+            if xi.shape[0] == 2:  # two base-128 digits: high * 128 + low, exact in int32
+                acc = acc.mul_(128).add_(torch._int_mm(xi[1][:, cols], wg))
+            term = acc * ws[:, g]
+            y = term if y is None else y.add_(term)
+        y = y.mul_(xs)  # type: ignore[union-attr]
+        if self.bias is not None:
+            y = y.add_(self.bias.float())
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (
@@ -201,7 +255,7 @@ class _LastActQuant(threading.local):
     ref: weakref.ref | None = None
     version: int = -1
     fmt: str = ""
-    out: torch.Tensor | None = None
+    out: Any = None  # a tensor, or (int8 codes, scales) for the integer GEMM
 
 
 _LAST = _LastActQuant()
@@ -226,28 +280,54 @@ def _shared_act_quant(x: torch.Tensor, fmt: str,
     return out
 
 
+def _shared_act_int8(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token int8 digits ``[digits, *x.shape]`` and float32 scales of ``x``, shared between
+    siblings like :func:`_shared_act_quant`: ``(sum of digit * 128^k) * scale`` is
+    ``quantize_per_token(x, fmt)``."""
+    f = parse_format(fmt)
+    last = _LAST
+    tag = fmt + ":int8"
+    if last.ref is not None and last.ref() is x and last.version == x._version and last.fmt == tag:
+        return last.out  # type: ignore[return-value]
+    levels, scale = per_token_levels(x, f)
+    mult = int_multiplier(f)
+    ints = levels.mul_(mult)  # exact: multiplying by a power of two
+    if int8_digits(f) == 2:
+        high = (ints / 128).round_()
+        digits = torch.stack([high, ints.sub_(high * 128)])  # low digit in [-64, 64]
+    else:
+        digits = ints.unsqueeze(0)
+    out = (digits.to(torch.int8), scale / mult)
+    last.ref, last.version, last.fmt, last.out = weakref.ref(x), x._version, tag, out
+    return out
+
+
 _TABLES: dict[tuple[str, str], torch.Tensor] = {}
 
 
-def _pair_table(fmt: FPFormat | IntFormat, device: torch.device) -> torch.Tensor:
-    """``[256]`` int64: for each byte, the float32 values of its low and high nibble side by side.
+def _pair_table(fmt: FPFormat | IntFormat, device: torch.device, int8: bool = False) -> torch.Tensor:
+    """For each byte, the values of its low and high nibble side by side: ``[256]`` int64 words of two float32.
 
     A value is the grid value (FP), the signed level (symmetric INT) or the raw level (INT
     with zero point). Gathering 8-byte words is one ``index_select`` of contiguous rows,
-    where a ``[256, 2]`` float table costs an embedding lookup of 2-wide rows.
+    where a ``[256, 2]`` float table costs an embedding lookup of 2-wide rows. ``int8=True``:
+    ``[256]`` int16 words of two int8 integer levels (FP grid x ``int_max`` x ``2^(M-1)``).
     """
-    key = (fmt.name, str(device))
+    key = (fmt.name + (":int8" if int8 else ""), str(device))
     if key not in _TABLES:
         codes = torch.arange(16)
         if isinstance(fmt, FPFormat):
             per_code = fmt.grid()[:16]
+            if int8:
+                per_code = (fmt.grid()[:16].double() * fmt.int_max * int8_multiplier(fmt)).round()
         elif fmt.symmetric:
             per_code = torch.where(codes >= 8, codes - 16, codes).float()
         else:
             per_code = codes.float()
         b = torch.arange(256)
-        pairs = torch.stack([per_code[b & 15], per_code[b >> 4]], dim=-1).contiguous()
-        _TABLES[key] = pairs.view(torch.int64).reshape(256).to(device)
+        pairs = torch.stack([per_code[b & 15], per_code[b >> 4]], dim=-1)
+        pairs = pairs.to(torch.int8).contiguous().view(torch.int16) if int8 else pairs.float().contiguous().view(torch.int64)
+        _TABLES[key] = pairs.reshape(256).to(device)
     return _TABLES[key]
 
 
