@@ -133,7 +133,8 @@ def bundled(batch: int) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], to
     return t, lambda m: m(x, **kw)[0]
 
 
-def pixart(blocks: int) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]:
+def pixart(blocks: int, device: str = "cpu",
+           dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]:
     from diffusers import PixArtTransformer2DModel
 
     from bench_speed import TEXT_LEN
@@ -143,11 +144,12 @@ def pixart(blocks: int) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], to
         sample_size=32, num_layers=blocks, attention_head_dim=72, num_attention_heads=16, in_channels=4,
         out_channels=8, patch_size=2, cross_attention_dim=1152, caption_channels=4096,
         norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6, use_additional_conditions=False,
-    ).eval()
+    ).eval().to(device, dtype)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 32, 32, generator=g)
-    enc = torch.randn(2, TEXT_LEN, 4096, generator=g)
-    kw = dict(encoder_hidden_states=enc, timestep=torch.full((2,), 500), encoder_attention_mask=torch.ones(2, TEXT_LEN),
+    x = torch.randn(2, 4, 32, 32, generator=g).to(device, dtype)
+    enc = torch.randn(2, TEXT_LEN, 4096, generator=g).to(device, dtype)
+    kw = dict(encoder_hidden_states=enc, timestep=torch.full((2,), 500, device=device),
+              encoder_attention_mask=torch.ones(2, TEXT_LEN, device=device),
               added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)
     return t, lambda m: m(x, **kw)[0]
 
