@@ -329,6 +329,20 @@ def table(title: str, rows: list[dict[str, object]], compiled: bool) -> list[str
     return out
 
 
+def memory_lines(pixart_blocks: int) -> list[str]:
+    """Weight memory of the timed models (quantized linears packed, kept layers in the model's fp32)."""
+    from ditaccel.quant import weight_bytes
+
+    lines = ["", "## Weight memory of the timed models (parameters + buffers)", "",
+             "| model | fp32 MiB | FP4 (E2M1/E3M0), as timed | INT4, as timed |", "|---|---|---|---|"]
+    for name, (t, _) in (("bundled", bundled(2)), (f"PixArt-alpha geometry, {pixart_blocks} blocks", pixart(pixart_blocks))):
+        full = weight_bytes(t)
+        fp4, int4 = weight_bytes(quantized(t, "e2m1")), weight_bytes(quantized(t, "int4"))
+        cells = " | ".join(f"{b / 2**20:.2f} ({b / full:.3f}x)" for b in (fp4, int4))
+        lines.append(f"| {name} | {full / 2**20:.2f} | {cells} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15)
@@ -338,10 +352,14 @@ def main() -> None:
     ap.add_argument("--ecad", action="store_true", help="also time FP4 W4A8 with cache schedules in the pipeline")
     ap.add_argument("--ecad-images", type=int, default=4)
     ap.add_argument("--skip-models", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only the weight-memory table (no timing)")
     ap.add_argument("--out", default=str(HERE / "results" / "quant_speed.md"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
+    if args.memory_only:
+        print("\n".join(memory_lines(args.pixart_blocks)))
+        return
     lines = ["# Quantized forward speed vs full precision (CPU)", "",
              f"- Command: `OMP_NUM_THREADS=1 python bench/bench_quant_speed.py {' '.join(sys.argv[1:])}`",
              "- Ratios: each round calls every path once in turn; a ratio is fp32 time / path time within one round; "
@@ -353,6 +371,7 @@ def main() -> None:
                 (f"PixArt-alpha 256 geometry, {args.pixart_blocks} of its 28 blocks (hidden 1152, 16 heads, "
                  "256 image + 120 text tokens, batch 2), random weights", pixart(args.pixart_blocks), args.pixart_repeats)):
             lines += table(title, model_rows(t.eval(), call, reps, args.compile), args.compile)
+    lines += memory_lines(args.pixart_blocks)
     lines += ["", "## Per-layer options (time relative to the fp32 linear, lower is better)"]
     lines += layer_rows(args.repeats * 3, args.compile)
     if args.ecad:
