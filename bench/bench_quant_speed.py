@@ -183,7 +183,7 @@ def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tenso
     for label, w, acts in VARIANTS:
         q = qs[w]
         set_activation_quant(q, acts)
-        fns = model_paths(q, call, compiled, int8=acts in ("int8", "e2m3"))
+        fns = model_paths(q, call, compiled, int8=acts in ("int8", "e2m3", "e3m4"))
         fns = {"fp": lambda: call(t), **fns}
         with torch.no_grad():
             ref = fns.get("current, float GEMM", fns["current"])()
