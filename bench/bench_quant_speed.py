@@ -270,7 +270,7 @@ def layer_table(name: str, o: int, i: int, tokens: int, repeats: int, compiled: 
     return lines
 
 
-def ecad_rows(repeats: int, images: int, compiled: bool) -> list[str]:
+def ecad_rows(repeats: int, images: int, compiled: bool, schedule_files: list[str] | None = None) -> list[str]:
     """Bundled pipeline: baseline, a cache schedule, FP4 W4A8 and both, whole generation wall time."""
     from ditaccel.caching import apply_schedule, presets
     from ditaccel.pipeline import generate_images, load_pipeline
@@ -284,7 +284,13 @@ def ecad_rows(repeats: int, images: int, compiled: bool) -> list[str]:
     prompts = shapes.heldout_prompts()[:images]
     kw = dict(num_inference_steps=20, guidance_scale=3.0)
     lines = []
-    for sname, sched in (("fora:2", presets.fora(pipe, 2)), ("fora:3", presets.fora(pipe, 3))):
+    if schedule_files:
+        from ditaccel.caching import CacheSchedule
+
+        schedules = [(f"ECAD {Path(f).stem}", CacheSchedule.load(f, pipe)) for f in schedule_files]
+    else:
+        schedules = [("fora:2", presets.fora(pipe, 2)), ("fora:3", presets.fora(pipe, 3))]
+    for sname, sched in schedules:
         def run(transformer: torch.nn.Module, schedule: object | None, comp: bool = False) -> Callable[[], object]:
             def go() -> object:
                 pipe.transformer = transformer
@@ -351,6 +357,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile kernel")
     ap.add_argument("--ecad", action="store_true", help="also time FP4 W4A8 with cache schedules in the pipeline")
     ap.add_argument("--ecad-images", type=int, default=4)
+    ap.add_argument("--ecad-schedule", action="append", metavar="JSON",
+                    help="a searched schedule file to time instead of fora:2 / fora:3 (repeatable)")
+    ap.add_argument("--skip-layers", action="store_true", help="skip the per-layer options table")
     ap.add_argument("--skip-models", action="store_true")
     ap.add_argument("--memory-only", action="store_true", help="only the weight-memory table (no timing)")
     ap.add_argument("--out", default=str(HERE / "results" / "quant_speed.md"))
@@ -371,12 +380,14 @@ def main() -> None:
                 (f"PixArt-alpha 256 geometry, {args.pixart_blocks} of its 28 blocks (hidden 1152, 16 heads, "
                  "256 image + 120 text tokens, batch 2), random weights", pixart(args.pixart_blocks), args.pixart_repeats)):
             lines += table(title, model_rows(t.eval(), call, reps, args.compile), args.compile)
-    lines += memory_lines(args.pixart_blocks)
-    lines += ["", "## Per-layer options (time relative to the fp32 linear, lower is better)"]
-    lines += layer_rows(args.repeats * 3, args.compile)
+    if not args.skip_models:
+        lines += memory_lines(args.pixart_blocks)
+    if not args.skip_layers:
+        lines += ["", "## Per-layer options (time relative to the fp32 linear, lower is better)"]
+        lines += layer_rows(args.repeats * 3, args.compile)
     if args.ecad:
         lines += ["", "## FP4 W4A8 with a cache schedule (bundled pipeline, whole generation)"]
-        lines += ecad_rows(max(3, args.repeats // 3), args.ecad_images, args.compile)
+        lines += ecad_rows(max(3, args.repeats // 3), args.ecad_images, args.compile, args.ecad_schedule)
     lines += ["", f"- Machine: {machine_description()}; the 2-core machine was shared with other jobs during the run, "
               "so absolute times vary 10-20 % and more; compare ratios within a table. The compiled path's "
               "first calls (compilation) fall in the warm-up rounds.",

@@ -199,8 +199,9 @@ class QuantLinear(nn.Module):
 
     def _int8_ready(self, x: torch.Tensor) -> bool:
         """Whether this call can run as int8 x int8 GEMMs (``torch._int_mm``; CPU only: unmeasured on GPUs)."""
-        return (self.int_gemm and self.compiled is None and x.device.type == "cpu" and self.act_format is not None and self.packed
-                and self.in_features % self.group_size == 0 and not x.requires_grad and hasattr(torch, "_int_mm")
+        return (self.int_gemm and self.compiled is None and x.device.type == "cpu" and self.act_format is not None
+                and self.packed and self.in_features % self.group_size == 0 and not x.requires_grad
+                and hasattr(torch, "_int_mm")
                 and x.numel() >= INT_GEMM_MIN_ROWS * self.in_features
                 and int8_digits(parse_format(self.act_format)) is not None
                 and int8_multiplier(self.fmt) is not None)
