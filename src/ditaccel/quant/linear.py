@@ -32,11 +32,16 @@ from ditaccel.quant.formats import (
 )
 from ditaccel.quant.packing import pack_nibbles, unpack_nibbles
 
-__all__ = ["INT_GEMM_MIN_ROWS", "QuantLinear", "weight_bytes"]
+__all__ = ["INT_GEMM_MAX_DIGITS", "INT_GEMM_MIN_ROWS", "QuantLinear", "weight_bytes"]
 
 #: Token rows below which the integer GEMM is skipped: at 128 rows (the bundled model, one
 #: image with CFG) its extra small ops cost more than the GEMM saves (bench/results/quant_speed.md).
 INT_GEMM_MIN_ROWS = 256
+#: Activation formats needing more int8 digits than this keep the float GEMM. E3M4 takes two
+#: (one int8 GEMM each): measured slower than the float path (0.79x vs 0.88x of fp32 on PixArt
+#: geometry, 0.49x vs 0.55x on the bundled model at batch 16), so only one-digit formats
+#: (INT8, INT6, E2M3) use the integer GEMM.
+INT_GEMM_MAX_DIGITS = 1
 
 
 class QuantLinear(nn.Module):
@@ -203,7 +208,7 @@ class QuantLinear(nn.Module):
                 and self.packed and self.in_features % self.group_size == 0 and not x.requires_grad
                 and hasattr(torch, "_int_mm")
                 and x.numel() >= INT_GEMM_MIN_ROWS * self.in_features
-                and int8_digits(parse_format(self.act_format)) is not None
+                and (int8_digits(parse_format(self.act_format)) or 99) <= INT_GEMM_MAX_DIGITS
                 and int8_multiplier(self.fmt) is not None)
 
     def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
