@@ -86,8 +86,9 @@ class FP4DiTConfig:
     #: Storage of the layers kept out of 4-bit (see ``KEPT_STORAGE_CHOICES``). ``quantize_`` rounds
     #: them in memory to exactly what the file holds, so a reload reproduces outputs bitwise.
     kept_storage: str = "float16"
-    #: "portable" (pure PyTorch, any device) or a torchao kernel: "torchao-fp8", "torchao-mxfp4", "torchao-nvfp4".
-    #: A kernel replaces the packed layers, so save before, or pass ``kernel=`` to ``load_quantized``.
+    #: "portable" (pure PyTorch, any device), "compiled" (torch.compile dequant-matmul, packed 4-bit weights
+    #: kept: the GPU weight-only path) or a torchao kernel: "torchao-fp8", "torchao-mxfp4", "torchao-nvfp4".
+    #: A torchao kernel replaces the packed layers, so save before, or pass ``kernel=`` to ``load_quantized``.
     kernel: str = "portable"
     seed: int = 0
     progress: bool = True
