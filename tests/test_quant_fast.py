@@ -242,3 +242,11 @@ def test_int8_gemm_only_where_levels_are_integers_and_rows_are_many():
 
 def test_int8_digits():
     assert [int8_digits(parse_format(f)) for f in ("int8", "e2m3", "e3m4", "e4m3", "e2m1", "e3m0")] == [1, 1, 2, None, 1, 1]
+
+
+def test_quantize_with_the_compiled_kernel_keeps_packed_layers():
+    model = nn.Sequential(nn.Linear(128, 64), nn.GELU(), nn.Linear(64, 128))
+    quantize_(model, FP4DiTConfig(adaround=False, acts="e3m4", keep=(), group_size=64, kernel="compiled",
+                                  progress=False))
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == 2 and all(m.compiled == ("inductor", None) for m in layers)
