@@ -33,6 +33,11 @@ bench: setup
 	$(PY) bench/bench_quant.py --prompts 48 --calib-every 2 --iters 200 --threads 1 --auto
 	$(PY) bench/bench_quant.py --ablation --prompts 1 --calib-every 2 --threads 1
 	$(PY) bench/bench_quant_size.py --threads 1
+	$(PY) bench/bench_quant_auto.py --prompts 4
+	$(PY) bench/bench_quant_speed.py --repeats 7 --pixart-blocks 2 --pixart-repeats 4 --compile --ecad
+	tar xzf bench/results/search_long72.tar.gz -C /tmp s72/schedules/p00_7.26x.json
+	$(PY) bench/bench_quant_speed.py --skip-models --skip-layers --ecad --repeats 12 \
+		--ecad-schedule /tmp/s72/schedules/p00_7.26x.json --out bench/results/quant_speed_ecad.md
 	$(PY) bench/bench_eval.py --every 6 --seeds 0,1 --repeats 3 --timing-images 4
 	$(PY) bench/bench_metric_split.py --population 8 --generations 2 --repeats 5
 	$(PY) bench/reliability.py

@@ -49,7 +49,7 @@ VARIANTS = [
     ("FP", "e2m1", False, [("W4A8", "e3m4"), ("W4A6", "e2m3")]),
     ("INT", "int4", True, [("W4A8", "int8"), ("W4A6", "int6")]),
     ("INT", "int4", False, [("W4A8", "int8"), ("W4A6", "int6")]),
-    ("FP auto", "auto", True, [("W4A8", "e3m4"), ("W4A6", "e2m3")]),  # only with --auto
+    ("auto FP/INT", "auto", True, [("W4A8", "e3m4"), ("W4A6", "e2m3")]),  # only with --auto
 ]
 # Kept-layer storages measured per variant: the default (float16) for all, int8 also for the first.
 EXTRA_STORAGE = {("FP", "e2m1", True): [("int8", "W4A8")]}
@@ -251,7 +251,7 @@ def _ablation(args: argparse.Namespace, fp_transformer: torch.nn.Module, calib, 
         ("e2m1 everywhere", dict(weights="e2m1", first_ffn_weights=None)),
         ("e2m1 + e3m0 first FFN (paper)", dict(weights="e2m1")),
         ("e1m2 everywhere", dict(weights="e1m2", first_ffn_weights=None)),
-        ("auto (per layer, lowest output error)", dict(weights="auto")),
+        ("auto (FP or INT per layer and block, lowest error)", dict(weights="auto")),
         ("int4 min-max", dict(weights="int4")),
     ]
     lines = ["", "## Weight-format ablation (round-to-nearest, activations in full precision)", "",

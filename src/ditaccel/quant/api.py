@@ -80,12 +80,15 @@ class FP4DiTConfig:
     #: Linears whose *outputs* are Q, K and V: quantized per token when ``acts`` is set.
     qkv_pattern: str = r"(^|\.)(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj)$"
     quantize_qkv: bool = True
-    auto_candidates: tuple[str, ...] = ("e2m1", "e1m2", "e3m0")
+    #: ``weights="auto"``: per layer, the candidate with the lowest output error on the calibration
+    #: inputs; FP and INT compete, so heavy-tailed layers get FP and light-tailed ones INT.
+    auto_candidates: tuple[str, ...] = ("e2m1", "e1m2", "e3m0", "int4")
     #: Storage of the layers kept out of 4-bit (see ``KEPT_STORAGE_CHOICES``). ``quantize_`` rounds
     #: them in memory to exactly what the file holds, so a reload reproduces outputs bitwise.
     kept_storage: str = "float16"
-    #: "portable" (pure PyTorch, any device) or a torchao kernel: "torchao-fp8", "torchao-mxfp4", "torchao-nvfp4".
-    #: A kernel replaces the packed layers, so save before, or pass ``kernel=`` to ``load_quantized``.
+    #: "portable" (pure PyTorch, any device), "compiled" (torch.compile dequant-matmul, packed 4-bit weights
+    #: kept: the GPU weight-only path) or a torchao kernel: "torchao-fp8", "torchao-mxfp4", "torchao-nvfp4".
+    #: A torchao kernel replaces the packed layers, so save before, or pass ``kernel=`` to ``load_quantized``.
     kernel: str = "portable"
     seed: int = 0
     progress: bool = True
@@ -233,17 +236,34 @@ def _records(calib: Any) -> list[tuple[tuple, dict]]:
 
 
 @torch.no_grad()
-def _pick_auto(lin: nn.Linear, x: torch.Tensor, config: FP4DiTConfig) -> str:
-    """The candidate format with the lowest output error ``||x (W - Q(W))^T||^2``."""
+def _auto_errors(lin: nn.Linear, x: torch.Tensor, config: FP4DiTConfig) -> dict[str, float]:
+    """Output error ``||x (W - Q(W))^T||^2`` of every ``auto`` candidate format, by format name."""
     w = lin.weight.detach().float()
-    best, best_err = None, float("inf")
+    errs = {}
     for c in config.auto_candidates:
         fmt = parse_format(c)
         codes, sc, z = encode(w, fmt, config.group_size)
-        err = float((x.float() @ (w - decode(codes, fmt, sc, config.group_size, z)).T).pow(2).sum())
-        if err < best_err:
-            best, best_err = fmt.name, err
-    return best
+        errs[fmt.name] = float((x.float() @ (w - decode(codes, fmt, sc, config.group_size, z)).T).pow(2).sum())
+    return errs
+
+
+def _auto_assignments(errors: dict[str, dict[str, float]]) -> list[dict[str, str]]:
+    """Format assignments ``auto`` weighs for one block, best per layer first.
+
+    Per layer over all candidates, per layer within FP and within INT, and each single
+    format everywhere: the block keeps whichever gives the lowest block MSE, so ``auto`` is
+    never worse on the calibration data than all-FP or all-INT (round-to-nearest, given
+    the block's inputs).
+    """
+    fmts = list(next(iter(errors.values())))
+    families = [fmts, [f for f in fmts if is_fp(f)], [f for f in fmts if not is_fp(f)]]
+    out = [{n: min(fam, key=e.__getitem__) for n, e in errors.items()} for fam in families if fam]
+    out += [dict.fromkeys(errors, f) for f in fmts]
+    unique: list[dict[str, str]] = []
+    for a in out:
+        if a not in unique:
+            unique.append(a)
+    return unique
 
 
 @torch.no_grad()
@@ -274,6 +294,20 @@ def _linear_inputs(module: nn.Module, names: list[str], inputs: Any, n_batches: 
 
 def _rtn(lin: nn.Linear, fmt: str, config: FP4DiTConfig) -> QuantLinear:
     return QuantLinear.from_linear(lin, fmt, config.group_size)
+
+
+@torch.no_grad()
+def _rtn_block_mse(unit: nn.Module, formats: dict[str, str], inputs: Any, targets: Any,
+                   config: FP4DiTConfig) -> float:
+    """Block MSE with the named linears rounded to ``formats`` (RTN); the unit is left as it was."""
+    originals = {n: _get(unit, n) for n in formats}
+    try:
+        for n, f in formats.items():
+            _set(unit, n, _rtn(originals[n], f, config))
+        return block_mse(unit, inputs, targets)
+    finally:
+        for n, m in originals.items():
+            _set(unit, n, m)
 
 
 def _reconstruct(
@@ -422,8 +456,12 @@ def _calibrated(
             else:
                 xs = {n: x for n, x in zip(inner, _linear_inputs(
                     unit, [rel[n] for n in inner], inputs, 4, 16).values(), strict=True)}
-            for n in inner:
-                formats[n] = fixed[n] or _pick_auto(_get(transformer, n), xs[n], config)
+            errors = {n: _auto_errors(_get(transformer, n), xs[n], config) for n in inner if fixed[n] is None}
+            choices = _auto_assignments(errors)
+            if uname not in inner and len(choices) > 1:
+                choices.sort(key=lambda a: _rtn_block_mse(unit, {rel[n]: a.get(n) or fixed[n] for n in inner},
+                                                          inputs, targets, config))
+            formats = {n: choices[0].get(n) or fixed[n] for n in inner}
         else:
             formats = {n: parse_format(f).name for n, f in fixed.items()}
         report.layer_formats.update({n: parse_format(f).name for n, f in formats.items()})

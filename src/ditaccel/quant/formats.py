@@ -36,6 +36,10 @@ __all__ = [
     "decode",
     "quantize_groups",
     "quantize_per_token",
+    "per_token_levels",
+    "int8_multiplier",
+    "int8_digits",
+    "int_multiplier",
 ]
 
 
@@ -195,18 +199,56 @@ def _expand(per_group: torch.Tensor, group_size: int, cols: int) -> torch.Tensor
     return per_group.repeat_interleave(group_size, dim=-1)[..., :cols]
 
 
+#: Per float dtype: (integer view dtype, exponent-field mask, mantissa bits, exponent bias).
+_FLOAT_BITS: dict[torch.dtype, tuple[torch.dtype, int, int, int]] = {
+    torch.float32: (torch.int32, 0x7F800000, 23, 127),
+    torch.float64: (torch.int64, 0x7FF0000000000000, 52, 1023),
+}
+
+
+def _float_bits(dtype: torch.dtype) -> tuple[torch.dtype, int, int, int]:
+    if dtype not in _FLOAT_BITS:
+        raise DitaccelError(f"FP grid rounding works on float32 or float64, got {dtype}: convert with .float()")
+    return _FLOAT_BITS[dtype]
+
+
+def _exponent_field(y: torch.Tensor) -> torch.Tensor:
+    """The biased exponent bits of ``y`` in place, clamped to the grid's lowest normal binade (2^1).
+
+    Reading the exponent from the bits is exact, where ``floor(log2|y|)`` costs three
+    transcendental passes; both give the same step for every finite ``y``.
+    """
+    idt, mask, mbits, bias = _float_bits(y.dtype)
+    return (y.view(idt) & mask).clamp_(min=(bias + 1) << mbits)
+
+
 def fp_step(y: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
     """Grid step at ``y`` on the bias-0 grid: ``2^(max(floor(log2|y|), 1) - M)``."""
-    ay = y.abs()
-    tiny = torch.finfo(y.dtype).tiny
-    exp = torch.floor(torch.log2(ay.clamp(min=tiny))).clamp(min=1.0)
-    return torch.exp2(exp - fmt.man_bits)
+    idt, _, mbits, _ = _float_bits(y.dtype)
+    return (_exponent_field(y) - (fmt.man_bits << mbits)).view(y.dtype)
 
 
 def _fp_round_normalised(y: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
-    """Round-to-nearest (ties to even mantissa) on the bias-0 grid, clamped to +-int_max."""
-    s = fp_step(y, fmt)
-    return (torch.round(y / s) * s).clamp(-fmt.int_max, fmt.int_max)
+    """Round-to-nearest (ties to even mantissa) on the bias-0 grid, clamped to +-int_max.
+
+    ``(y + C) - C`` with ``C = 1.5 * 2^P * step`` (P the dtype's mantissa bits) rounds ``y``
+    to a multiple of its step, ties to even, in the FPU's own rounding: six cheap passes
+    instead of log2/floor/exp2/div/round/mul, and bit-identical to ``round(y / s) * s``
+    because ``step`` is a power of two and ``|y| < 2^P * step / 2``.
+    """
+    return _fp_round_normalised_(y.clone(), fmt)
+
+
+def _fp_round_normalised_(y: torch.Tensor, fmt: FPFormat, clamp: bool = True) -> torch.Tensor:
+    """In-place :func:`_fp_round_normalised` (the activation path owns its buffer).
+
+    ``clamp=False`` when ``|y| <= int_max`` already holds (values scaled by their own absmax):
+    rounding is monotone and ``int_max`` is on the grid, so the clamp would change nothing.
+    """
+    _, _, mbits, _ = _float_bits(y.dtype)
+    c = _exponent_field(y).add_(((mbits - fmt.man_bits) << mbits) + (1 << (mbits - 1))).view(y.dtype)
+    y.add_(c).sub_(c)
+    return y.clamp_(-fmt.int_max, fmt.int_max) if clamp else y
 
 
 def encode(
@@ -281,22 +323,60 @@ def quantize_groups(w: torch.Tensor, fmt: FPFormat | IntFormat | str, group_size
     return decode(codes, fmt, scale, group_size, zero, dtype=w.dtype)
 
 
+def per_token_levels(x: torch.Tensor, fmt: FPFormat | IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rounding as ``(levels, scale)``: the fake-quantized tensor is ``levels * scale``.
+
+    Levels are grid values of the bias-0 FP grid (``|levels| <= int_max``) or the signed
+    INT levels, float32 of ``x``'s shape; ``scale`` is float32 ``[..., 1]``, one per token.
+    """
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    safe = amax.masked_fill_(amax == 0, 1.0)
+    if isinstance(fmt, FPFormat):
+        y = (xf / safe).mul_(fmt.int_max)  # |y| <= int_max: x / absmax <= 1 in correctly rounded division
+        return _fp_round_normalised_(y, fmt, clamp=False), safe / fmt.int_max
+    qmax = 2 ** (fmt.int_bits - 1) - 1  # activations: symmetric per token
+    step = safe / qmax
+    return (xf / step).round_().clamp_(-qmax, qmax), step
+
+
+def int_multiplier(fmt: FPFormat | IntFormat) -> float:
+    """The power of two that turns every level of ``fmt`` into an integer.
+
+    FP levels are multiples of the subnormal step ``2^(1-M)``, so ``2^(M-1)`` makes them
+    integers (E2M1 weights: [-12, 12], E2M3: [-60, 60], E3M4: [-1984, 1984]); INT levels
+    are integers already.
+    """
+    return 1.0 if isinstance(fmt, IntFormat) else 2.0 ** (fmt.man_bits - 1)
+
+
+def int8_multiplier(fmt: FPFormat | IntFormat) -> float | None:
+    """For a *weight* format: :func:`int_multiplier` when its integer levels fit int8, else ``None``.
+
+    INT levels minus the zero point span ``[-(2^n - 1), 2^n - 1]``.
+    """
+    top = fmt.int_max * int_multiplier(fmt) if isinstance(fmt, FPFormat) else 2**fmt.int_bits - 1
+    return int_multiplier(fmt) if top <= 127 else None
+
+
+def int8_digits(fmt: FPFormat | IntFormat) -> int | None:
+    """For a *per-token activation* format: int8 digits (base 128, low digit in [-64, 64]) its levels take.
+
+    INT activations are symmetric (at most 127). E3M4 (up to 1984) takes two digits, so an
+    int8 GEMM still serves it as two GEMMs summed exactly in int32; E4M3 (bias-0 levels up
+    to 245760) does not fit.
+    """
+    if isinstance(fmt, IntFormat):
+        return 1 if fmt.int_bits <= 8 else None
+    top = fmt.int_max * int_multiplier(fmt)
+    return 1 if top <= 127 else 2 if top <= 127 * 128 else None
+
+
 def quantize_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat | str) -> torch.Tensor:
     """Online activation fake-quant: each token (last-dim vector) is scaled by its own absmax.
 
     Needs no calibration; DiT activation ranges differ strongly between tokens and steps.
     Computes in float32 and returns ``x``'s dtype.
     """
-    fmt = parse_format(fmt)
-    xf = x.float()
-    amax = xf.abs().amax(dim=-1, keepdim=True)
-    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
-    if isinstance(fmt, FPFormat):
-        y = xf / safe * fmt.int_max
-        yq = _fp_round_normalised(y, fmt)
-        out = yq * (safe / fmt.int_max)
-    else:
-        qmax = 2 ** (fmt.int_bits - 1) - 1  # activations: symmetric per token
-        step = safe / qmax
-        out = torch.round(xf / step).clamp(-qmax, qmax) * step
-    return out.to(x.dtype)
+    levels, scale = per_token_levels(x, parse_format(fmt))
+    return levels.mul_(scale).to(x.dtype)

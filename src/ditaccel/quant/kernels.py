@@ -1,9 +1,12 @@
-"""Optional hardware kernels through torchao; the portable path needs none of this.
+"""Optional kernels: ``compiled`` (torch.compile, 4-bit weights kept) and torchao's; the portable path needs none.
 
-E3M0, E1M2 and E3M4 are not hardware formats, so the kernels re-express the quantized
-weights in the nearest hardware format: FP8 E4M3 with per-row scales on Hopper
-(``torchao-fp8``, weights then take 8 bits) or MXFP4 / NVFP4 E2M1 with their own block
-scales on Blackwell. Activations then use the kernel's own dynamic quantization.
+``compiled`` keeps the packed codes and generates the dequant-matmul (see
+:mod:`ditaccel.quant.fused`): 4.25 bits per weight in memory on any device. The torchao
+kernels trade memory for speed. E3M0, E1M2 and E3M4 are not hardware formats, so they
+re-express the quantized weights in the nearest hardware format: FP8 E4M3 with per-row
+scales on Hopper (``torchao-fp8``: 8 bits per weight, about twice the packed 4.25-bit
+memory, for FP8 tensor-core matmuls) or MXFP4 / NVFP4 E2M1 with their own block scales
+on Blackwell. Activations then use the kernel's own dynamic quantization.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 from ditaccel.errors import DitaccelError
+from ditaccel.quant.fused import COMPILED_KERNEL, check_compiled, compile_linears
 
 __all__ = ["KERNELS", "check_kernel", "apply_kernel", "kernel_available"]
 
@@ -29,8 +33,11 @@ def check_kernel(kernel: str) -> None:
     """Raise a one-line ``DitaccelError`` naming what is missing for ``kernel``."""
     if kernel == "portable":
         return
+    if kernel == COMPILED_KERNEL:
+        check_compiled()
+        return
     if kernel not in KERNELS:
-        raise DitaccelError(f"unknown kernel {kernel!r}: use portable, {', '.join(KERNELS)}")
+        raise DitaccelError(f"unknown kernel {kernel!r}: use portable, {COMPILED_KERNEL}, {', '.join(KERNELS)}")
     need, mod, cls = KERNELS[kernel]
     try:
         import importlib
@@ -77,6 +84,9 @@ def apply_kernel(transformer: nn.Module, kernel: str) -> None:
     from ditaccel.quant.linear import QuantLinear
 
     check_kernel(kernel)
+    if kernel == COMPILED_KERNEL:  # keeps the packed 4-bit buffers: no re-expression
+        compile_linears(transformer)
+        return
     from torchao.quantization import quantize_ as ao_quantize_
 
     names = [n for n, m in transformer.named_modules() if isinstance(m, QuantLinear)]

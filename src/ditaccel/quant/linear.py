@@ -8,6 +8,11 @@ bias in high precision; the float weight exists only transiently inside ``forwar
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,12 +23,27 @@ from ditaccel.quant.formats import (
     IntFormat,
     decode,
     encode,
+    int8_digits,
+    int8_multiplier,
+    int_multiplier,
     parse_format,
+    per_token_levels,
     quantize_per_token,
 )
 from ditaccel.quant.packing import pack_nibbles, unpack_nibbles
 
-__all__ = ["QuantLinear", "weight_bytes"]
+__all__ = ["INT_GEMM_MAX_DIGITS", "INT_GEMM_MIN_ROWS", "QuantLinear", "weight_bytes"]
+
+#: Token rows below which the integer GEMM is skipped: at 128 rows (the bundled model, one
+#: image with CFG) its extra small ops cost more than the GEMM saves (one round of
+#: bench_quant_speed.py, before this threshold: INT W4A8 0.59x of fp32 with it, 0.78x without;
+#: W4A6 0.52x vs 0.58x; at 1024 rows it won, 0.79x vs 0.62x).
+INT_GEMM_MIN_ROWS = 256
+#: Activation formats needing more int8 digits than this keep the float GEMM. E3M4 takes two
+#: (one int8 GEMM each): measured slower than the float path (0.79x vs 0.88x of fp32 on PixArt
+#: geometry, 0.49x vs 0.55x on the bundled model at batch 16), so only one-digit formats
+#: (INT8, INT6, E2M3) use the integer GEMM.
+INT_GEMM_MAX_DIGITS = 1
 
 
 class QuantLinear(nn.Module):
@@ -66,6 +86,12 @@ class QuantLinear(nn.Module):
             "zeros",
             torch.zeros(out_features, n_groups if needs_zero else 0, dtype=torch.uint8, device=device),
         )
+        #: ``(backend, mode)`` once :func:`ditaccel.quant.fused.compile_linears` routed this layer
+        #: through the compiled dequant-matmul; ``None``: the eager portable forward.
+        self.compiled: tuple[str, str | None] | None = None
+        #: Integer GEMMs (``torch._int_mm``) when activations and weights have integer levels: see
+        #: :meth:`_forward_int8`. ``False``: the float path, bitwise as before.
+        self.int_gemm = True
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False)
         else:
@@ -135,18 +161,20 @@ class QuantLinear(nn.Module):
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The float weight ``[out, in]`` these codes stand for (built on demand, not stored).
 
-        Fast path (packed codes, whole groups): one table lookup per *byte* gives both
-        nibbles' values, then a broadcast multiply by the group scales; bit-identical to
-        :func:`decode`, without unpacking or expanding scales.
+        Fast path (packed codes, whole groups): one gather per *byte* from a 256-entry
+        table of int64 words, each two float32 values (low and high nibble), then an
+        in-place broadcast multiply by the group scales: four passes over the weight,
+        bit-identical to :func:`decode`, without unpacking or expanding scales.
         """
         dtype = dtype or self.compute_dtype or torch.float32
         zeros = self.zeros if self.zeros.numel() else None
         if self.packed and self.in_features % self.group_size == 0:
-            vals = F.embedding(self.qweight.long(), _byte_table(self.fmt, self.qweight.device))  # [out, in/2, 2]
-            vals = vals.reshape(self.out_features, -1, self.group_size)
+            idx = self.qweight.view(-1).to(torch.int32)
+            vals = _pair_table(self.fmt, self.qweight.device).index_select(0, idx).view(torch.float32)
+            vals = vals.view(self.out_features, -1, self.group_size)  # [out, groups, group]: fresh, owned
             if zeros is not None:
-                vals = vals - zeros.unsqueeze(-1).float()
-            return (vals * self.scales.unsqueeze(-1)).reshape(self.out_features, self.in_features).to(dtype)
+                vals.sub_(zeros.unsqueeze(-1))
+            return vals.mul_(self.scales.unsqueeze(-1)).view(self.out_features, self.in_features).to(dtype)
         return decode(self.codes(), self.fmt, self.scales, self.group_size, zeros, dtype=dtype)
 
     @property
@@ -155,14 +183,66 @@ class QuantLinear(nn.Module):
         return self.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quant = quantize_per_token
+        if self.compiled is not None:
+            from ditaccel.quant.fused import code_values, compiled_fn, compiled_per_token
+
+            quant = compiled_per_token(*self.compiled)
+        if self._int8_ready(x):
+            y = self._forward_int8(x)
+            return quant(y, self.out_act_format) if self.out_act_format is not None else y
         if self.act_format is not None:
-            x = quantize_per_token(x, self.act_format)
-        w = self.dequantize(x.dtype)
+            x = _shared_act_quant(x, self.act_format, quant)
         b = self.bias.to(x.dtype) if self.bias is not None else None
-        y = F.linear(x, w, b)
+        if self.compiled is not None:
+            zeros = self.zeros if self.zeros.numel() else None
+            y = compiled_fn(*self.compiled)(x, self.qweight, code_values(self), self.scales, zeros,
+                                            None if b is None else b.detach(), self.group_size)
+        else:
+            y = F.linear(x, self.dequantize(x.dtype), b)
         if self.out_act_format is not None:
-            y = quantize_per_token(y, self.out_act_format)
+            y = quant(y, self.out_act_format)
         return y
+
+    def _int8_ready(self, x: torch.Tensor) -> bool:
+        """Whether this call can run as int8 x int8 GEMMs (``torch._int_mm``; CPU only: unmeasured on GPUs)."""
+        return (self.int_gemm and self.compiled is None and x.device.type == "cpu" and self.act_format is not None
+                and self.packed and self.in_features % self.group_size == 0 and not x.requires_grad
+                and hasattr(torch, "_int_mm")
+                and x.numel() >= INT_GEMM_MIN_ROWS * self.in_features
+                and (int8_digits(parse_format(self.act_format)) or 99) <= INT_GEMM_MAX_DIGITS
+                and int8_multiplier(self.fmt) is not None)
+
+    def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W^T + b`` as exact int8 GEMMs per weight group, scaled in float32 afterwards.
+
+        Activation levels (per token) and weight levels (per group) are integers (E2M1 in
+        [-12, 12], E2M3 in [-60, 60], INT levels as they are; E3M4's [-1984, 1984] as two
+        base-128 digits, one GEMM each), so products and sums are exact in int32; float32
+        rounding enters only in the scaling.
+        The result is the portable path's up to float32 rounding (bounded in the tests).
+        """
+        xi, xs = _shared_act_int8(x, self.act_format)
+        xi, xs = xi.reshape(xi.shape[0], -1, self.in_features), xs.reshape(-1, 1)
+        wi = _pair_table(self.fmt, self.qweight.device, int8=True).index_select(0, self.qweight.view(-1).to(torch.int32))
+        wi = wi.view(torch.int8).view(self.out_features, -1, self.group_size)
+        if self.zeros.numel():
+            wi = wi - self.zeros.view(torch.int8).unsqueeze(-1)  # levels 0..15 minus zero point: [-15, 15]
+        ws = self.scales / int8_multiplier(self.fmt)  # [out, groups], exact for power-of-two multipliers
+        if isinstance(self.fmt, FPFormat):
+            ws = ws / self.fmt.int_max
+        y: torch.Tensor | None = None
+        for g in range(ws.shape[1]):
+            cols, wg = slice(g * self.group_size, (g + 1) * self.group_size), wi[:, g].t()
+            acc = torch._int_mm(xi[0][:, cols], wg)
+            if xi.shape[0] == 2:  # two base-128 digits: high * 128 + low, exact in int32
+                acc = acc.mul_(128).add_(torch._int_mm(xi[1][:, cols], wg))
+            term = acc * ws[:, g]
+            y = term if y is None else y.add_(term)
+        y = y.mul_(xs)  # type: ignore[union-attr]
+        if self.bias is not None:
+            y = y.add_(self.bias.float())
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (
@@ -177,22 +257,85 @@ class QuantLinear(nn.Module):
         return storage / n
 
 
+class _LastActQuant(threading.local):
+    """The last per-token quantization done on this thread: input (weakly), its version, format, result."""
+
+    ref: weakref.ref | None = None
+    version: int = -1
+    fmt: str = ""
+    out: Any = None  # a tensor, or (int8 codes, scales) for the integer GEMM
+
+
+_LAST = _LastActQuant()
+
+
+def _shared_act_quant(x: torch.Tensor, fmt: str,
+                      quant: Callable[[torch.Tensor, str], torch.Tensor] = quantize_per_token) -> torch.Tensor:
+    """``quantize_per_token(x, fmt)``, reused when the previous call quantized this same tensor.
+
+    Sibling projections read one input (``to_q``/``to_k``/``to_v`` on the normed hidden
+    states, ``to_k``/``to_v`` on the text states), so it is quantized once, not three
+    times. Identity is the tensor object itself (a weak reference) plus its in-place
+    version counter; tensors that need grad are never shared.
+    """
+    last = _LAST
+    if (not x.requires_grad and last.ref is not None and last.ref() is x and last.version == x._version
+            and last.fmt == fmt):
+        return last.out  # type: ignore[return-value]
+    out = quant(x, fmt)
+    if not x.requires_grad:
+        last.ref, last.version, last.fmt, last.out = weakref.ref(x), x._version, fmt, out
+    return out
+
+
+def _shared_act_int8(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token int8 digits ``[digits, *x.shape]`` and float32 scales of ``x``, shared between
+    siblings like :func:`_shared_act_quant`: ``(sum of digit * 128^k) * scale`` is
+    ``quantize_per_token(x, fmt)``."""
+    f = parse_format(fmt)
+    last = _LAST
+    tag = fmt + ":int8"
+    if last.ref is not None and last.ref() is x and last.version == x._version and last.fmt == tag:
+        return last.out  # type: ignore[return-value]
+    levels, scale = per_token_levels(x, f)
+    mult = int_multiplier(f)
+    ints = levels.mul_(mult)  # exact: multiplying by a power of two
+    if int8_digits(f) == 2:
+        high = (ints / 128).round_()
+        digits = torch.stack([high, ints.sub_(high * 128)])  # low digit in [-64, 64]
+    else:
+        digits = ints.unsqueeze(0)
+    out = (digits.to(torch.int8), scale / mult)
+    last.ref, last.version, last.fmt, last.out = weakref.ref(x), x._version, tag, out
+    return out
+
+
 _TABLES: dict[tuple[str, str], torch.Tensor] = {}
 
 
-def _byte_table(fmt: FPFormat | IntFormat, device: torch.device) -> torch.Tensor:
-    """``[256, 2]`` float32: the values of a byte's low and high nibble (grid value or integer level)."""
-    key = (fmt.name, str(device))
+def _pair_table(fmt: FPFormat | IntFormat, device: torch.device, int8: bool = False) -> torch.Tensor:
+    """For each byte, the values of its low and high nibble side by side: ``[256]`` int64 words of two float32.
+
+    A value is the grid value (FP), the signed level (symmetric INT) or the raw level (INT
+    with zero point). Gathering 8-byte words is one ``index_select`` of contiguous rows,
+    where a ``[256, 2]`` float table costs an embedding lookup of 2-wide rows. ``int8=True``:
+    ``[256]`` int16 words of two int8 integer levels (FP grid x ``int_max`` x ``2^(M-1)``).
+    """
+    key = (fmt.name + (":int8" if int8 else ""), str(device))
     if key not in _TABLES:
         codes = torch.arange(16)
         if isinstance(fmt, FPFormat):
             per_code = fmt.grid()[:16]
+            if int8:
+                per_code = (fmt.grid()[:16].double() * fmt.int_max * int8_multiplier(fmt)).round()
         elif fmt.symmetric:
             per_code = torch.where(codes >= 8, codes - 16, codes).float()
         else:
             per_code = codes.float()
         b = torch.arange(256)
-        _TABLES[key] = torch.stack([per_code[b & 15], per_code[b >> 4]], dim=-1).to(device)
+        pairs = torch.stack([per_code[b & 15], per_code[b >> 4]], dim=-1)
+        pairs = pairs.to(torch.int8).contiguous().view(torch.int16) if int8 else pairs.float().contiguous().view(torch.int64)
+        _TABLES[key] = pairs.reshape(256).to(device)
     return _TABLES[key]
 
 

@@ -1,0 +1,400 @@
+"""Quantized forward speed against full precision, on the bundled model and PixArt-alpha geometry.
+
+Why: 4-bit weights only help a user if generation is not much slower (issue 11: FP4 W4A8
+ran at 0.35x of full precision). This times, in one process with interleaved repeats:
+
+1. the per-layer options: weight decode (the previous ``[256, 2]`` embedding table, the
+   int64 pair table, ``torch.compile``) and per-token FP rounding (log2/floor/exp2 vs
+   exponent bits);
+2. whole transformer forwards: full precision vs W4A8 / W4A6 / weight-only FP and W4A8
+   INT, through the previous portable path (a frozen copy below), the current one (int8
+   GEMM where both sides fit int8, and its float-GEMM form) and, with ``--compile``, the
+   compiled kernel; float paths are checked bit-identical, the int8 GEMM's difference shown;
+3. with ``--ecad``, FP4 W4A8 together with a cache schedule on the bundled pipeline.
+
+Run: OMP_NUM_THREADS=1 python bench/bench_quant_speed.py [--repeats 15] [--compile] [--ecad]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ditaccel._io import atomic_write_text
+from ditaccel._machine import machine_description
+from ditaccel.quant import FP4DiTConfig, QuantLinear, quantize_, set_activation_quant
+from ditaccel.quant.formats import FPFormat, parse_format, quantize_per_token
+from ditaccel.quant.fused import compile_linears
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+VARIANTS = [  # (label, weights, acts)
+    ("FP W4A8 (e2m1/e3m0 + e3m4)", "e2m1", "e3m4"),
+    ("FP W4A6 (e2m1/e3m0 + e2m3)", "e2m1", "e2m3"),
+    ("FP weight-only (e2m1/e3m0)", "e2m1", "none"),
+    ("INT W4A8 (int4 + int8)", "int4", "int8"),
+]
+
+
+# ---- the previous portable path (commit 696bdd9), frozen here to measure against -------------
+def _legacy_round(y: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
+    tiny = torch.finfo(y.dtype).tiny
+    exp = torch.floor(torch.log2(y.abs().clamp(min=tiny))).clamp(min=1.0)
+    s = torch.exp2(exp - fmt.man_bits)
+    return (torch.round(y / s) * s).clamp(-fmt.int_max, fmt.int_max)
+
+
+def legacy_per_token(x: torch.Tensor, name: str) -> torch.Tensor:
+    fmt = parse_format(name)
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
+    if isinstance(fmt, FPFormat):
+        out = _legacy_round(xf / safe * fmt.int_max, fmt) * (safe / fmt.int_max)
+    else:
+        qmax = 2 ** (fmt.int_bits - 1) - 1
+        step = safe / qmax
+        out = torch.round(xf / step).clamp(-qmax, qmax) * step
+    return out.to(x.dtype)
+
+
+def legacy_dequant(m: QuantLinear, dtype: torch.dtype) -> torch.Tensor:
+    from ditaccel.quant.linear import _pair_table
+
+    table = _pair_table(m.fmt, m.qweight.device).view(torch.float32).view(256, 2)
+    vals = F.embedding(m.qweight.long(), table).reshape(m.out_features, -1, m.group_size)
+    if m.zeros.numel():
+        vals = vals - m.zeros.unsqueeze(-1).float()
+    return (vals * m.scales.unsqueeze(-1)).reshape(m.out_features, m.in_features).to(dtype)
+
+
+def legacy_forward(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    if m.act_format is not None:
+        x = legacy_per_token(x, m.act_format)
+    y = F.linear(x, legacy_dequant(m, x.dtype), m.bias)
+    return legacy_per_token(y, m.out_act_format) if m.out_act_format is not None else y
+
+
+class LegacyPath:
+    """Context manager: every ``QuantLinear`` runs the previous portable forward."""
+
+    def __enter__(self) -> None:
+        self.saved = QuantLinear.forward
+        QuantLinear.forward = legacy_forward  # type: ignore[method-assign]
+
+    def __exit__(self, *exc: object) -> None:
+        QuantLinear.forward = self.saved  # type: ignore[method-assign]
+
+
+# ---- timing ---------------------------------------------------------------------------------
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each function, one call of each per round, rounds repeated."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def ratio_stats(base: list[float], other: list[float]) -> tuple[float, float, float]:
+    """Median, min and max over rounds of ``base / other`` (speed relative to ``base``)."""
+    r = sorted(b / o for b, o in zip(base, other, strict=True))
+    return statistics.median(r), r[0], r[-1]
+
+
+def fmt_ratio(s: tuple[float, float, float]) -> str:
+    return f"{s[0]:.2f}x ({s[1]:.2f}-{s[2]:.2f})"
+
+
+# ---- models ---------------------------------------------------------------------------------
+def bundled(batch: int) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]:
+    from ditaccel.pipeline import load_pipeline
+
+    t = load_pipeline().transformer.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, 16, 16, generator=g)
+    enc = torch.randn(batch, 16, 128, generator=g)
+    kw = dict(encoder_hidden_states=enc, timestep=torch.full((batch,), 500),
+              added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)
+    return t, lambda m: m(x, **kw)[0]
+
+
+def pixart(blocks: int, device: str = "cpu",
+           dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]:
+    from diffusers import PixArtTransformer2DModel
+
+    from bench_speed import TEXT_LEN
+
+    torch.manual_seed(0)
+    t = PixArtTransformer2DModel(
+        sample_size=32, num_layers=blocks, attention_head_dim=72, num_attention_heads=16, in_channels=4,
+        out_channels=8, patch_size=2, cross_attention_dim=1152, caption_channels=4096,
+        norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6, use_additional_conditions=False,
+    ).eval().to(device, dtype)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 32, 32, generator=g).to(device, dtype)
+    enc = torch.randn(2, TEXT_LEN, 4096, generator=g).to(device, dtype)
+    kw = dict(encoder_hidden_states=enc, timestep=torch.full((2,), 500, device=device),
+              encoder_attention_mask=torch.ones(2, TEXT_LEN, device=device),
+              added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)
+    return t, lambda m: m(x, **kw)[0]
+
+
+def quantized(t: torch.nn.Module, weights: str) -> torch.nn.Module:
+    q = copy.deepcopy(t)
+    quantize_(q, FP4DiTConfig(weights=weights, adaround=False, kept_storage="model", progress=False))
+    return q
+
+
+def set_compiled(q: torch.nn.Module, on: bool) -> None:
+    if on:
+        compile_linears(q)
+    else:
+        for m in q.modules():
+            if isinstance(m, QuantLinear):
+                m.compiled = None
+
+
+def set_int_gemm(q: torch.nn.Module, on: bool) -> None:
+    for m in q.modules():
+        if isinstance(m, QuantLinear):
+            m.int_gemm = on
+
+
+def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tensor], repeats: int,
+               compiled: bool) -> list[dict[str, object]]:
+    """Interleaved FP / previous / current (/ compiled) forwards for every variant, plus bit-identity."""
+    qs = {w: quantized(t, w) for w in ("e2m1", "int4")}
+    rows = []
+    for label, w, acts in VARIANTS:
+        q = qs[w]
+        set_activation_quant(q, acts)
+        fns = model_paths(q, call, compiled, int8=acts in ("int8", "e2m3", "e3m4"))
+        fns = {"fp": lambda: call(t), **fns}
+        with torch.no_grad():
+            ref = fns.get("current, float GEMM", fns["current"])()
+            same = torch.equal(fns["previous"](), ref) and (not compiled or torch.equal(fns["compiled"](), ref))
+            rel = float((fns["current"]() - ref).abs().max() / ref.abs().max())
+            times = interleaved(fns, repeats)
+        row: dict[str, object] = {"variant": label, "fp_ms": 1e3 * statistics.median(times["fp"]), "identical": same,
+                                  "int8_rel": rel if "current, float GEMM" in fns else None}
+        for k in fns:
+            if k != "fp":
+                row[k] = ratio_stats(times["fp"], times[k])
+                row[k + "_ms"] = 1e3 * statistics.median(times[k])
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def model_paths(q: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tensor], compiled: bool,
+                int8: bool) -> dict[str, Callable[[], torch.Tensor]]:
+    """The quantized model's forward through each path (previous, current, float GEMM, compiled)."""
+    def legacy() -> torch.Tensor:
+        with LegacyPath():
+            return call(q)
+
+    def toggled(setter: Callable[[torch.nn.Module, bool], None], on: bool) -> Callable[[], torch.Tensor]:
+        def go() -> torch.Tensor:
+            setter(q, on)
+            try:
+                return call(q)
+            finally:
+                setter(q, not on)
+        return go
+
+    fns = {"previous": legacy, "current": lambda: call(q)}
+    if int8:
+        fns["current, float GEMM"] = toggled(set_int_gemm, False)
+    if compiled:
+        fns["compiled"] = toggled(set_compiled, True)
+    return fns
+
+
+def layer_rows(repeats: int, compiled: bool) -> list[str]:
+    """Per-layer options on one FFN-up layer, as time relative to the fp32 linear."""
+    lines = []
+    for name, (o, i, tokens) in {"bundled FFN up, batch 2": (512, 128, 128),
+                                 "bundled FFN up, batch 16": (512, 128, 1024),
+                                 "PixArt FFN up, batch 2": (4608, 1152, 512)}.items():
+        lines += layer_table(name, o, i, tokens, repeats, compiled)
+    return lines
+
+
+def layer_table(name: str, o: int, i: int, tokens: int, repeats: int, compiled: bool) -> list[str]:
+    """Decode + matmul options and per-token rounding options for one weight shape."""
+    from ditaccel.quant.fused import code_values, compiled_fn, compiled_per_token
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(i, o)
+    m = QuantLinear.from_linear(lin, "e2m1", 128)
+    x = torch.randn(tokens, i)
+    fns: dict[str, Callable[[], object]] = {
+        "fp32 linear": lambda: F.linear(x, lin.weight, lin.bias),
+        "decode: [256,2] embedding (previous)": lambda: F.linear(x, legacy_dequant(m, x.dtype), m.bias),
+        "decode: int64 pair table (current)": lambda: F.linear(x, m.dequantize(x.dtype), m.bias),
+        "A8 rounding: log2/floor/exp2 (previous)": lambda: legacy_per_token(x, "e3m4"),
+        "A8 rounding: exponent bits (current)": lambda: quantize_per_token(x, "e3m4"),
+        "A8 INT8 rounding (current)": lambda: quantize_per_token(x, "int8"),
+    }
+    if compiled:
+        fns["decode: torch.compile dequant+linear"] = lambda: compiled_fn()(
+            x, m.qweight, code_values(m), m.scales, None, m.bias, m.group_size)
+        fns["A8 rounding: torch.compile exponent bits"] = lambda: compiled_per_token()(x, "e3m4")
+    if hasattr(torch, "_int_mm"):
+        xi = torch.randint(-127, 128, (tokens, i), dtype=torch.int8)
+        wi = torch.randint(-12, 13, (i, o), dtype=torch.int8)
+        fns["int8 x int8 GEMM (torch._int_mm, no scales)"] = lambda: torch._int_mm(xi, wi)
+    with torch.no_grad():
+        times = interleaved(fns, repeats)
+    base = times["fp32 linear"]
+    lines = [f"\n{name}: weight [{o}, {i}], {tokens} tokens; fp32 linear {1e6 * statistics.median(base):.0f} us\n",
+             "| option | median us | time / fp32 linear (min-max) |\n|---|---|---|"]
+    for k, v in times.items():
+        r = sorted(a / b for a, b in zip(v, base, strict=True))
+        lines.append(f"| {k} | {1e6 * statistics.median(v):.0f} | {statistics.median(r):.2f} ({r[0]:.2f}-{r[-1]:.2f}) |")
+    return lines
+
+
+def ecad_rows(repeats: int, images: int, compiled: bool, schedule_files: list[str] | None = None) -> list[str]:
+    """Bundled pipeline: baseline, a cache schedule, FP4 W4A8 and both, whole generation wall time."""
+    from ditaccel.caching import apply_schedule, presets
+    from ditaccel.pipeline import generate_images, load_pipeline
+    from ditaccel.zoo import shapes
+
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    fp = pipe.transformer
+    q = quantized(fp, "e2m1")
+    set_activation_quant(q, "e3m4")
+    prompts = shapes.heldout_prompts()[:images]
+    kw = dict(num_inference_steps=20, guidance_scale=3.0)
+    lines = []
+    if schedule_files:
+        from ditaccel.caching import CacheSchedule
+
+        schedules = [(f"ECAD {Path(f).stem}", CacheSchedule.load(f, pipe)) for f in schedule_files]
+    else:
+        schedules = [("fora:2", presets.fora(pipe, 2)), ("fora:3", presets.fora(pipe, 3))]
+    for sname, sched in schedules:
+        def run(transformer: torch.nn.Module, schedule: object | None, comp: bool = False) -> Callable[[], object]:
+            def go() -> object:
+                pipe.transformer = transformer
+                set_compiled(q, comp)
+                h = apply_schedule(pipe, schedule) if schedule is not None else None
+                try:
+                    return generate_images(pipe, prompts, list(range(images)), batch_size=images, **kw)
+                finally:
+                    if h is not None:
+                        h.remove()
+                    set_compiled(q, False)
+                    pipe.transformer = fp
+            return go
+        fns = {"baseline": run(fp, None), sname: run(fp, sched), "fp4 W4A8": run(q, None),
+               f"fp4 W4A8 + {sname}": run(q, sched)}
+        if compiled:
+            fns["fp4 W4A8 compiled"] = run(q, None, True)
+            fns[f"fp4 W4A8 compiled + {sname}"] = run(q, sched, True)
+        times = interleaved(fns, repeats, warmup=1)
+        base = times["baseline"]
+        lines.append(f"\nSchedule {sname}; {images} images per generation call (batch {2 * images} with CFG), "
+                     f"20 steps; baseline {statistics.median(base):.2f} s per call\n")
+        lines.append("| method | median s | speedup vs baseline (min-max) |\n|---|---|---|")
+        for k, v in times.items():
+            lines.append(f"| {k} | {statistics.median(v):.2f} | {fmt_ratio(ratio_stats(base, v))} |")
+        own = ratio_stats(base, times[sname])[0]
+        for k in [k for k in times if k.endswith(f" + {sname}")]:
+            lines.append(f"\n{k} keeps {ratio_stats(base, times[k])[0] / own:.2f} of the schedule's own speedup "
+                         "(target >= 0.9).")
+    return lines
+
+
+def table(title: str, rows: list[dict[str, object]], compiled: bool) -> list[str]:
+    cols = ["previous", "current", "current, float GEMM"] + (["compiled"] if compiled else [])
+    out = [f"\n### {title}\n", "| variant | fp32 ms | " + " | ".join(f"{c}: ms, speed vs fp32" for c in cols)
+           + " | previous == current float path, bitwise | int8 GEMM max diff / max abs |",
+           "|---" * (4 + len(cols)) + "|"]
+    for r in rows:
+        cells = " | ".join(f"{r[c + '_ms']:.1f}, {fmt_ratio(r[c])}" if c in r else "-" for c in cols)
+        rel = "-" if r["int8_rel"] is None else f"{r['int8_rel']:.1e}"
+        out.append(f"| {r['variant']} | {r['fp_ms']:.1f} | {cells} | {'yes' if r['identical'] else 'NO'} | {rel} |")
+    return out
+
+
+def memory_lines(pixart_blocks: int) -> list[str]:
+    """Weight memory of the timed models (quantized linears packed, kept layers in the model's fp32)."""
+    from ditaccel.quant import weight_bytes
+
+    lines = ["", "## Weight memory of the timed models (parameters + buffers)", "",
+             "| model | fp32 MiB | FP4 (E2M1/E3M0), as timed | INT4, as timed |", "|---|---|---|---|"]
+    for name, (t, _) in (("bundled", bundled(2)), (f"PixArt-alpha geometry, {pixart_blocks} blocks", pixart(pixart_blocks))):
+        full = weight_bytes(t)
+        fp4, int4 = weight_bytes(quantized(t, "e2m1")), weight_bytes(quantized(t, "int4"))
+        cells = " | ".join(f"{b / 2**20:.2f} ({b / full:.3f}x)" for b in (fp4, int4))
+        lines.append(f"| {name} | {full / 2**20:.2f} | {cells} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--pixart-blocks", type=int, default=3)
+    ap.add_argument("--pixart-repeats", type=int, default=7)
+    ap.add_argument("--compile", action="store_true", help="also time the torch.compile kernel")
+    ap.add_argument("--ecad", action="store_true", help="also time FP4 W4A8 with cache schedules in the pipeline")
+    ap.add_argument("--ecad-images", type=int, default=4)
+    ap.add_argument("--ecad-schedule", action="append", metavar="JSON",
+                    help="a searched schedule file to time instead of fora:2 / fora:3 (repeatable)")
+    ap.add_argument("--skip-layers", action="store_true", help="skip the per-layer options table")
+    ap.add_argument("--skip-models", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only the weight-memory table (no timing)")
+    ap.add_argument("--out", default=str(HERE / "results" / "quant_speed.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    if args.memory_only:
+        print("\n".join(memory_lines(args.pixart_blocks)))
+        return
+    lines = ["# Quantized forward speed vs full precision (CPU)", "",
+             f"- Command: `OMP_NUM_THREADS=1 python bench/bench_quant_speed.py {' '.join(sys.argv[1:])}`",
+             "- Ratios: each round calls every path once in turn; a ratio is fp32 time / path time within one round; "
+             "the median over rounds is shown with the min-max range in brackets."]
+    if not args.skip_models:
+        for title, (t, call), reps in (
+                ("Bundled model, batch 2 (one image with CFG, 64 image tokens)", bundled(2), args.repeats),
+                ("Bundled model, batch 16 (8 images with CFG: the CLI's default batch)", bundled(16), args.repeats),
+                (f"PixArt-alpha 256 geometry, {args.pixart_blocks} of its 28 blocks (hidden 1152, 16 heads, "
+                 "256 image + 120 text tokens, batch 2), random weights", pixart(args.pixart_blocks), args.pixart_repeats)):
+            lines += table(title, model_rows(t.eval(), call, reps, args.compile), args.compile)
+    if not args.skip_models:
+        lines += memory_lines(args.pixart_blocks)
+    if not args.skip_layers:
+        lines += ["", "## Per-layer options (time relative to the fp32 linear, lower is better)"]
+        lines += layer_rows(args.repeats * 3, args.compile)
+    if args.ecad:
+        lines += ["", "## FP4 W4A8 with a cache schedule (bundled pipeline, whole generation)"]
+        lines += ecad_rows(max(3, args.repeats // 3), args.ecad_images, args.compile, args.ecad_schedule)
+    lines += ["", f"- Machine: {machine_description()}; the 2-core machine was shared with other jobs during the run, "
+              "so absolute times vary 10-20 % and more; compare ratios within a table. The compiled path's "
+              "first calls (compilation) fall in the warm-up rounds.",
+              f"- Wall time of the run: {time.time() - t0:.0f} s."]
+    atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Weight-only FP4/INT4 through ``torch.compile``: packed codes in memory, dequant + matmul generated.
+
+Why: the torchao kernels re-express the weights in a hardware format (``torchao-fp8``
+keeps 8 bits per weight, twice the 4-bit footprint), while this path keeps exactly the
+``QuantLinear`` buffers (two codes per byte + group scales) between calls. Inductor
+turns the unpack + grid lookup + group-scale multiply into one generated kernel (C++ on
+the CPU, Triton on a GPU) feeding the matmul, and the per-token activation rounding
+into one reduction + one elementwise pass; with ``mode="max-autotune"`` on a GPU it
+may fuse the dequantization into the Triton matmul's prologue. The full-size weight
+exists only inside one call. Outputs are bit-identical to the portable path (same
+multiplications in the same order; checked in the tests).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ditaccel.errors import DitaccelError
+
+__all__ = ["COMPILED_KERNEL", "check_compiled", "compile_linears", "dequant_linear"]
+
+#: The kernel name ``FP4DiTConfig.kernel`` / ``load_quantized(kernel=...)`` use for this path.
+COMPILED_KERNEL = "compiled"
+
+_CODE_VALUES: dict[tuple[str, str], torch.Tensor] = {}
+_COMPILED: dict[tuple, Any] = {}
+
+
+def dequant_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    values: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    group_size: int,
+) -> torch.Tensor:
+    """``F.linear(x, dequant(qweight), bias)`` for packed nibbles, written for Inductor to fuse.
+
+    ``values`` maps a 4-bit code to its grid value / integer level (16 float32 entries).
+    """
+    out_f = qweight.shape[0]
+    v = torch.stack([values[(qweight & 15).long()], values[(qweight >> 4).long()]], dim=-1)
+    v = v.reshape(out_f, scales.shape[1], group_size)
+    if zeros is not None:
+        v = v - zeros.unsqueeze(-1)
+    w = (v * scales.unsqueeze(-1)).reshape(out_f, -1).to(x.dtype)
+    return F.linear(x, w, bias)
+
+
+def code_values(module: nn.Module) -> torch.Tensor:
+    """The 16 float32 values a layer's 4-bit codes stand for (cached per format and device)."""
+    from ditaccel.quant.linear import _pair_table
+
+    key = (module.fmt.name, str(module.qweight.device))
+    if key not in _CODE_VALUES:
+        pairs = _pair_table(module.fmt, module.qweight.device)[:16].view(torch.float32).view(16, 2)
+        _CODE_VALUES[key] = pairs[:, 0].contiguous()  # byte b < 16 has low nibble b, high nibble 0
+    return _CODE_VALUES[key]
+
+
+def compiled_fn(backend: str = "inductor", mode: str | None = None) -> Any:
+    """One compiled :func:`dequant_linear` per (backend, mode), shape-generic.
+
+    ``dynamic=True``: one graph serves every layer width and token count (a DiT has a few
+    distinct widths and several token counts), where static shapes would hit Dynamo's
+    recompile limit and fall back to eager. Pass plain tensors (not ``nn.Parameter``),
+    whose shapes Dynamo would otherwise treat as static.
+    """
+    key = ("dequant_linear", backend, mode)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(dequant_linear, backend=backend, mode=mode, dynamic=True)
+    return _COMPILED[key]
+
+
+def compiled_per_token(backend: str = "inductor", mode: str | None = None) -> Any:
+    """:func:`~ditaccel.quant.formats.quantize_per_token` compiled: one reduction + one fused pass."""
+    from ditaccel.quant.formats import quantize_per_token
+
+    key = ("per_token", backend, mode)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(quantize_per_token, backend=backend, mode=mode, dynamic=True)
+    return _COMPILED[key]
+
+
+def check_compiled(device: torch.device | str | None = None) -> None:
+    """Raise a one-line ``DitaccelError`` when ``torch.compile`` cannot generate kernels here."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise DitaccelError("kernel 'compiled' on a GPU needs Triton: pip install triton, "
+                                "or use kernel='portable'") from None
+        return
+    import shutil
+
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise DitaccelError("kernel 'compiled' on the CPU needs a C++ compiler (g++ or clang++) for torch.compile: "
+                            "install one, or use kernel='portable'")
+
+
+def compile_linears(transformer: nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
+    """Route every packed ``QuantLinear`` of ``transformer`` through the compiled dequant-matmul.
+
+    The modules and their buffers stay as they are (saving still works); returns how many
+    layers were switched. Layers the fast form does not cover (odd widths, partial last
+    groups, 8-bit codes) keep the portable forward.
+    """
+    from ditaccel.quant.linear import QuantLinear
+
+    n = 0
+    for m in transformer.modules():
+        if isinstance(m, QuantLinear) and m.packed and m.in_features % m.group_size == 0:
+            m.compiled = (backend, mode)
+            n += 1
+    return n

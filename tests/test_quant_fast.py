@@ -1,0 +1,252 @@
+"""The fast portable path: bit-exact rounding from exponent bits, pair-table decode, shared
+activation quantization, the compiled kernel, and ``auto`` over FP and INT."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ditaccel.errors import DitaccelError
+from ditaccel.quant import FP4DiTConfig, QuantLinear, collect_calibration, quantize_, quantize_per_token
+from ditaccel.quant import linear as linear_mod
+from ditaccel.quant.api import _auto_assignments, _auto_errors
+from ditaccel.quant.formats import FPFormat, _fp_round_normalised, decode, fp_step, int8_digits, parse_format
+from ditaccel.quant.fused import compile_linears
+from ditaccel.quant.kernels import apply_kernel, check_kernel
+from ditaccel.quant.linear import INT_GEMM_MIN_ROWS, _shared_act_quant, weight_bytes
+from ditaccel.testing.replicas import build_pipeline, call_kwargs
+
+FP_FORMATS = ["e2m1", "e1m2", "e3m0", "e2m3", "e3m4", "e4m3"]
+
+
+def _log2_step(y: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
+    """The previous rounding step, through log2/floor/exp2 (what the bit form replaced)."""
+    exp = torch.floor(torch.log2(y.abs().clamp(min=torch.finfo(y.dtype).tiny))).clamp(min=1.0)
+    return torch.exp2(exp - fmt.man_bits)
+
+
+def _log2_round(y: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
+    s = _log2_step(y, fmt)
+    return (torch.round(y / s) * s).clamp(-fmt.int_max, fmt.int_max)
+
+
+def _previous_per_token(x: torch.Tensor, name: str) -> torch.Tensor:
+    fmt = parse_format(name)
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
+    if isinstance(fmt, FPFormat):
+        out = _log2_round(xf / safe * fmt.int_max, fmt) * (safe / fmt.int_max)
+    else:
+        qmax = 2 ** (fmt.int_bits - 1) - 1
+        step = safe / qmax
+        out = torch.round(xf / step).clamp(-qmax, qmax) * step
+    return out.to(x.dtype)
+
+
+def _hard_values(fmt: FPFormat, dtype: torch.dtype) -> torch.Tensor:
+    """Grid points, midpoints (ties), powers of two and their float neighbours, both signs, zero."""
+    g = fmt.magnitudes().to(dtype)
+    base = torch.cat([g, (g[1:] + g[:-1]) / 2, 2.0 ** torch.arange(-12, 10, dtype=dtype), torch.zeros(1, dtype=dtype)])
+    near = torch.cat([base, torch.nextafter(base, base + 1), torch.nextafter(base, base - 1)])
+    return torch.cat([near, -near])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", FP_FORMATS)
+def test_bit_rounding_is_identical_to_log2_rounding(name, dtype):
+    fmt = parse_format(name)
+    g = torch.Generator().manual_seed(0)
+    y = torch.cat([_hard_values(fmt, dtype), torch.randn(200_000, generator=g, dtype=dtype) * fmt.int_max / 3,
+                   (torch.rand(200_000, generator=g, dtype=dtype) * 2 - 1) * fmt.int_max])
+    assert torch.equal(_fp_round_normalised(y, fmt), _log2_round(y, fmt))
+
+
+def test_fp_step_reads_the_exact_exponent():
+    fmt = parse_format("e2m1")
+    y = torch.tensor([0.0, 1.0, 1.99, 2.0, -3.0, 4.0, 7.5, 8.0, 12.0], dtype=torch.float64)
+    assert fp_step(y, fmt).tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0]
+    # one ulp below 8 lies in the [4, 8) binade: step 2; log2 rounds up to 3 there in float64 and said 4
+    below8 = torch.nextafter(torch.tensor([8.0], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
+    assert fp_step(below8, fmt).item() == 2.0 and _log2_step(below8, fmt).item() == 4.0
+    with pytest.raises(DitaccelError, match="float32 or float64"):
+        fp_step(torch.ones(2, dtype=torch.float16), fmt)
+
+
+@pytest.mark.parametrize("name", ["e3m4", "e2m3", "e4m3", "int8", "int6"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_token_quantization_is_identical_to_the_previous_path(name, dtype):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 40, 96, generator=g) * torch.rand(3, 40, 1, generator=g) * 50
+    x[0, 0] = 0.0  # an all-zero token
+    x = x.to(dtype)
+    assert torch.equal(quantize_per_token(x, name), _previous_per_token(x, name))
+
+
+@pytest.mark.parametrize("fmt", ["e2m1", "e1m2", "e3m0", "int4", "int4sym"])
+def test_pair_table_decode_equals_decode(fmt):
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(nn.Linear(256, 48), fmt, group_size=64)
+    zeros = q.zeros if q.zeros.numel() else None
+    assert torch.equal(q.dequantize(torch.float32), decode(q.codes(), q.fmt, q.scales, 64, zeros))
+    assert q.dequantize(torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_shared_activation_quantization_reuses_only_the_same_unchanged_tensor():
+    x = torch.randn(2, 5, 32)
+    a = _shared_act_quant(x, "e3m4")
+    assert _shared_act_quant(x, "e3m4") is a  # the sibling projection gets the same tensor
+    assert _shared_act_quant(x, "int8") is not a  # another format: recomputed
+    assert torch.equal(_shared_act_quant(x, "int8"), quantize_per_token(x, "int8"))
+    b = _shared_act_quant(x, "e3m4")
+    x.mul_(2.0)  # in-place change bumps the version: recomputed, and right
+    c = _shared_act_quant(x, "e3m4")
+    assert c is not b and torch.equal(c, quantize_per_token(x, "e3m4"))
+    y = x.clone()  # equal values, another tensor: not reused
+    assert _shared_act_quant(y, "e3m4") is not c
+    g = torch.randn(2, 5, 32, requires_grad=True)
+    assert _shared_act_quant(g, "e3m4") is not _shared_act_quant(g, "e3m4")
+
+
+def test_qkv_siblings_see_one_quantization_and_match_separate_ones():
+    torch.manual_seed(0)
+    layers = [QuantLinear.from_linear(nn.Linear(64, 64), "e2m1", 64, act_format="e3m4", out_act_format="e3m4")
+              for _ in range(3)]
+    x = torch.randn(2, 9, 64)
+    got = [m(x) for m in layers]
+    want = [quantize_per_token(F.linear(quantize_per_token(x, "e3m4"), m.dequantize(), m.bias), "e3m4")
+            for m in layers]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_compiled_kernel_inductor_is_bit_identical_and_keeps_4bit_buffers():
+    """The weight-only path meant for GPUs (and its activation rounding), generated for the CPU here."""
+    check_kernel("compiled")  # this machine has a C++ compiler
+    torch.manual_seed(0)
+    model = nn.Sequential(QuantLinear.from_linear(nn.Linear(128, 64), "e2m1", 128, act_format="e3m4",
+                                                  out_act_format="e3m4"),
+                          nn.GELU(), QuantLinear.from_linear(nn.Linear(64, 128), "int4", 64, act_format="e3m4"))
+    xs = [torch.randn(3, 128), torch.randn(2, 5, 128)]  # two token counts: one shape-generic graph each
+    want = [model(x) for x in xs]
+    before = weight_bytes(model)
+    apply_kernel(model, "compiled")
+    assert all(torch.equal(model(x), w) for x, w in zip(xs, want, strict=True))
+    assert weight_bytes(model) == before  # nothing dequantized is kept
+    assert all(m.qweight.dtype == torch.uint8 for m in model.modules() if isinstance(m, QuantLinear))
+
+
+def test_compile_linears_skips_layers_the_fast_form_does_not_cover():
+    m = nn.Sequential(QuantLinear.from_linear(nn.Linear(100, 8), "e2m1", 64),
+                      QuantLinear.from_linear(nn.Linear(128, 8), "e2m1", 64))
+    assert compile_linears(m) == 1
+    assert m[0].compiled is None and m[1].compiled == ("inductor", None)
+
+
+def test_unknown_kernel_names_the_compiled_choice():
+    with pytest.raises(DitaccelError, match="compiled"):
+        check_kernel("fast")
+
+
+# --- auto over FP and INT ------------------------------------------------------------------
+
+
+def test_auto_assignments_weigh_per_layer_family_and_uniform_choices():
+    errors = {"a": {"e2m1": 1.0, "e1m2": 2.0, "int4": 0.5}, "b": {"e2m1": 1.0, "e1m2": 0.5, "int4": 3.0}}
+    got = _auto_assignments(errors)
+    assert got[0] == {"a": "int4", "b": "e1m2"}  # per layer, all candidates
+    assert {"a": "e2m1", "b": "e1m2"} in got  # per layer, FP only
+    assert {"a": "int4", "b": "int4"} in got and {"a": "e2m1", "b": "e2m1"} in got
+    assert len(got) == len({tuple(sorted(a.items())) for a in got})  # no duplicates
+
+
+def _student_t(shape: tuple[int, int], df: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(shape, generator=g, dtype=torch.float64)
+    chi = torch.distributions.Chi2(df).sample(shape).double()
+    return (z / torch.sqrt(chi / df)).float()
+
+
+def test_auto_errors_prefer_int_on_uniform_and_fp_on_heavy_tailed_weights():
+    cfg = FP4DiTConfig(weights="auto", adaround=False)
+    x = torch.randn(256, 256, generator=torch.Generator().manual_seed(3))
+    lin = nn.Linear(256, 64, bias=False)
+    with torch.no_grad():
+        lin.weight.uniform_(-1, 1, generator=torch.Generator().manual_seed(4))
+    uniform = _auto_errors(lin, x, cfg)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        lin.weight.copy_(_student_t((64, 256), 3.0, 5))
+    heavy = _auto_errors(lin, x, cfg)
+    assert min(uniform, key=uniform.get) == "int4"
+    assert min(heavy, key=heavy.get) in {"e2m1", "e1m2", "e3m0"}
+
+
+@pytest.fixture(scope="module")
+def pixart_calib():
+    pipe = build_pipeline("pixart-alpha")
+    return collect_calibration(pipe, ["a red fox", "a blue boat"], seeds=[0], **call_kwargs("pixart-alpha"))
+
+
+def test_auto_is_never_worse_than_all_fp_or_all_int_on_the_first_block(pixart_calib):
+    """The first block sees the same inputs in every run, so its block MSEs compare directly."""
+    mse = {}
+    for label, cfg in {
+        "auto": FP4DiTConfig(weights="auto", adaround=False, acts="none", progress=False),
+        "fp": FP4DiTConfig(weights="auto", auto_candidates=("e2m1", "e1m2", "e3m0"), adaround=False, acts="none",
+                           progress=False),
+        "int": FP4DiTConfig(weights="int4", adaround=False, acts="none", progress=False),
+        "e2m1": FP4DiTConfig(weights="e2m1", first_ffn_weights=None, adaround=False, acts="none", progress=False),
+    }.items():
+        rep = quantize_(build_pipeline("pixart-alpha").transformer, cfg, calib=pixart_calib)
+        mse[label] = rep.block_mse_rtn
+        if label == "auto":
+            assert set(rep.layer_formats.values()) <= {"e2m1", "e1m2", "e3m0", "int4"}
+    first = next(iter(mse["auto"]))
+    assert mse["auto"][first] <= min(mse["fp"][first], mse["int"][first], mse["e2m1"][first]) * (1 + 1e-6)
+
+
+# --- integer GEMM ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wf", ["e2m1", "e1m2", "e3m0", "int4", "int4sym"])
+@pytest.mark.parametrize("af", ["int8", "int6", "e2m3", "e3m4"])
+def test_int8_gemm_equals_the_float_path_up_to_float32_rounding(wf, af, monkeypatch):
+    """Exact int32 sums, then float32 scaling: within the float32 GEMM error bound of the float path."""
+    monkeypatch.setattr(linear_mod, "INT_GEMM_MAX_DIGITS", 2)  # E3M4's two-digit form, off by default
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(nn.Linear(384, 40), wf, 128, act_format=af)
+    x = torch.randn(2, INT_GEMM_MIN_ROWS // 2 + 3, 384) * 4
+    assert q._int8_ready(x)
+    got = q(x)
+    q.int_gemm = False
+    want = q(x)
+    xq, w = quantize_per_token(x, af).double(), q.dequantize(torch.float64)
+    exact = xq @ w.T + q.bias.double()
+    bound = 2 * 384 * 2.0**-24 * (xq.abs() @ w.abs().T + q.bias.double().abs())
+    assert ((got.double() - exact).abs() <= bound).all()
+    assert ((want.double() - exact).abs() <= bound).all()
+
+
+def test_int8_gemm_only_where_levels_are_integers_and_rows_are_many():
+    q = QuantLinear.from_linear(nn.Linear(128, 16), "e2m1", 128, act_format="e4m3")
+    x = torch.randn(INT_GEMM_MIN_ROWS, 128)
+    assert not q._int8_ready(x)  # E4M3 bias-0 levels reach 245760: no int8 digits
+    q.act_format = "e3m4"
+    assert not q._int8_ready(x)  # two digits: the float GEMM is faster (INT_GEMM_MAX_DIGITS)
+    q.act_format = "e2m3"
+    assert q._int8_ready(x) and not q._int8_ready(x.clone().requires_grad_())
+    assert not q._int8_ready(x[: INT_GEMM_MIN_ROWS - 1])  # few rows: the float path is faster
+    q.int_gemm = False
+    assert not q._int8_ready(x)
+
+
+def test_int8_digits():
+    assert [int8_digits(parse_format(f)) for f in ("int8", "e2m3", "e3m4", "e4m3", "e2m1", "e3m0")] == [1, 1, 2, None, 1, 1]
+
+
+def test_quantize_with_the_compiled_kernel_keeps_packed_layers():
+    model = nn.Sequential(nn.Linear(128, 64), nn.GELU(), nn.Linear(64, 128))
+    quantize_(model, FP4DiTConfig(adaround=False, acts="e3m4", keep=(), group_size=64, kernel="compiled",
+                                  progress=False))
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == 2 and all(m.compiled == ("inductor", None) for m in layers)
