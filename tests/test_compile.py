@@ -213,3 +213,24 @@ def test_cli_generate_compile_matches_eager(tmp_path, monkeypatch):
         a = np.asarray(Image.open(tmp_path / "eager" / name))
         b = np.asarray(Image.open(tmp_path / "compiled" / name))
         assert np.array_equal(a, b)
+
+
+def test_compiled_blocks_no_recompiles(setup):
+    """Blocks compiled one by one (what diffusers' ``compile_repeated_blocks`` does): the decisions leave
+    the block graph (one break per component), and schedule changes do not recompile."""
+    t, inputs = setup
+    schedules = [presets.fora(t, 2, steps=4), _mixed(t)]
+    expected = [_eager(t, inputs, s) for s in schedules]
+    h = apply_schedule(t, schedules[0], compile=AOT)
+    for block in t.transformer_blocks:
+        block.compile(backend="aot_eager")
+    _assert_same(_generate(t, inputs), expected[0][0])  # warm-up
+    graphs = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for i in (1, 0):
+            h.set_schedule(schedules[i])
+            _assert_same(_generate(t, inputs), expected[i][0])
+    assert counters["stats"]["unique_graphs"] == graphs
+    reasons = [r for r in counters["graph_break"] if counters["graph_break"][r]]
+    assert reasons and all("_decide_outside_graph" in r for r in reasons)
+    h.remove()
