@@ -21,6 +21,7 @@ _LAZY: dict[str, str] = {
     "schedule_macs": "ditaccel.caching",
     "presets": "ditaccel.caching",
     "CacheHandle": "ditaccel.caching",
+    "compile_components": "ditaccel.caching",
     "get_adapter": "ditaccel.models",
     "search": "ditaccel.search",
     "SearchConfig": "ditaccel.search",

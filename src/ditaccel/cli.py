@@ -79,6 +79,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantized", type=Path, default=None, help="folder written by `ditaccel quantize`")
 
 
+def add_compile_arg(p: argparse.ArgumentParser) -> None:
+    """``--compile``: regional torch.compile of the cacheable components (see ditaccel.caching.compile)."""
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile (inductor) each cacheable component; cache schedules then add no graph "
+                        "break and no recompile (the first generation pays the compile time)")
+
+
 def _load(args: argparse.Namespace) -> Any:
     from ditaccel.pipeline import load_pipeline
 
@@ -91,6 +98,10 @@ def _load(args: argparse.Namespace) -> Any:
         from ditaccel.quant import load_quantized
 
         load_quantized(args.quantized, pipe)
+    if getattr(args, "compile", False):
+        from ditaccel.caching import compile_components
+
+        compile_components(pipe)
     return pipe
 
 
@@ -376,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=guidance_scale, default=None, help="CFG scale (model default when omitted)")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--schedule", type=Path, default=None, help="CacheSchedule JSON")
+    add_compile_arg(g)
     g.add_argument("--out", type=Path, required=True,
                    help="output folder: NNNNN.png + images.jsonl. A folder that already holds files is refused "
                         "unless --resume")

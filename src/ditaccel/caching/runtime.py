@@ -12,6 +12,11 @@ How it works
   Norms, adaLN modulation, gates and residual adds stay in the block and always run.
 - Step 0 always computes (the cache is empty). A context's cache is freed right after its call
   at the schedule's last step, and every new generation starts empty.
+- Under ``torch.compile`` the decisions stay in Python and the components are what gets compiled
+  (``ditaccel.caching.compile``): ``apply_schedule(..., compile=True)`` or ``compile_components``
+  compile them; when the user's ``torch.compile(transformer)`` traces a scheduled call, the step
+  hook leaves the graph (one graph break, before any compute) and compiles the components itself.
+  No schedule bit, step or cache reaches compiled code, so schedule changes never recompile.
 - ``handle.remove()`` (or leaving the ``with`` block) unregisters the hooks and deletes every
   attribute they added, so the module is exactly as before. No weight is touched.
 
@@ -39,6 +44,7 @@ For the ECAD search (sharing a schedule prefix between candidates)
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +52,7 @@ import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from ditaccel.caching.compile import CompiledComponents, compile_components, is_compiled_forward
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.schedule import CacheSchedule
 from ditaccel.errors import ScheduleError
@@ -78,6 +85,7 @@ class _Runtime:
         self.last_t: float | None = None
         self.caches: list[dict[tuple[int, int], Any]] = []
         self.in_call = False
+        self.on_user_compile: Callable[[], None] | None = None
 
     def reset(self) -> None:
         self.step, self.context, self.last_t, self.caches = -1, 0, None, []
@@ -117,7 +125,12 @@ class _StepHook(ModelHook):
         params = list(inspect.signature(type(module).forward).parameters)
         self._t_pos = params.index("timestep") - 1 if "timestep" in params else None
 
-    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():  # traced by the user's torch.compile(transformer)
+            return _escape_user_compile(self, module, args, kwargs)
+        return self.call(module, args, kwargs)
+
+    def call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         t = kwargs.get("timestep")
         if t is None and self._t_pos is not None and len(args) > self._t_pos:
             t = args[self._t_pos]
@@ -126,13 +139,11 @@ class _StepHook(ModelHook):
                 f"{type(module).__name__} was called without a timestep; a cache schedule needs it to "
                 f"know the step"
             )
-        value = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
-        self.rt.begin_call(value)
-        return args, kwargs
-
-    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
-        self.rt.end_call()
-        return output
+        self.rt.begin_call(float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t))
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            self.rt.end_call()
 
 
 class _ComponentHook(ModelHook):
@@ -144,6 +155,11 @@ class _ComponentHook(ModelHook):
         self.key = (block, slot)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():  # inside a user-compiled block: decide outside the graph
+            return _decide_outside_graph(self, args, kwargs)
+        return self.call(args, kwargs)
+
+    def call(self, args: tuple, kwargs: dict) -> Any:
         rt = self.rt
         if not rt.in_call:  # called outside a transformer forward: behave as the original
             return self.fn_ref.original_forward(*args, **kwargs)
@@ -156,6 +172,29 @@ class _ComponentHook(ModelHook):
             rt.counts[b, c] += 1
             return out
         return cache[self.key]
+
+
+@torch.compiler.disable
+def _escape_user_compile(hook: _StepHook, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Run a scheduled transformer call that the user's ``torch.compile`` is tracing.
+
+    A whole-transformer graph cannot skip a component without a graph break or a recompile per
+    step pattern, so the call leaves the graph here (one graph break, before any compute) and
+    runs with the components compiled by ditaccel (``ditaccel.caching.compile``), the
+    per-step decisions in Python.
+    """
+    if hook.rt.on_user_compile is not None:
+        hook.rt.on_user_compile()
+    return hook.call(module, args, kwargs)
+
+
+@torch.compiler.disable
+def _decide_outside_graph(hook: _ComponentHook, args: tuple, kwargs: dict) -> Any:
+    """One component inside a user-compiled region (e.g. ``compile_repeated_blocks``): a graph break
+    here, but no guard on the step, so no recompiles."""
+    if hook.rt.on_user_compile is not None:
+        hook.rt.on_user_compile()
+    return hook.call(args, kwargs)
 
 
 def _register(module: torch.nn.Module, hook: ModelHook, name: str) -> tuple[torch.nn.Module, bool, bool]:
@@ -180,8 +219,8 @@ def unregister_hook(module: torch.nn.Module, name: str, had_registry: bool, had_
     with beneath_offload_hook(module):
         registry.remove_hook(name, recurse=False)
         if not registry.hooks:
-            if not had_forward and "forward" in module.__dict__:
-                del module.__dict__["forward"]
+            if not had_forward and "forward" in module.__dict__ and not is_compiled_forward(module.forward):
+                del module.__dict__["forward"]  # a forward compiled by compile_components stays
             if not had_registry:
                 del module._diffusers_hook
 
@@ -189,11 +228,15 @@ def unregister_hook(module: torch.nn.Module, name: str, had_registry: bool, had_
 class CacheHandle:
     """What ``apply_schedule`` returns: remove it (or leave its ``with`` block) to restore the model."""
 
-    def __init__(self, adapter: Adapter, schedule: CacheSchedule) -> None:
+    def __init__(self, adapter: Adapter, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None) -> None:
         self.adapter = adapter
         self.schedule = schedule
         self._rt = _Runtime(adapter, schedule)
         self._installed: list[tuple[torch.nn.Module, str, bool, bool]] = []
+        self._compiled: CompiledComponents | None = None
+        self._compile_options = compile if isinstance(compile, dict) else {}
+        if compile is None:
+            self._rt.on_user_compile = self.compile_components
         t = adapter.transformer
         try:
             m, reg, fwd = _register(t, _StepHook(self._rt, t), _STEP_HOOK_NAME)
@@ -203,13 +246,23 @@ class CacheHandle:
                 m, reg, fwd = _register(mod, _ComponentHook(self._rt, b, c), HOOK_NAME)
                 self._installed.append((m, HOOK_NAME, reg, fwd))
             self._invalidate()
+            if compile is not None and compile is not False:
+                self.compile_components()
         except BaseException:
             self.remove()
             raise
 
+    def compile_components(self) -> None:
+        """Compile the cacheable components (``ditaccel.caching.compile``) until ``remove()``; idempotent."""
+        if self._compiled is None:
+            self._compiled = compile_components(self.adapter.transformer, **self._compile_options)
+
     # -- lifecycle ---------------------------------------------------------------------------
     def remove(self) -> None:
         """Unregister every hook and delete what registration added; frees the caches."""
+        if self._compiled is not None:
+            self._compiled.remove()
+            self._compiled = None
         for module, name, had_registry, had_forward in reversed(self._installed):
             unregister_hook(module, name, had_registry, had_forward)
         self._installed = []
@@ -278,10 +331,15 @@ class CacheHandle:
         self._rt.bits = schedule.bits
 
 
-def apply_schedule(pipe_or_transformer: Any, schedule: CacheSchedule) -> CacheHandle:
+def apply_schedule(
+    pipe_or_transformer: Any, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None
+) -> CacheHandle:
     """Install ``schedule`` on a pipeline's transformer (or a bare one) and return the handle.
 
     The model's weights and classes are untouched; ``handle.remove()`` restores it exactly.
+    ``compile``: True (or a dict of ``torch.compile`` options) compiles the cacheable components
+    now (``ditaccel.caching.compile``); None (default) does so when the user's
+    ``torch.compile(transformer)`` first traces a scheduled call; False never does.
     """
     if not isinstance(schedule, CacheSchedule):
         raise ScheduleError(
@@ -289,4 +347,4 @@ def apply_schedule(pipe_or_transformer: Any, schedule: CacheSchedule) -> CacheHa
             f"use CacheSchedule.load(path) or ditaccel.presets"
         )
     schedule.validate_for(pipe_or_transformer)
-    return CacheHandle(get_adapter(pipe_or_transformer), schedule)
+    return CacheHandle(get_adapter(pipe_or_transformer), schedule, compile)

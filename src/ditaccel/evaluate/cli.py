@@ -60,7 +60,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on the main ``ditaccel`` parser."""
-    from ditaccel.cli import _add_model_args, guidance_scale, positive_int
+    from ditaccel.cli import _add_model_args, add_compile_arg, guidance_scale, positive_int
 
     p = subparsers.add_parser(
         "eval", help="compare methods and peers side by side (speed, MACs, memory, quality)",
@@ -68,6 +68,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
                     "peak memory, weight bytes, PSNR/SSIM to the baseline, adherence (bundled model) and "
                     "CLIP/ImageReward/HPSv2/FID from local weights.")
     _add_model_args(p)
+    add_compile_arg(p)
     p.add_argument("--methods", required=True,
                    help="comma list, e.g. baseline,fora:3,tgate:8,delta-dit,ecad:runs/x,ecad:runs/x:2.5x,"
                         "schedule:s.json,fbc,pab,fastercache,taylorseer,magcache,cachedit,fp4-w4a8,fp4-w4a6,"

@@ -90,8 +90,9 @@ def load_by_spec(loader: str, args: Sequence[Any]) -> Any:
     return func(*args)
 
 
-def load_for_worker(model: str | None, device: str = "cpu", quantized: str | None = None) -> Any:
-    """What ``ditaccel search --model M --device D --quantized Q`` loads, rebuilt inside a Ray worker."""
+def load_for_worker(model: str | None, device: str = "cpu", quantized: str | None = None,
+                    compile: bool = False) -> Any:
+    """What ``ditaccel search --model M --device D --quantized Q [--compile]`` loads, rebuilt in a Ray worker."""
     from ditaccel.pipeline import load_pipeline
 
     pipe = load_pipeline(model, device=device)
@@ -99,6 +100,10 @@ def load_for_worker(model: str | None, device: str = "cpu", quantized: str | Non
         from ditaccel.quant import load_quantized
 
         load_quantized(quantized, pipe)
+    if compile:
+        from ditaccel.caching import compile_components
+
+        compile_components(pipe)
     return pipe
 
 

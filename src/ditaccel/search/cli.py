@@ -44,10 +44,11 @@ def _finite(text: str) -> float:
 
 def add_parsers(subparsers: Any) -> None:
     """Register the ``search`` and ``frontier`` subcommands."""
-    from ditaccel.cli import _add_model_args, non_negative_int, positive_int
+    from ditaccel.cli import _add_model_args, add_compile_arg, non_negative_int, positive_int
 
     s = subparsers.add_parser("search", help="learn a Pareto frontier of caching schedules (ECAD, NSGA-II)")
     _add_model_args(s)
+    add_compile_arg(s)
     s.add_argument("--prompts", default=None,
                    help="prompt set or file (default: the bundled model's 36 calibration prompts, else parti[:32])")
     s.add_argument("--seeds", default="0", help="seeds per prompt, e.g. 0,1,2 or 0-9 (default 0)")
@@ -128,7 +129,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         console.print(f"--resume: {args.out} holds no search checkpoint; starting a new search there")
     if args.ray is not None:  # each worker loads the same model (and quantized weights) once
         cfg.loader = "ditaccel.search.backend:load_for_worker"
-        cfg.loader_args = [args.model, args.device, None if args.quantized is None else str(args.quantized)]
+        cfg.loader_args = [args.model, args.device, None if args.quantized is None else str(args.quantized),
+                           args.compile]
     pipe = _load(args)
     try:
         frontier = search(pipe, cfg)

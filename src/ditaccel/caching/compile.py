@@ -1,0 +1,125 @@
+"""Regional ``torch.compile`` of the cacheable components, so cache schedules and compile combine.
+
+Why: a cache schedule decides, per step, block and component, whether to recompute. Inside one
+compiled graph that decision is either a graph break or a guard on the step (a recompile for
+every new step pattern, until dynamo's recompile limit). ditaccel keeps the decision in Python
+and compiles what it decides about: the ``forward`` of each cacheable sub-module (PixArt's
+``attn1``, ``attn2``, ``ff``), compiled once per class, the way diffusers'
+``compile_repeated_blocks`` compiles whole blocks. All blocks share the same compiled graphs, and
+no schedule, step or cache state ever reaches compiled code: changing the schedule between
+calls cannot recompile anything.
+
+How: the class's unbound ``forward`` is compiled once per (class, options) and installed as the
+innermost forward of each component, beneath any diffusers hook (so a cache hook added before or
+after still decides first), as ``functools.partial(compiled, module)``: ``copy.deepcopy`` of the
+transformer then yields copies that run their own weights. Block norms, adaLN modulation, gates
+and residual adds, and the transformer's embedders and final layer, stay eager.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ditaccel.errors import ScheduleError
+from ditaccel.models import get_adapter
+
+_MARK = "_ditaccel_compiled"
+_COMPILED: dict[tuple[Callable, str], Callable] = {}
+
+
+def _options_key(options: dict[str, Any]) -> str:
+    return json.dumps(options, sort_keys=True, default=repr)
+
+
+def compiled_function(fn: Callable, options: dict[str, Any]) -> Callable:
+    """``torch.compile(fn, **options)``, made once per (function, options) and shared."""
+    key = (fn, _options_key(options))
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(fn, **options)
+    return _COMPILED[key]
+
+
+def is_compiled_forward(fn: Any) -> bool:
+    """Whether ``fn`` is a component forward installed by ``compile_components``."""
+    return isinstance(fn, functools.partial) and getattr(fn, _MARK, False)
+
+
+class _Slot:
+    """Where a module's innermost forward lives: its first diffusers hook, else ``module.forward``."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        refs = getattr(getattr(module, "_diffusers_hook", None), "_fn_refs", None)
+        self.ref = refs[0] if refs else None
+        self.attr = "forward" if self.ref is None or self.ref.original_forward is None else "original_forward"
+
+    def get(self) -> Any:
+        return getattr(self.ref, self.attr) if self.ref is not None else self.module.forward
+
+    def set(self, fn: Any) -> None:
+        if self.ref is not None:
+            setattr(self.ref, self.attr, fn)
+        elif getattr(fn, "__self__", None) is self.module and fn.__func__ is type(self.module).forward:
+            self.module.__dict__.pop("forward", None)  # the class's own forward: nothing on the instance
+        else:
+            self.module.forward = fn
+
+
+class CompiledComponents:
+    """What ``compile_components`` returns: ``remove()`` puts every component's eager forward back."""
+
+    def __init__(self, pipe_or_transformer: Any, options: dict[str, Any]) -> None:
+        self.options = dict(options)
+        adapter = get_adapter(pipe_or_transformer)
+        self._installed: list[tuple[torch.nn.Module, Any]] = []
+        for b, c, path in adapter.component_paths():
+            module = adapter.component_module(b, c)
+            slot = _Slot(module)
+            prev = slot.get()
+            if is_compiled_forward(prev):
+                continue  # compiled already (by another handle); that handle owns it
+            if not (isinstance(prev, types.MethodType) and prev.__self__ is module):
+                self.remove()
+                raise ScheduleError(
+                    f"cannot compile {path}: its forward is wrapped by another library "
+                    f"({type(prev).__name__}); compile before adding that wrapper"
+                )
+            fn = functools.partial(compiled_function(prev.__func__, self.options), module)
+            setattr(fn, _MARK, True)
+            slot.set(fn)
+            self._installed.append((module, prev))
+
+    @property
+    def active(self) -> bool:
+        return bool(self._installed)
+
+    def remove(self) -> None:
+        """Restore the eager forward of every component this handle compiled (others untouched)."""
+        for module, prev in reversed(self._installed):
+            slot = _Slot(module)
+            cur = slot.get()
+            if is_compiled_forward(cur) and cur.args[0] is module:
+                slot.set(prev)
+        self._installed = []
+
+    def __enter__(self) -> CompiledComponents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def compile_components(pipe_or_transformer: Any, **options: Any) -> CompiledComponents:
+    """``torch.compile`` every cacheable component of a pipeline's transformer (``options`` go to it).
+
+    Works with or without a cache schedule, applied before or after; the schedule's per-step
+    decisions stay in Python, so they add no graph break and no recompile. Returns a handle whose
+    ``remove()`` restores the eager forwards.
+    """
+    return CompiledComponents(pipe_or_transformer, options)

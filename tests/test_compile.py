@@ -1,0 +1,236 @@
+"""Cache schedules under torch.compile: no recompiles after warm-up, bounded graph breaks, same output.
+
+The tests compile with ``backend="aot_eager"`` (dynamo + AOTAutograd, no inductor codegen): it
+exercises the same graph capture, guards and recompiles as inductor in a fraction of a second,
+where inductor's C++ compile takes tens of seconds per graph on a CPU. Because aot_eager runs the
+captured ATen ops as eager does, outputs are compared bitwise (tolerance 0). Inductor itself,
+whose fused kernels reorder float math, is measured (speed and max difference) in
+bench/bench_compile.py.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import ditaccel.caching.compile as compile_mod
+from ditaccel.caching import CacheSchedule, apply_schedule, compile_components, presets
+from ditaccel.testing import replicas
+
+AOT = {"backend": "aot_eager"}
+TIMESTEPS = (900.0, 700.0, 500.0, 300.0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture()
+def setup():
+    t = replicas.build_transformer("pixart-alpha")
+    return t, replicas.transformer_inputs("pixart-alpha", t)
+
+
+def _generate(model, inputs) -> list[torch.Tensor]:
+    """One 4-step generation's transformer calls (decreasing timesteps, as a sampler makes them)."""
+    outs = []
+    with torch.no_grad():
+        for ts in TIMESTEPS:
+            outs.append(model(**{**inputs, "timestep": torch.tensor([ts, ts])}).sample)
+    return outs
+
+
+def _mixed(t) -> CacheSchedule:
+    """An ECAD-like schedule: bits differ per step, block and component (seeded)."""
+    rng = np.random.default_rng(3)
+    bits = rng.random(presets.none(t, steps=4).bits.shape) < 0.5
+    bits[0] = True
+    return CacheSchedule(bits=bits, components=presets.none(t, steps=4).components, family="pixart")
+
+
+def _eager(t, inputs, sched) -> tuple[list[torch.Tensor], np.ndarray]:
+    with apply_schedule(t, sched) as h:
+        return _generate(t, inputs), h.counts
+
+
+def _graph_breaks() -> int:
+    return sum(counters["graph_break"].values())
+
+
+def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("order", ["compile-then-apply", "apply-then-compile"])
+def test_user_compile_no_recompiles_when_schedule_changes(setup, order):
+    t, inputs = setup
+    schedules = [presets.fora(t, 2, steps=4), presets.fora(t, 3, steps=4), _mixed(t)]
+    expected = [_eager(t, inputs, s) for s in schedules]
+    if order == "compile-then-apply":
+        compiled = torch.compile(t, backend="aot_eager")
+        _generate(compiled, inputs)  # the user's compiled model ran before any schedule
+        h = apply_schedule(t, schedules[0], compile=AOT)
+    else:
+        h = apply_schedule(t, schedules[0], compile=AOT)
+        compiled = torch.compile(t, backend="aot_eager")
+    _assert_same(_generate(compiled, inputs), expected[0][0])  # warm-up
+    graphs, breaks = counters["stats"]["unique_graphs"], _graph_breaks()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for i in (1, 2, 0, 2):  # a new schedule before every generation
+            h.set_schedule(schedules[i])
+            h.reset_counts()
+            _assert_same(_generate(compiled, inputs), expected[i][0])
+            assert np.array_equal(h.counts, expected[i][1])
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert _graph_breaks() == breaks
+    # the only graph break is the one at the transformer's entry, before any compute
+    reasons = [r for r in counters["graph_break"] if counters["graph_break"][r]]
+    assert len(reasons) == 1 and "_escape_user_compile" in reasons[0]
+    h.remove()
+    assert "forward" not in t.transformer_blocks[0].attn1.__dict__  # the compile went with the handle
+
+
+def test_compile_components_fullgraph_no_breaks_no_recompiles(setup):
+    t, inputs = setup
+    schedules = [presets.fora(t, 2, steps=4), _mixed(t), presets.fora(t, 3, steps=4)]
+    expected = [_eager(t, inputs, s) for s in schedules]
+    base = _generate(t, inputs)
+    cc = compile_components(t, backend="aot_eager", fullgraph=True)  # a break would raise
+    with apply_schedule(t, schedules[0]):
+        _assert_same(_generate(t, inputs), expected[0][0])  # warm-up
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs == 3  # attn1, attn2 and ff graphs, shared by all blocks
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for i in (1, 2, 0):  # a new handle per schedule, as the search applies them
+            with apply_schedule(t, schedules[i]) as h:
+                _assert_same(_generate(t, inputs), expected[i][0])
+                assert np.array_equal(h.counts, expected[i][1])
+        _assert_same(_generate(t, inputs), base)  # compiled, no schedule
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert _graph_breaks() == 0
+    cc.remove()
+    for b, blk in enumerate(t.transformer_blocks):
+        for name in ("attn1", "attn2", "ff"):
+            assert "forward" not in getattr(blk, name).__dict__, (b, name)
+    assert not hasattr(t, "_diffusers_hook")
+    _assert_same(_generate(t, inputs), base)
+
+
+def test_compile_after_apply_survives_schedule_removal(setup):
+    t, inputs = setup
+    base = _generate(t, inputs)
+    fora = presets.fora(t, 2, steps=4)
+    expected, _ = _eager(t, inputs, fora)
+    h = apply_schedule(t, fora)
+    cc = compile_components(t, **AOT)  # installed beneath the cache hooks
+    assert compile_components(t, **AOT).active is False  # already compiled: nothing to do
+    _assert_same(_generate(t, inputs), expected)
+    h.remove()
+    attn = t.transformer_blocks[0].attn1
+    assert compile_mod.is_compiled_forward(attn.forward)
+    _assert_same(_generate(t, inputs), base)
+    cc.remove()
+    assert "forward" not in attn.__dict__
+    assert not hasattr(attn, "_diffusers_hook")
+
+
+def test_deepcopy_of_compiled_transformer_runs_its_own_weights(setup):
+    t, inputs = setup
+    cc = compile_components(t, **AOT)
+    twin = copy.deepcopy(t)
+    with torch.no_grad():
+        for p in twin.transformer_blocks[0].ff.parameters():
+            p.mul_(2.0)
+    assert twin.transformer_blocks[0].ff.forward.args[0] is twin.transformer_blocks[0].ff
+    a, b = _generate(t, inputs), _generate(twin, inputs)
+    assert not torch.equal(a[0], b[0])
+    cc.remove()
+    _assert_same(_generate(t, inputs), a)
+
+
+def test_prefix_sharing_under_compile(setup):
+    """snapshot / restore / set_schedule (the search's prefix sharing) with compiled components."""
+    t, inputs = setup
+    a, b = presets.fora(t, 2, steps=4), _mixed(t)
+    b.bits[:2] = a.bits[:2]  # same first two steps
+    want_a, want_b = _eager(t, inputs, a)[0], _eager(t, inputs, b)[0]
+    with compile_components(t, **AOT), apply_schedule(t, a) as h, torch.no_grad():
+        first = [t(**{**inputs, "timestep": torch.tensor([ts, ts])}).sample for ts in TIMESTEPS[:2]]
+        state = h.snapshot()
+        for sched, want in ((a, want_a), (b, want_b)):
+            h.restore(state)
+            h.set_schedule(sched)
+            rest = [t(**{**inputs, "timestep": torch.tensor([ts, ts])}).sample for ts in TIMESTEPS[2:]]
+            _assert_same(first + rest, want)
+
+
+def test_user_compile_default_compiles_the_components(setup, monkeypatch):
+    """apply_schedule's default (compile=None) compiles the components when the user's compile traces."""
+    t, inputs = setup
+    made = []
+
+    def fake(fn, options):
+        made.append(options)
+        return compile_mod._COMPILED.setdefault((fn, "test"), torch.compile(fn, backend="aot_eager"))
+
+    monkeypatch.setattr(compile_mod, "compiled_function", fake)
+    fora = presets.fora(t, 2, steps=4)
+    expected, _ = _eager(t, inputs, fora)
+    assert not made  # eager use compiles nothing
+    with apply_schedule(t, fora):
+        _assert_same(_generate(torch.compile(t, backend="aot_eager"), inputs), expected)
+        assert made and made[0] == {}  # torch.compile's defaults (inductor) outside this test
+        assert compile_mod.is_compiled_forward(compile_mod._Slot(t.transformer_blocks[0].ff).get())
+    assert "forward" not in t.transformer_blocks[0].ff.__dict__
+
+
+def test_cli_generate_compile_matches_eager(tmp_path, monkeypatch):
+    """``generate --compile --schedule`` writes the same images as without --compile (aot_eager here)."""
+    from PIL import Image
+
+    from ditaccel.cli import main
+
+    real = compile_mod.compiled_function
+    monkeypatch.setattr(compile_mod, "compiled_function", lambda fn, options: real(fn, {**options, **AOT}))
+    sched = tmp_path / "s.json"
+    from ditaccel.pipeline import load_pipeline
+
+    presets.fora(load_pipeline(), 2, steps=4).save(sched)
+    common = ["generate", "--prompt", "a red circle", "--seeds", "0,1", "--steps", "4", "--schedule", str(sched)]
+    assert main([*common, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*common, "--compile", "--out", str(tmp_path / "compiled")]) == 0
+    assert counters["stats"]["unique_graphs"] >= 3
+    for name in ("00000.png", "00001.png"):
+        a = np.asarray(Image.open(tmp_path / "eager" / name))
+        b = np.asarray(Image.open(tmp_path / "compiled" / name))
+        assert np.array_equal(a, b)
+
+
+def test_compiled_blocks_no_recompiles(setup):
+    """Blocks compiled one by one (what diffusers' ``compile_repeated_blocks`` does): the decisions leave
+    the block graph (one break per component), and schedule changes do not recompile."""
+    t, inputs = setup
+    schedules = [presets.fora(t, 2, steps=4), _mixed(t)]
+    expected = [_eager(t, inputs, s) for s in schedules]
+    h = apply_schedule(t, schedules[0], compile=AOT)
+    for block in t.transformer_blocks:
+        block.compile(backend="aot_eager")
+    _assert_same(_generate(t, inputs), expected[0][0])  # warm-up
+    graphs = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for i in (1, 0):
+            h.set_schedule(schedules[i])
+            _assert_same(_generate(t, inputs), expected[i][0])
+    assert counters["stats"]["unique_graphs"] == graphs
+    reasons = [r for r in counters["graph_break"] if counters["graph_break"][r]]
+    assert reasons and all("_decide_outside_graph" in r for r in reasons)
+    h.remove()
