@@ -58,6 +58,9 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--tiebreak", default="auto", metavar="METRIC",
                    help="psnr | ssim | none: orders candidates of equal quality by fidelity to the uncached images "
                         "(default auto: psnr when the metric is adherence)")
+    s.add_argument("--strategy", choices=("structured", "ecad"), default=None,
+                   help="structured (default for a new search): dynamic-like presets and step/block operators; "
+                        "ecad: the paper's presets and operators. A resumed search keeps its own")
     s.set_defaults(func=cmd_search)
 
     f = subparsers.add_parser("frontier", help="print a search's frontier, or write the schedule you pick")
@@ -84,7 +87,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                        generations=args.generations, seed=args.seed, init=args.init,
                        out=args.out, resume=args.resume, batch_size=args.batch_size, call_kwargs=call_kwargs,
                        cost=args.cost, ray_address=args.ray, ray_workers=args.ray_workers, progress=True,
-                       tiebreak=args.tiebreak)
+                       tiebreak=args.tiebreak, strategy=args.strategy)
     if args.metric:  # fail on an unknown metric or missing weights before loading the model
         from ditaccel.metrics import get_metric
 
