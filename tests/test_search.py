@@ -443,7 +443,7 @@ def test_structured_search_frontier_has_no_duplicates_and_resumes(pipe, full_run
     assert json.loads((out / "checkpoint").read_text())["fingerprint"]["strategy"] == "structured"
     eps = quality_resolution("psnr", None, len(PROMPTS))
     pts = frontier.points
-    for p, q in zip(pts, pts[1:]):
+    for p, q in zip(pts, pts[1:], strict=False):
         assert q.speedup > p.speedup * (1 + FRONTIER_COST_RESOLUTION) - 1e-9
         assert p.quality > q.quality + eps
     # the paper's strategy: no strategy key, and its folder resumes as ecad without naming it

@@ -35,7 +35,7 @@ def add_parsers(subparsers: Any) -> None:
     s = subparsers.add_parser("search", help="learn a Pareto frontier of caching schedules (ECAD, NSGA-II)")
     _add_model_args(s)
     s.add_argument("--prompts", default=None,
-                   help="prompt set or file (default: the bundled model's 36 calibration prompts, else parti[:32])")
+                   help="prompt set or file (default: the bundled model's 36 calibration prompts, 12 of them with --strategy structured; else parti[:32])")
     s.add_argument("--seeds", default="0", help="seeds per prompt, e.g. 0,1,2 or 0-9 (default 0)")
     s.add_argument("--metric", default=None,
                    help="quality metric: adherence (default on the bundled model), psnr (default elsewhere), "

@@ -46,6 +46,10 @@ CHECKPOINT_FORMAT = "ditaccel.search_checkpoint"
 DEFAULT_POPULATION, DEFAULT_GENERATIONS = 72, 12  # the paper's population; generations are user-sized
 # The bundled model on 2 CPU cores: ~3.7 CPU-s per candidate, so a 10-minute budget holds ~150 candidates.
 BUNDLED_POPULATION, BUNDLED_GENERATIONS = 24, 6
+# The structured strategy's candidates skip whole early steps, so they share no prefix past step 1 and
+# cost ~2-3x a FORA-like candidate; its bundled default calibrates on every 3rd prompt (12 of 36)
+# to stay in the same budget.
+STRUCTURED_PROMPT_STRIDE = 3
 
 
 @dataclass
@@ -53,7 +57,7 @@ class SearchConfig:
     """What to search and how. Every field has a default that fits the bundled model.
 
     ``prompts``: a list, a prompt set name or a file (default: the bundled model's 36
-    calibration prompts, else the first 32 PartiPrompts). ``seeds``: a list or '0-2' (default
+    calibration prompts, every 3rd of them under the structured strategy; else the first 32 PartiPrompts). ``seeds``: a list or '0-2' (default
     [0]); every prompt is generated with every seed. ``metric``: a ``ditaccel.metrics`` name
     (default ``adherence`` on the bundled model, ``psnr`` elsewhere). ``init``: ``"presets"`` or
     a previous search folder. ``cost``: ``"macs"`` (analytic) or ``"latency"`` (measured, one
@@ -157,7 +161,9 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     a = get_adapter(pipe)
     metric = cfg.metric or ("adherence" if bundled else "psnr")
     m = get_metric(metric, **cfg.metric_paths)  # unknown metric / missing weights: one line, now
-    if cfg.prompts is None:
+    if cfg.prompts is None and bundled and metric == "adherence" and cfg.strategy == "structured":
+        prompts = load_prompts("calibration")[::STRUCTURED_PROMPT_STRIDE]
+    elif cfg.prompts is None:
         prompts = load_prompts("calibration") if metric == "adherence" else load_prompts("parti", limit=32)
     elif isinstance(cfg.prompts, str):
         prompts = load_prompts(cfg.prompts)
@@ -563,7 +569,7 @@ def _frontier(cache: dict[str, dict[str, Any]], a: Any, shape: tuple[int, int, i
 def _summary(history: list[dict[str, Any]], cache: dict[str, dict[str, Any]], plan: _Plan) -> dict[str, Any]:
     live = sum(h.get("components_live", 0) for h in history)
     alone = sum(h.get("components_alone", 0) for h in history)
-    return {"tiebreak": plan.tiebreak, "steps": plan.steps, "blocks": plan.shape[1], "components": list(plan.fingerprint["components"]),
+    return {"tiebreak": plan.tiebreak, "strategy": plan.strategy, "steps": plan.steps, "blocks": plan.shape[1], "components": list(plan.fingerprint["components"]),
             "resolution": [plan.height, plan.width], "model": plan.fingerprint["model"],
             "n_images": len(plan.prompts), "seeds": plan.fingerprint["seeds"], "evaluations": len(cache),
             "generations": len(history), "population": plan.fingerprint["population"],
