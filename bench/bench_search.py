@@ -115,9 +115,11 @@ def main() -> int:
         extra = f" {p.details.get(second, float('nan')):.2f} |" if second else ""
         lines.append(f"| {p.name} | {p.speedup:.2f}x | {p.quality:.4f} | {(p.quality - base) * 100:+.1f} |{extra}")
     fora = sorted((p for p in frontier.presets if str(p["name"]).startswith("fora(")), key=lambda p: p["speedup"])
-    lines += ["", "FORA presets on the same images:", "", f"| preset | MACs speedup | adherence |{sec_col}",
-              "|---|---|---|" + ("---|" if second else "")]
-    for p in fora[:8]:
+    early = sorted((p for p in frontier.presets if str(p["name"]).startswith("early_skip(")),
+                   key=lambda p: p["speedup"])
+    lines += ["", "FORA and early-skip (dynamic-like) presets on the same images:", "",
+              f"| preset | MACs speedup | adherence |{sec_col}", "|---|---|---|" + ("---|" if second else "")]
+    for p in [*fora[:8], *early]:
         extra = f" {p.get(second, float('nan')):.2f} |" if second else ""
         lines.append(f"| {p['name']} | {p['speedup']:.2f}x | {p['quality']:.4f} |{extra}")
     lines.append("")
