@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ditaccel._io import atomic_write, atomic_write_text
 from ditaccel._machine import machine_description
@@ -135,6 +136,7 @@ def main() -> int:
              args.results.with_suffix(".png"))
         write(args, new, plain, target, reach, (*seconds(args.out / "structured"), *seconds(args.out / "ecad")))
 
+    torch.set_num_threads(1)
     if args.report_only:
         report()
         return 0
