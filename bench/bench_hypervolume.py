@@ -180,6 +180,9 @@ def write(args: argparse.Namespace, new: list[dict[str, Any]], plain: list[dict[
         f"{args.population}, seed {args.seed}, metric adherence with the PSNR tie-break, MACs cost.",
         "- Hypervolume: candidates as points (MACs / all-recompute MACs, 1 - adherence, 1 - PSNR unit), PSNR unit "
         f"linear from {PSNR_LO:g} dB (0) to {PSNR_HI:g} dB (1), clipped; reference point (1, 1, 1); pymoo `HV`.",
+        f"- Budget: the structured run has {len(new)} generations (the default search: 6, on 12 prompts); few prompts "
+        "and generations keep the plain run's 5x affordable on a shared 2-core machine. A 6-generation run would set a "
+        "higher target and a larger 5x budget; not measured. Machine line: when this report was written.",
         f"- Wall / CPU seconds in generations: structured {times[0]:.0f} / {times[1]:.0f}; plain {times[2]:.0f} / "
         f"{times[3]:.0f}.",
         "",
