@@ -106,7 +106,7 @@ def plot(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
     for label, c in curves.items():
         ax.plot([p["evaluations"] for p in c], [p["hv"] for p in c], "o-", ms=3, label=label)
     ax.set_xlabel("block-component evaluations done (cumulative)")
-    ax.set_ylabel("hypervolume (cost, 1-adherence, 1-PSNR unit; ref 1,1,1)")
+    ax.set_ylabel("hypervolume (see hypervolume.md)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
