@@ -2,7 +2,9 @@
 
 The GA is pymoo's NSGA-II with the paper's operators (4-point crossover p=0.9, bit-flip
 mutation of about one bit per child, binary tournament, rank-and-crowding survival, duplicate
-elimination) and the constraint "differs from all-recompute". What we add is cost control:
+elimination) and the constraint "differs from all-recompute"; the default ``strategy="structured"``
+adds the dynamic peers' typical step choices to the initial population and varies whole steps and
+blocks (``operators.py``), ``strategy="ecad"`` keeps the paper's. What we add is cost control:
 
 - every genome is evaluated at most once (a cache keyed by its packed bits);
 - a generation's new genomes share their common schedule prefixes (``evaluate.py``);
