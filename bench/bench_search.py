@@ -66,7 +66,8 @@ def main() -> int:
         f"- Machine: {machine_description()}.",
         f"- Command: `{cmd}` (= `ditaccel search --out {args.out}` with every default: "
         f"population {frontier.info['population']}, {frontier.info['generations']} generations, seed {cfg.seed}, presets init, "
-        f"metric adherence on the 36 calibration prompts x seed 0, 20 steps, MACs cost, "
+        f"strategy {frontier.info.get('strategy', 'ecad')}, metric adherence on {frontier.info['n_images']} calibration "
+        f"prompts x seed 0, 20 steps, {frontier.info.get('cost', 'macs')} cost, "
         f"{'local Ray, 2 workers' if args.ray else 'in-process'}).",
         f"- Wall-clock: {total:.0f} s in all ({t_load:.1f} s loading the model, "
         f"{sum(h['seconds'] for h in hist):.0f} s in generations); CPU time of this process {cpu:.0f} s "
@@ -114,9 +115,11 @@ def main() -> int:
         extra = f" {p.details.get(second, float('nan')):.2f} |" if second else ""
         lines.append(f"| {p.name} | {p.speedup:.2f}x | {p.quality:.4f} | {(p.quality - base) * 100:+.1f} |{extra}")
     fora = sorted((p for p in frontier.presets if str(p["name"]).startswith("fora(")), key=lambda p: p["speedup"])
-    lines += ["", "FORA presets on the same images:", "", f"| preset | MACs speedup | adherence |{sec_col}",
-              "|---|---|---|" + ("---|" if second else "")]
-    for p in fora[:8]:
+    early = sorted((p for p in frontier.presets if str(p["name"]).startswith("early_skip(")),
+                   key=lambda p: p["speedup"])
+    lines += ["", "FORA and early-skip (dynamic-like) presets on the same images:", "",
+              f"| preset | MACs speedup | adherence |{sec_col}", "|---|---|---|" + ("---|" if second else "")]
+    for p in [*fora[:8], *early]:
         extra = f" {p.get(second, float('nan')):.2f} |" if second else ""
         lines.append(f"| {p['name']} | {p['speedup']:.2f}x | {p['quality']:.4f} |{extra}")
     lines.append("")

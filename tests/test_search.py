@@ -347,3 +347,110 @@ def test_tiebreak_fills_the_equal_quality_end_and_never_outweighs_quality(bundle
         resolve_tiebreak("clip", "adherence")
     with pytest.raises(DitaccelError, match="equals the main metric"):
         resolve_tiebreak("psnr", "psnr")
+
+
+# -- structured strategy (issue 10): dynamic-like presets, step/block operators, no duplicates ----
+
+
+def test_early_skip_presets_skip_early_steps_and_never_the_last(pipe):
+    s = presets.early_skip(pipe, 2, 0, steps=STEPS)
+    computed = s.bits.all(axis=(1, 2))
+    assert computed.tolist() == [True, False, False, True, True, True]
+    s = presets.early_skip(pipe, 1, 2, steps=STEPS)
+    assert s.bits.all(axis=(1, 2)).tolist() == [True, False, True, False, True, True]
+    assert not s.bits[1].any() and s.bits[-1].all()
+    b0 = presets.early_skip(pipe, 2, 0, steps=STEPS, first_block=True)
+    assert b0.bits[1:3, 0].all() and not b0.bits[1:3, 1:].any()
+    with pytest.raises(DitaccelError, match="skipped steps"):
+        presets.skip_steps(pipe, [0, 2], steps=STEPS)
+    with pytest.raises(DitaccelError, match="early_skip needs"):
+        presets.early_skip(pipe, 2, 1, steps=STEPS)
+    ladder = presets.dynamic_like_presets(pipe, steps=20)
+    keys = {s.bits.tobytes() for _, s in ladder}
+    assert len(keys) == len(ladder) >= 10
+    reused = [(~s.bits).sum() for _, s in ladder]
+    assert min(reused) > 0 and all(s.bits[-1].all() and s.bits[0].all() for _, s in ladder)
+
+
+def test_structured_population_starts_with_none_then_dynamic_like(pipe):
+    from ditaccel.search.genome import structured_population
+
+    named = structured_population(pipe, STEPS)
+    assert named[0][0] == "none" and named[1][0].startswith("early_skip(") and named[2][0] == "fora(2)"
+    paper = {pack(b) for _, b in preset_population(pipe, STEPS)}
+    assert paper <= {pack(b) for _, b in named}
+
+
+def test_step_crossover_takes_whole_steps_from_a_parent(shape):
+    from pymoo.core.population import Population
+
+    from ditaccel.search.operators import StepCrossover
+
+    n = int(np.prod(shape))
+    problem, _ = build_algorithm(shape, 4, np.ones((4, n), dtype=bool), 1, seed=0, strategy="structured")
+    rng = np.random.default_rng(0)
+    a, b = rng.random(n) < 0.5, rng.random(n) < 0.5
+    off = StepCrossover(shape, prob=1.0, bit_share=0.0).do(problem, Population.new(X=np.stack([a, b])),
+                                                           parents=[[0, 1]] * 20, random_state=rng)
+    A, B = a.reshape(shape[0], -1), b.reshape(shape[0], -1)
+    mixed = 0
+    for child in np.asarray(off.get("X")):
+        rows = child.reshape(shape[0], -1)
+        from_a = (rows == A).all(axis=1)
+        assert (from_a | (rows == B).all(axis=1)).all(), "every step row comes whole from one parent"
+        mixed += 0 < from_a.sum() < shape[0]
+    assert mixed > 0
+
+
+def test_structured_moves_act_on_whole_steps_and_blocks(shape):
+    from ditaccel.search.operators import MOVES, StructuredMutation, apply_move
+
+    rng = np.random.default_rng(0)
+    g = np.ones(shape, dtype=bool)
+    apply_move("step_set", g, rng)
+    changed = np.flatnonzero(~g.all(axis=(1, 2)))
+    assert len(changed) == 1 and changed[0] > 0 and not g[changed[0]].any()
+    h = g.copy()
+    for _ in range(20):
+        apply_move("step_shift", h, rng)
+        assert (~h).sum() == (~g).sum() and h[0].all()  # a shift moves, never adds or removes
+    k = np.ones(shape, dtype=bool)
+    apply_move("block_step", k, rng)
+    s, b = np.argwhere(~k.all(axis=2))[0]
+    assert (~k).sum() == shape[2] and not k[s, b].any()
+    with pytest.raises(ValueError, match="unknown move"):
+        apply_move("teleport", k, rng)
+    n = int(np.prod(shape))
+    problem, _ = build_algorithm(shape, 4, np.ones((4, n), dtype=bool), 1, seed=0, strategy="structured")
+    X = np.ones((400, n), dtype=bool)
+    out = StructuredMutation(shape)._do(problem, X, random_state=np.random.default_rng(1))
+    diff = (out != X).sum(axis=1)
+    assert (diff > 0).mean() > 0.8
+    assert diff.max() >= shape[1] * shape[2] - 1, "some children move a whole step"
+    assert set(MOVES) >= {"bitflip", "step_set"}
+
+
+def test_non_dominated_drops_points_a_reader_cannot_tell_apart():
+    items = [(1.0, 0.50), (1.002, 0.5000001), (2.0, 0.70), (2.004, 0.90), (3.0, 0.9000001)]
+    assert non_dominated(items) == [0, 1, 2, 3, 4]
+    assert non_dominated(items, min_gain=1e-3, min_cost_gain=0.005) == [0, 3]
+
+
+def test_structured_search_frontier_has_no_duplicates_and_resumes(pipe, full_run, tmp_path):
+    from ditaccel.search.engine import FRONTIER_COST_RESOLUTION, quality_resolution
+
+    out, frontier = full_run
+    assert json.loads((out / "checkpoint").read_text())["fingerprint"]["strategy"] == "structured"
+    eps = quality_resolution("psnr", None, len(PROMPTS))
+    pts = frontier.points
+    for p, q in zip(pts, pts[1:], strict=False):
+        assert q.speedup > p.speedup * (1 + FRONTIER_COST_RESOLUTION) - 1e-9
+        assert p.quality > q.quality + eps
+    # the paper's strategy: no strategy key, and its folder resumes as ecad without naming it
+    old = tmp_path / "ecad"
+    a = search(pipe, _cfg(old, generations=1, strategy="ecad"))
+    assert "strategy" not in json.loads((old / "checkpoint").read_text())["fingerprint"]
+    b = search(pipe, _cfg(old, generations=2, resume=True))
+    assert len(b.info["history"]) == 2 and a.info["evaluations"] < b.info["evaluations"]
+    with pytest.raises(DitaccelError, match="unknown search strategy"):
+        search(pipe, _cfg(tmp_path / "bad", strategy="random"))

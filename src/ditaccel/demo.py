@@ -44,7 +44,7 @@ def run_demo(out: Path, generations: int = 6, population: int = 24, console: Con
     resume = (out / "search" / "checkpoint").exists()
     console.print(
         f"[bold]ECAD search[/] on the bundled model: population {population}, {generations} generations, "
-        f"36 calibration prompts{' (resuming)' if resume else ''}"
+        f"calibration prompts{' (resuming)' if resume else ''}"
     )
     frontier = search(
         pipe,

@@ -117,6 +117,56 @@ def even(pipe_or_transformer: Any, component: str, k_blocks: int, s_steps: int, 
     return _make(a, bits, f"even({a.component_names[c]},{k_blocks},{s_steps})")
 
 
+def skip_steps(pipe_or_transformer: Any, skipped: Any, steps: int = 20, first_block: bool = False) -> CacheSchedule:
+    """Reuse every component at the ``skipped`` steps (a whole-step skip, as a dynamic cache decides).
+
+    ``first_block=True`` keeps block 0 computed there, the way FirstBlockCache does.
+    """
+    a = get_adapter(pipe_or_transformer)
+    bits = _ones(a, steps)
+    idx = sorted({int(s) for s in skipped})
+    if any(not 0 < s < steps for s in idx):
+        raise ScheduleError(f"skipped steps must be in 1..{steps - 1}, got {idx}")
+    bits[idx] = False
+    if first_block:
+        bits[idx, 0] = True
+    tag = ",".join(map(str, idx))
+    return _make(a, bits, f"skip_steps({tag}{';b0' if first_block else ''})")
+
+
+def early_skip(pipe_or_transformer: Any, k: int, n: int = 0, steps: int = 20, first_block: bool = False,
+               ) -> CacheSchedule:
+    """The decisions FirstBlockCache / MagCache typically make, as a static schedule.
+
+    Skip steps 1..``k`` (the early steps, where the output changes least), then with ``n`` >= 2
+    skip ``n-1`` of every ``n`` later steps; the last step always computes (``n`` = 0: none later).
+    Measured on the bundled model (bench/results/search.md), FirstBlockCache at thresholds
+    0.1-0.3 skips exactly this pattern, and the static copy comes within ~1-3 dB of its PSNR.
+    """
+    _check_steps(steps)
+    if not isinstance(k, (int, np.integer)) or k < 0 or (n and n < 2):
+        raise ScheduleError(f"early_skip needs k >= 0 and n = 0 or >= 2, got k={k!r}, n={n!r}")
+    skipped = set(range(1, min(k, steps - 2) + 1))
+    if n:
+        skipped |= {s for s in range(k + 1, steps - 1) if (s - k - 1) % n != 0}
+    s = skip_steps(pipe_or_transformer, sorted(skipped), steps, first_block)
+    s.meta["preset"] = f"early_skip({k},{n}{',b0' if first_block else ''})"
+    return s
+
+
+def dynamic_like_presets(pipe_or_transformer: Any, steps: int = 20) -> list[tuple[str, CacheSchedule]]:
+    """A ladder of ``early_skip`` schedules from light to heavy: the dynamic peers' typical decisions."""
+    ks = sorted({max(1, steps * f // 20) for f in (1, 2, 3, 4, 6, 8)})
+    variants = [(k, n, False) for k in ks for n in (0, 2)] + [(k, 2, True) for k in ks]
+    out, seen = [], set()
+    for k, n, b0 in variants:  # skipping 2 of every 3 later steps measured 5-10 dB worse: not in the ladder
+        s = early_skip(pipe_or_transformer, k, n, steps=steps, first_block=b0)
+        if s.bits.tobytes() not in seen:
+            seen.add(s.bits.tobytes())
+            out.append((s.meta["preset"], s))
+    return out
+
+
 def all_presets(pipe_or_transformer: Any, steps: int = 20) -> list[tuple[str, CacheSchedule]]:
     """Every preset variant ECAD seeds its search with, without duplicate bit patterns."""
     a = get_adapter(pipe_or_transformer)
@@ -145,4 +195,5 @@ def all_presets(pipe_or_transformer: Any, steps: int = 20) -> list[tuple[str, Ca
     return unique
 
 
-__all__ = ["all_presets", "delta_dit", "even", "fora", "fora_attention", "none", "tgate"]
+__all__ = ["all_presets", "delta_dit", "dynamic_like_presets", "early_skip", "even", "fora", "fora_attention", "none",
+           "skip_steps", "tgate"]

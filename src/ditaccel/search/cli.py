@@ -50,7 +50,7 @@ def add_parsers(subparsers: Any) -> None:
     _add_model_args(s)
     add_compile_arg(s)
     s.add_argument("--prompts", default=None,
-                   help="prompt set or file (default: the bundled model's 36 calibration prompts, else parti[:32])")
+                   help="prompt set or file (default: the bundled model's 36 calibration prompts, 12 of them with --strategy structured; else parti[:32])")
     s.add_argument("--seeds", default="0", help="seeds per prompt, e.g. 0,1,2 or 0-9 (default 0)")
     s.add_argument("--metric", default=None,
                    help="quality metric: adherence (default on the bundled model), psnr (default elsewhere), "
@@ -74,6 +74,9 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--tiebreak", default="auto", metavar="METRIC",
                    help="psnr | ssim | none: orders candidates of equal quality by fidelity to the uncached images "
                         "(default auto: psnr when the metric is adherence)")
+    s.add_argument("--strategy", choices=("structured", "ecad"), default=None,
+                   help="structured (default for a new search): dynamic-like presets and step/block operators; "
+                        "ecad: the paper's presets and operators. A resumed search keeps its own")
     s.set_defaults(func=cmd_search)
 
     f = subparsers.add_parser("frontier", help="print a search's frontier, or write the schedule you pick")
@@ -105,7 +108,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                        generations=args.generations, seed=args.seed, init=args.init,
                        out=args.out, resume=args.resume, batch_size=args.batch_size, call_kwargs=call_kwargs,
                        cost=args.cost, ray_address=args.ray, ray_workers=args.ray_workers, progress=True,
-                       tiebreak=args.tiebreak)
+                       tiebreak=args.tiebreak, strategy=args.strategy)
     from ditaccel.metrics import check_metric_paths
 
     check_metric_paths(args.metric or "adherence", paths, flag="--metric-path")

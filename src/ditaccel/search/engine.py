@@ -2,7 +2,9 @@
 
 The GA is pymoo's NSGA-II with the paper's operators (4-point crossover p=0.9, bit-flip
 mutation of about one bit per child, binary tournament, rank-and-crowding survival, duplicate
-elimination) and the constraint "differs from all-recompute". What we add is cost control:
+elimination) and the constraint "differs from all-recompute"; the default ``strategy="structured"``
+adds the dynamic peers' typical step choices to the initial population and varies whole steps and
+blocks (``operators.py``), ``strategy="ecad"`` keeps the paper's. What we add is cost control:
 
 - every genome is evaluated at most once (a cache keyed by its packed bits);
 - a generation's new genomes share their common schedule prefixes (``evaluate.py``);
@@ -44,6 +46,7 @@ from ditaccel.search.genome import (
     initial_population,
     pack,
     preset_population,
+    structured_population,
     unpack,
 )
 
@@ -51,6 +54,10 @@ CHECKPOINT_FORMAT = "ditaccel.search_checkpoint"
 DEFAULT_POPULATION, DEFAULT_GENERATIONS = 72, 12  # the paper's population; generations are user-sized
 # The bundled model on 2 CPU cores: ~3.7 CPU-s per candidate, so a 10-minute budget holds ~150 candidates.
 BUNDLED_POPULATION, BUNDLED_GENERATIONS = 24, 6
+# The structured strategy's candidates skip whole early steps, so they share no prefix past step 1 and
+# cost ~2-3x a FORA-like candidate; its bundled default calibrates on every 3rd prompt (12 of 36)
+# to stay in the same budget.
+STRUCTURED_PROMPT_STRIDE = 3
 
 
 @dataclass
@@ -58,7 +65,7 @@ class SearchConfig:
     """What to search and how. Every field has a default that fits the bundled model.
 
     ``prompts``: a list, a prompt set name or a file (default: the bundled model's 36
-    calibration prompts, else the first 32 PartiPrompts). ``seeds``: a list or '0-2' (default
+    calibration prompts, every 3rd of them under the structured strategy; else the first 32 PartiPrompts). ``seeds``: a list or '0-2' (default
     [0]); every prompt is generated with every seed. ``metric``: a ``ditaccel.metrics`` name
     (default ``adherence`` on the bundled model, ``psnr`` elsewhere). ``init``: ``"presets"`` or
     a previous search folder. ``cost``: ``"macs"`` (analytic) or ``"latency"`` (measured, one
@@ -91,6 +98,11 @@ class SearchConfig:
     #: uncached images). ``"auto"``: psnr when ``metric`` is adherence, whose 1/N steps saturate at
     #: 1.0 and would leave the nearly-lossless end of the frontier empty; ``None``: off.
     tiebreak: str | None = "auto"
+    #: ``"structured"`` (new searches): the initial population adds the dynamic peers' typical
+    #: decisions (``presets.early_skip``) and variation moves whole steps and blocks
+    #: (``search.operators``). ``"ecad"``: the paper's presets and operators, unchanged.
+    #: None: a resumed search keeps its own, a new one gets ``"structured"``.
+    strategy: str | None = None
 
 
 def _is_bundled(pipe: Any) -> bool:
@@ -116,6 +128,21 @@ class _Plan:
     resume_state: dict[str, Any] | None
     needs_reference: bool = False
     tiebreak: str | None = None
+    strategy: str = "ecad"
+
+
+STRATEGIES = ("structured", "ecad")
+
+
+def _saved_strategy(cfg: SearchConfig) -> str | None:
+    """The strategy a search being resumed was started with (checkpoints before the option: ecad)."""
+    ckpt = Path(cfg.out) / "checkpoint" if cfg.out is not None and cfg.resume else None
+    if ckpt is None or not ckpt.is_file():
+        return None
+    try:
+        return str(json.loads(ckpt.read_text(encoding="utf-8")).get("fingerprint", {}).get("strategy", "ecad"))
+    except (json.JSONDecodeError, AttributeError):
+        return None  # _check_out reports the corrupt checkpoint
 
 
 def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
@@ -133,12 +160,18 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         raise DitaccelError(f"generations must be at least 1, got {cfg.generations}")
     if cfg.batch_size < 1:
         raise DitaccelError(f"batch size must be at least 1, got {cfg.batch_size}")
+    if cfg.strategy is None:
+        cfg.strategy = _saved_strategy(cfg) or "structured"
+    if cfg.strategy not in STRATEGIES:
+        raise DitaccelError(f"unknown search strategy {cfg.strategy!r}; use {' or '.join(STRATEGIES)}")
     if cfg.cost not in ("macs", "latency"):
         raise DitaccelError(f"unknown cost {cfg.cost!r}; use macs or latency")
     a = get_adapter(pipe)
     metric = cfg.metric or ("adherence" if bundled else "psnr")
     m = get_metric(metric, **cfg.metric_paths)  # unknown metric / missing weights: one line, now
-    if cfg.prompts is None:
+    if cfg.prompts is None and bundled and metric == "adherence" and cfg.strategy == "structured":
+        prompts = load_prompts("calibration")[::STRUCTURED_PROMPT_STRIDE]
+    elif cfg.prompts is None:
         prompts = load_prompts("calibration") if metric == "adherence" else load_prompts("parti", limit=32)
     elif isinstance(cfg.prompts, str):
         prompts = load_prompts(cfg.prompts)
@@ -158,12 +191,13 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     steps = kw.get("num_inference_steps") or params["num_inference_steps"].default
     t = get_transformer(pipe)
     height, width = image_size(pipe, kw)
+    base = preset_population(pipe, steps) if cfg.strategy == "ecad" else structured_population(pipe, steps)
     if str(cfg.init) == "presets":
-        named = preset_population(pipe, steps)
+        named = base
         init_id = "presets"
     else:
         named = frontier_population(pipe, cfg.init, steps)
-        named = [preset_population(pipe, steps)[0], *named, *preset_population(pipe, steps)[1:]]
+        named = [base[0], *named, *base[1:]]
         init_id = "frontier:" + hashlib.sha256("".join(pack(b) for _, b in named).encode()).hexdigest()[:16]
     if cfg.ray_address is not None:
         try:
@@ -181,10 +215,12 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     }
     if tiebreak is not None:  # absent when off, so searches from before the option resume unchanged
         fingerprint["tiebreak"] = tiebreak
+    if cfg.strategy != "ecad":  # likewise: absent for the paper's strategy
+        fingerprint["strategy"] = cfg.strategy
     out = Path(cfg.out) if cfg.out is not None else None
     resume_state = _check_out(out, fingerprint, cfg.resume)
     return _Plan(pairs_p, pairs_s, metric, steps, height, width, kw, named, shape, fingerprint, out, resume_state,
-                 m.needs_reference, tiebreak)
+                 m.needs_reference, tiebreak, cfg.strategy)
 
 
 TIEBREAK_METRICS = {"psnr": PSNR_CAP, "ssim": 1.0}  # metric -> its value for identical images
@@ -217,6 +253,24 @@ def tiebreak_unit(name: str, value: float) -> float:
     """Map a tie-break value to [0, 1], 1 = identical to the uncached images."""
     top = TIEBREAK_METRICS[name]
     return float(min(max(value, 0.0), top) / top) if np.isfinite(value) else 1.0
+
+
+#: relative cost difference below which two frontier points count as the same speed
+FRONTIER_COST_RESOLUTION = 0.005
+#: metric -> the smallest difference of its mean that a frontier shows as a difference
+METRIC_RESOLUTION = {"psnr": 0.05, "ssim": 1e-4}
+
+
+def quality_resolution(metric: str, tiebreak: str | None, n_images: int) -> float:
+    """Smallest loss difference the frontier treats as real (in the GA's loss units).
+
+    Per-image metrics such as adherence move in steps of 1/n_images, so only continuous metrics
+    (and a continuous tie-break, scaled by its weight) need a floor; it removes the near-duplicate
+    points that differ in the fourth digit of a tie-break only.
+    """
+    if tiebreak is not None:
+        return tiebreak_weight(n_images) * METRIC_RESOLUTION[tiebreak] / TIEBREAK_METRICS[tiebreak]
+    return METRIC_RESOLUTION.get(metric, 0.0)
 
 
 def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> dict[str, Any] | None:
@@ -317,8 +371,8 @@ class _Progress:
 
 
 def build_algorithm(shape: tuple[int, int, int], population: int, x0: np.ndarray, generations: int,
-                    seed: int) -> tuple[Any, Any]:
-    """pymoo problem and NSGA-II with ECAD's operators, set up for ``generations`` with ``seed``.
+                    seed: int, strategy: str = "ecad") -> tuple[Any, Any]:
+    """pymoo problem and NSGA-II with ECAD's operators (or the structured ones), for ``generations`` with ``seed``.
 
     Genomes are the step-major flattened bits; a repair fixes step 0 to "recompute" (the runtime
     always computes it), so genomes differing only there count as duplicates.
@@ -339,9 +393,15 @@ def build_algorithm(shape: tuple[int, int, int], population: int, x0: np.ndarray
             return X
 
     problem = Problem(n_var=n_var, n_obj=2, n_ieq_constr=1, xl=0, xu=1, vtype=bool)
-    algorithm = NSGA2(pop_size=population, sampling=x0, crossover=PointCrossover(n_points=4, prob=0.9),
-                      mutation=BitflipMutation(prob=1.0, prob_var=1.0 / n_var), repair=_StepZero(),
-                      eliminate_duplicates=True)
+    if strategy == "structured":
+        from ditaccel.search.operators import StepCrossover, StructuredMutation
+
+        crossover, mutation = StepCrossover(shape, prob=0.9), StructuredMutation(shape)
+    else:
+        crossover = PointCrossover(n_points=4, prob=0.9)
+        mutation = BitflipMutation(prob=1.0, prob_var=1.0 / n_var)
+    algorithm = NSGA2(pop_size=population, sampling=x0, crossover=crossover, mutation=mutation,
+                      repair=_StepZero(), eliminate_duplicates=True)
     algorithm.setup(problem, termination=("n_gen", generations), seed=seed, verbose=False)
     return problem, algorithm
 
@@ -420,7 +480,7 @@ def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
 
     # -- the GA -----------------------------------------------------------------------------
     x0, _ = initial_population(plan.named, cfg.population, np.random.default_rng(cfg.seed))
-    problem, algorithm = build_algorithm(shape, cfg.population, x0, cfg.generations, cfg.seed)
+    problem, algorithm = build_algorithm(shape, cfg.population, x0, cfg.generations, cfg.seed, plan.strategy)
 
     bar = _Progress(cfg.progress, cfg.generations)
     frontier: Frontier | None = None
@@ -504,8 +564,11 @@ def _frontier(cache: dict[str, dict[str, Any]], a: Any, shape: tuple[int, int, i
               full_macs: int) -> Frontier:
     rows = list(cache.values())
     feasible = [r for r in rows if r["feasible"]]
-    # on the GA's own objective: with a tie-break, equal-quality points trade fidelity for speed
-    keep = non_dominated([(r["objectives"][1], -r["objectives"][0]) for r in feasible])
+    # on the GA's own objective: with a tie-break, equal-quality points trade fidelity for speed;
+    # points a reader cannot tell apart (same speedup to 0.5 %, same quality to its resolution) once
+    keep = non_dominated([(r["objectives"][1], -r["objectives"][0]) for r in feasible],
+                         min_gain=quality_resolution(plan.metric, plan.tiebreak, len(plan.prompts)),
+                         min_cost_gain=FRONTIER_COST_RESOLUTION)
     pts = sorted((feasible[i] for i in keep), key=lambda r: (r["speedup"], r["quality"]))
     points = []
     for i, r in enumerate(pts):
@@ -535,7 +598,7 @@ def _frontier(cache: dict[str, dict[str, Any]], a: Any, shape: tuple[int, int, i
 def _summary(history: list[dict[str, Any]], cache: dict[str, dict[str, Any]], plan: _Plan) -> dict[str, Any]:
     live = sum(h.get("components_live", 0) for h in history)
     alone = sum(h.get("components_alone", 0) for h in history)
-    return {"tiebreak": plan.tiebreak, "steps": plan.steps, "blocks": plan.shape[1], "components": list(plan.fingerprint["components"]),
+    return {"tiebreak": plan.tiebreak, "strategy": plan.strategy, "steps": plan.steps, "blocks": plan.shape[1], "components": list(plan.fingerprint["components"]),
             "resolution": [plan.height, plan.width], "model": plan.fingerprint["model"],
             "n_images": len(plan.prompts), "seeds": plan.fingerprint["seeds"], "evaluations": len(cache),
             "generations": len(history), "population": plan.fingerprint["population"],

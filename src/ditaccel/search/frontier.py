@@ -66,16 +66,24 @@ class Frontier:
                 "presets": self.presets, **self.info}
 
 
-def non_dominated(items: Sequence[tuple[float, float]]) -> list[int]:
+def non_dominated(items: Sequence[tuple[float, float]], min_gain: float = 0.0, min_cost_gain: float = 0.0,
+                  ) -> list[int]:
     """Indices of the (cost, quality) pairs no other pair beats: cheaper-or-equal and strictly better, or vice versa.
 
-    Exact ties keep the first index, so the result is deterministic.
+    Exact ties keep the first index, so the result is deterministic. ``min_gain`` / ``min_cost_gain``
+    (relative) make it epsilon-dominance, so a frontier holds no two points a reader cannot tell
+    apart: a costlier point stays only if its quality is better by more than ``min_gain``, and a
+    point within ``min_cost_gain`` of the previous one's cost replaces it instead of joining it.
     """
     order = sorted(range(len(items)), key=lambda i: (items[i][0], -items[i][1], i))
-    keep, best = [], float("-inf")
+    keep: list[int] = []
+    best = float("-inf")
     for i in order:
-        if items[i][1] > best:
-            keep.append(i)
+        if items[i][1] > best + min_gain or not keep:
+            if keep and items[i][0] <= items[keep[-1]][0] + abs(items[keep[-1]][0]) * min_cost_gain:
+                keep[-1] = i
+            else:
+                keep.append(i)
             best = items[i][1]
     return keep
 
