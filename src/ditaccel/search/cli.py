@@ -54,7 +54,10 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: GPUs, else 2 locally)")
     s.add_argument("--batch-size", type=int, default=64, help="images per pipeline call (default 64)")
     s.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    s.add_argument("--cost", choices=("macs", "latency"), default="macs", help="cost objective (default macs)")
+    s.add_argument("--cost", choices=("latency-model", "macs", "latency"), default=None,
+                   help="cost objective: latency-model (default; this device's profiled time per schedule, "
+                        "cached under $DITACCEL_LATENCY_CACHE or ~/.cache/ditaccel/latency), macs (transformer "
+                        "MACs) or latency (each candidate timed); --resume keeps the search's own")
     s.add_argument("--tiebreak", default="auto", metavar="METRIC",
                    help="psnr | ssim | none: orders candidates of equal quality by fidelity to the uncached images "
                         "(default auto: psnr when the metric is adherence)")
@@ -114,7 +117,9 @@ def _print_table(frontier: Any) -> None:
     t = Table(title=f"{frontier.family} frontier ({frontier.metric}; no cache: "
                     f"{'?' if base is None else f'{base:.4g}'})")
     second = frontier.info.get("tiebreak")
-    cols = ["point", "speedup (MACs)", frontier.metric, "vs no cache", *([second] if second else []), "schedule"]
+    from ditaccel.search.frontier import speedup_label
+
+    cols = ["point", speedup_label(frontier).replace("transformer ", ""), frontier.metric, "vs no cache", *([second] if second else []), "schedule"]
     for col in cols:
         t.add_column(col, justify="left" if col in ("point", "schedule") else "right")
     for row, p in zip(frontier.table(), frontier.points, strict=True):
@@ -145,6 +150,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         return 0
     out = args.out or args.dir / "selected.json"
     point = select(frontier, speedup=args.select, min_quality=args.min_quality, out=out)
-    console.print(f"selected {point.name}: {point.speedup:.2f}x MACs speedup, {frontier.metric} "
+    from ditaccel.search.frontier import speedup_label
+
+    console.print(f"selected {point.name}: {point.speedup:.2f}x {speedup_label(frontier)}, {frontier.metric} "
                   f"{point.quality:.4g}; wrote {out}")
     return 0
