@@ -9,7 +9,8 @@ Models: ``bundled`` (the shipped 12-block, hidden-128 PixArt, 128 px, 20 steps) 
 (full-size PixArt-alpha 256 geometry with random weights, the pipeline of bench_speed.py).
 
 Run:  python bench/bench_latency.py --model bundled --repeats 5
-      python bench/bench_latency.py --model pixart --steps 5 --repeats 3
+      python bench/bench_latency.py --model pixart --steps 8 --repeats 3
+Each run replaces its model's section of bench/results/latency.md.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="images per call (CFG doubles the transformer batch)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds per schedule")
     ap.add_argument("--profile-rounds", type=int, default=2)
-    ap.add_argument("--out", default=None, help="markdown section to write (default bench/results/latency_MODEL.md)")
+    ap.add_argument("--out", default=None, help="markdown file whose MODEL section to (re)write "
+                                               "(default bench/results/latency.md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -109,10 +111,26 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(time_once(pipe, kw, args.batch, s))
         print(f"round {r + 1}/{args.repeats} done", flush=True)
     text = report(args, pipe, prof, scheds, times, (h, w), text_len, steps)
-    out = Path(args.out) if args.out else HERE / "results" / f"latency_{args.model}.md"
-    atomic_write_text(out, text)
+    out = Path(args.out) if args.out else HERE / "results" / "latency.md"
+    atomic_write_text(out, merge_section(out, args.model, text))
     print(text)
     return 0
+
+
+TITLE = ("# Latency model: predicted vs measured whole-pipeline time\n\n"
+         "`ditaccel search` prices schedules with `ditaccel.caching.latency` (`--cost latency-model`, the default). "
+         "Each section: one profile, then >= 10 schedules from ~1.1x to the fastest the model allows, timed in "
+         "interleaved rounds by `bench/bench_latency.py`, which rewrites its model's section.\n\n")
+
+
+def merge_section(path: Path, model: str, section: str) -> str:
+    """``path``'s text with this model's ``## model:`` section replaced (or added), the others kept."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else TITLE
+    head, *parts = old.split("\n## ")
+    kept = [p for p in parts if not p.startswith(f"{model}:")]
+    body = [section.removeprefix("## ").rstrip("\n")] + [p.rstrip("\n") for p in kept]
+    body.sort(key=lambda p: p.split(":")[0])
+    return head.rstrip("\n") + "\n\n" + "\n\n".join("## " + p for p in body) + "\n"
 
 
 def _errors(prof: object, scheds: list, med: dict, macs: dict) -> tuple[list[float], list[float], list[float]]:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ditaccel.caching import CacheSchedule, presets
+from ditaccel.caching import CacheSchedule, predicted_seconds, presets
 from ditaccel.caching import latency as lat
 from ditaccel.cli import main
 from ditaccel.errors import DitaccelError, ScheduleError
@@ -138,6 +138,10 @@ def test_real_profile_is_cached_per_key(pipe, monkeypatch, tmp_path):
     s = presets.fora(pipe, 2, steps=4)
     assert prof.predict(presets.none(pipe, steps=4)) > prof.predict(s) > prof.predict(
         CacheSchedule.for_model(pipe, np.zeros_like(s.bits)))
+    kw = {k: v for k, v in _kw().items() if k != "num_inference_steps"}  # the steps come from the schedule
+    seconds, speedup = predicted_seconds(pipe, s, kw)  # the cached (refreshed) profile: nothing measured
+    assert calls == [1, 1, 1] and speedup > 1.0
+    assert seconds == pytest.approx(lat.latency_profile(pipe, _kw()).predict(s))
 
 
 def test_search_defaults_to_the_latency_model_and_resume_keeps_its_profile(pipe, tmp_path, monkeypatch):

@@ -1,12 +1,14 @@
-"""Caching runtime: schedules, presets, the hooks that apply them, and their MACs.
+"""Caching runtime: schedules, presets, the hooks that apply them, their MACs and predicted seconds.
 
 See ``ditaccel.caching.runtime`` for how steps are tracked and how the search can count,
 snapshot and restore the caches.
 """
 
 from ditaccel.caching import presets
-from ditaccel.caching.cost import schedule_macs
+from ditaccel.caching.cost import predicted_seconds, schedule_macs
+from ditaccel.caching.latency import LatencyProfile, latency_profile
 from ditaccel.caching.runtime import CacheHandle, CacheState, apply_schedule
 from ditaccel.caching.schedule import CacheSchedule
 
-__all__ = ["CacheHandle", "CacheSchedule", "CacheState", "apply_schedule", "presets", "schedule_macs"]
+__all__ = ["CacheHandle", "CacheSchedule", "CacheState", "LatencyProfile", "apply_schedule", "latency_profile",
+           "predicted_seconds", "presets", "schedule_macs"]
