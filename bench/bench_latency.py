@@ -75,6 +75,15 @@ def schedules(pipe: object, steps: int) -> list[tuple[str, CacheSchedule]]:
     return out
 
 
+def frontier_schedules(folder: str, count: int, steps: int) -> list[tuple[str, CacheSchedule]]:
+    """``count`` points spread over a search folder's frontier (slowest to fastest), resampled to ``steps``."""
+    from ditaccel.search import load_frontier
+
+    pts = load_frontier(folder).points
+    picks = sorted({round(i * (len(pts) - 1) / max(1, count - 1)) for i in range(count)}) if pts else []
+    return [(f"frontier {pts[i].name}", pts[i].schedule.resample(steps)) for i in picks]
+
+
 def time_once(pipe: object, kw: dict, batch: int, s: CacheSchedule) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one call."""
     with apply_schedule(pipe, s):
@@ -90,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="images per call (CFG doubles the transformer batch)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds per schedule")
     ap.add_argument("--profile-rounds", type=int, default=2)
+    ap.add_argument("--frontier", default=None, metavar="DIR", help="also time points of this search's frontier")
+    ap.add_argument("--frontier-points", type=int, default=4)
     ap.add_argument("--out", default=None, help="markdown file whose MODEL section to (re)write "
                                                "(default bench/results/latency.md)")
     args = ap.parse_args(argv)
@@ -103,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     h, w = image_size(pipe, kw)
     text_len = kw.get("max_sequence_length")
     scheds = schedules(pipe, steps)
+    if args.frontier:
+        scheds += frontier_schedules(args.frontier, args.frontier_points, steps)
     times: dict[str, list[tuple[float, float]]] = {n: [] for n, _ in scheds}
     time_once(pipe, kw, args.batch, scheds[0][1])  # warm-up
     for r in range(args.repeats):
@@ -168,7 +181,8 @@ def report(args: argparse.Namespace, pipe: object, prof: object, scheds: list, t
                        f"(max {max(s_err):.1%}); the MACs speedup as a predictor: {statistics.median(m_err):.1%} "
                        f"(max {max(m_err):.1%}).")
     cmd = (f"python bench/bench_latency.py --model {args.model}" + (f" --steps {args.steps}" if args.steps else "")
-           + f" --batch {args.batch} --repeats {args.repeats} --profile-rounds {args.profile_rounds}")
+           + f" --batch {args.batch} --repeats {args.repeats} --profile-rounds {args.profile_rounds}"
+           + (f" --frontier {args.frontier} --frontier-points {args.frontier_points}" if args.frontier else ""))
     what = ("the bundled model (12 blocks, hidden 128, 128 px)" if args.model == "bundled" else
             "PixArt-alpha 256 geometry (28 blocks, hidden 1152, 256 image + 120 text tokens), random weights, "
             "with bench_speed.py's 1-layer T5 and 4-level random VAE")
