@@ -76,9 +76,20 @@ def schedules(pipe: object, steps: int) -> list[tuple[str, CacheSchedule]]:
 
 
 def frontier_schedules(folder: str, count: int, steps: int) -> list[tuple[str, CacheSchedule]]:
-    """``count`` points spread over a search folder's frontier (slowest to fastest), resampled to ``steps``."""
+    """``count`` points spread over a search folder's frontier (slowest to fastest), resampled to ``steps``.
+
+    ``folder`` may be a .tar.gz of a search folder (e.g. bench/results/search_long72.tar.gz).
+    """
     from ditaccel.search import load_frontier
 
+    if folder.endswith(".tar.gz"):
+        import tarfile
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="bench_latency_")
+        with tarfile.open(folder) as tar:
+            tar.extractall(tmp, filter="data")
+        folder = str(next(Path(tmp).rglob("frontier.json")).parent)
     pts = load_frontier(folder).points
     picks = sorted({round(i * (len(pts) - 1) / max(1, count - 1)) for i in range(count)}) if pts else []
     return [(f"frontier {pts[i].name}", pts[i].schedule.resample(steps)) for i in picks]
@@ -99,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="images per call (CFG doubles the transformer batch)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds per schedule")
     ap.add_argument("--profile-rounds", type=int, default=2)
-    ap.add_argument("--frontier", default=None, metavar="DIR", help="also time points of this search's frontier")
+    ap.add_argument("--frontier", default=None, metavar="DIR",
+                    help="also time points of this search's frontier (a folder or its .tar.gz)")
     ap.add_argument("--frontier-points", type=int, default=4)
     ap.add_argument("--out", default=None, help="markdown file whose MODEL section to (re)write "
                                                "(default bench/results/latency.md)")

@@ -59,10 +59,11 @@ class SearchConfig:
     (default ``adherence`` on the bundled model, ``psnr`` elsewhere). ``init``: ``"presets"`` or
     a previous search folder. ``cost``: ``"latency-model"`` (default: seconds predicted by this
     device's latency profile, ``ditaccel.caching.latency``; a resumed search keeps its own cost),
-    ``"macs"`` (analytic) or ``"latency"`` (measured, one prompt per candidate). ``ray_address``: None (in-process), ``"local"`` (start Ray here with
-    ``ray_workers``) or a cluster address; workers build the pipeline with ``loader``
-    (``"module:function"``, default ``ditaccel.pipeline:load_pipeline``) and ``loader_args``
-    (default: the model the pipe was loaded from).
+    ``"macs"`` (analytic) or ``"latency"`` (measured, one prompt per candidate). ``ray_address``:
+    None (in-process), ``"local"`` (start Ray here with ``ray_workers``) or a cluster address;
+    workers build the pipeline with ``loader`` (``"module:function"``, default
+    ``ditaccel.pipeline:load_pipeline``) and ``loader_args`` (default: the model the pipe was
+    loaded from).
     """
 
     prompts: Sequence[str] | str | None = None
