@@ -209,8 +209,9 @@ def report(args: argparse.Namespace, pipe: object, prof: object, scheds: list, t
         f"component sum {prof.component_s.sum() * 1e3:.2f} ms per step, fitted scale {prof.scale:.2f}.",
         f"- Measured: each schedule {args.repeats} times in interleaved rounds (order rotated each round), "
         "median; in brackets the spread (max - min) / median. Speedups are against the median `none`. "
-        "cpu = process CPU time (one torch thread: the wall time of an idle machine), wall = wall clock on the "
-        "shared machine.",
+        "cpu = process CPU time: with one torch thread, the call's own compute, without the time the OS gave "
+        "to other jobs (the profile's clock here); wall = wall clock on the shared machine, which under this load "
+        "mostly measures the other jobs.",
         "",
         "| schedule | MACs speedup | predicted speedup | predicted s | cpu: speedup | cpu s | cpu: time error "
         "| wall: speedup | wall s | wall: time error |",

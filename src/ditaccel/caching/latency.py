@@ -237,8 +237,9 @@ class _Recorder:
 def clock_for(device: str) -> tuple[str, Any]:
     """("cpu", process CPU time) on a CPU running one torch thread, else ("wall", perf_counter).
 
-    Why: with one thread, CPU time is the wall time the call would take on an idle machine, and
-    it does not count the time a shared machine gives to other jobs (10x steadier here).
+    Why: with one thread, CPU time is the call's own compute and leaves out the time a shared
+    machine gives to other jobs: on the 2 shared cores here its spread was 5-10% where the wall
+    clock's was 30-130%.
     """
     if device.startswith("cpu") and torch.get_num_threads() == 1:
         return "cpu", time.process_time
