@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in scheds[k:] + scheds[:k]:  # rotated each round: load drifts hit every schedule alike
             times[name].append(time_once(pipe, kw, args.batch, s))
         print(f"round {r + 1}/{args.repeats} done", flush=True)
-    text = report(args, pipe, prof, scheds, times, (h, w), text_len, steps)
-    out = Path(args.out) if args.out else HERE / "results" / "latency.md"
-    atomic_write_text(out, merge_section(out, args.model, text))
+        # written after every round, so an interrupted run still leaves what it measured
+        text = report(args, pipe, prof, scheds, times, (h, w), text_len, steps, r + 1)
+        out = Path(args.out) if args.out else HERE / "results" / "latency.md"
+        atomic_write_text(out, merge_section(out, args.model, text))
     print(text)
     return 0
 
@@ -171,7 +172,7 @@ def _errors(prof: object, scheds: list, med: dict, macs: dict) -> tuple[list[flo
 
 
 def report(args: argparse.Namespace, pipe: object, prof: object, scheds: list, times: dict, hw: tuple,
-           text_len: int | None, steps: int) -> str:
+           text_len: int | None, steps: int, rounds: int) -> str:
     macs = {n: schedule_macs(pipe, s, hw[0], hw[1], batch=2 * args.batch, text_len=text_len) for n, s in scheds}
     clocks = {"cpu": 1, "wall": 0}
     med = {c: {n: statistics.median(x[i] for x in v) for n, v in times.items()} for c, i in clocks.items()}
@@ -207,7 +208,8 @@ def report(args: argparse.Namespace, pipe: object, prof: object, scheds: list, t
         f"- Profile (`profile_latency`, {args.profile_rounds} rounds, clock: {prof.key['clock']}): "
         f"{prof.seconds:.1f} s wall. Always-run step {prof.step_s * 1e3:.2f} ms, per-call fixed {prof.fixed_s:.3f} s, "
         f"component sum {prof.component_s.sum() * 1e3:.2f} ms per step, fitted scale {prof.scale:.2f}.",
-        f"- Measured: each schedule {args.repeats} times in interleaved rounds (order rotated each round), "
+        f"- Measured: each schedule {rounds} times in interleaved rounds (order rotated each round"
+        + (f"; stopped after {rounds} of {args.repeats} rounds" if rounds < args.repeats else "") + "), "
         "median; in brackets the spread (max - min) / median. Speedups are against the median `none`. "
         "cpu = process CPU time: with one torch thread, the call's own compute, without the time the OS gave "
         "to other jobs (the profile's clock here); wall = wall clock on the shared machine, which under this load "
