@@ -144,7 +144,7 @@ def test_real_profile_is_cached_per_key(pipe, monkeypatch, tmp_path):
     assert seconds == pytest.approx(lat.latency_profile(pipe, _kw()).predict(s))
 
 
-def test_search_defaults_to_the_latency_model_and_resume_keeps_its_profile(pipe, tmp_path, monkeypatch):
+def test_search_defaults_to_the_latency_model_and_resume_keeps_its_profile(pipe, tmp_path, monkeypatch, capsys):
     kw = _kw(4)
     kw.pop("output_type")
     cfg = dict(prompts=["a red fox"], seeds=[0], metric="psnr", population=4, seed=1, call_kwargs=kw,
@@ -159,6 +159,8 @@ def test_search_defaults_to_the_latency_model_and_resume_keeps_its_profile(pipe,
         assert r["objectives"][1] == r["predicted_s"] and r["speedup"] == pytest.approx(full / r["predicted_s"])
         assert r["speedup_macs"] > 0
     assert load_frontier(tmp_path / "s").info["cost"] == "latency-model"
+    assert main(["frontier", str(tmp_path / "s"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cost"] == "latency-model"
     # resuming prices new candidates with the folder's profile, whatever the device cache holds now
     monkeypatch.setattr(lat, "profile_latency", lambda *a, **k: pytest.fail("re-profiled on resume"))
     monkeypatch.setenv(lat.CACHE_ENV, str(tmp_path / "empty"))
