@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe, kw = load(args.model, args.steps)
     steps = int(kw["num_inference_steps"])
+    c0 = time.process_time()
     prof = profile_latency(pipe, kw, batch=args.batch, rounds=args.profile_rounds)
+    prof_cpu = time.process_time() - c0
     print(f"profiled in {prof.seconds:.1f} s: step {prof.step_s * 1e3:.2f} ms, fixed {prof.fixed_s:.3f} s, "
           f"scale {prof.scale:.2f}", flush=True)
     h, w = image_size(pipe, kw)
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(time_once(pipe, kw, args.batch, s))
         print(f"round {r + 1}/{args.repeats} done", flush=True)
         # written after every round, so an interrupted run still leaves what it measured
-        text = report(args, pipe, prof, scheds, times, (h, w), text_len, steps, r + 1)
+        text = report(args, pipe, prof, prof_cpu, scheds, times, (h, w), text_len, steps, r + 1)
         out = Path(args.out) if args.out else HERE / "results" / "latency.md"
         atomic_write_text(out, merge_section(out, args.model, text))
     print(text)
@@ -174,7 +176,7 @@ def _errors(prof: object, scheds: list, med: dict, macs: dict) -> tuple[list[flo
     return t_err, s_err, m_err
 
 
-def report(args: argparse.Namespace, pipe: object, prof: object, scheds: list, times: dict, hw: tuple,
+def report(args: argparse.Namespace, pipe: object, prof: object, prof_cpu: float, scheds: list, times: dict, hw: tuple,
            text_len: int | None, steps: int, rounds: int) -> str:
     macs = {n: schedule_macs(pipe, s, hw[0], hw[1], batch=2 * args.batch, text_len=text_len) for n, s in scheds}
     clocks = {"cpu": 1, "wall": 0}
@@ -210,7 +212,7 @@ def report(args: argparse.Namespace, pipe: object, prof: object, scheds: list, t
         f"- Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         f"- Model: {what}; {steps} steps, {args.batch} image(s) per call with CFG, fp32, 1 thread.",
         f"- Profile (`profile_latency`, {args.profile_rounds} rounds, clock: {prof.key['clock']}): "
-        f"{prof.seconds:.1f} s wall. Always-run step {prof.step_s * 1e3:.2f} ms, per-call fixed {prof.fixed_s:.3f} s, "
+        f"{prof_cpu:.1f} s CPU ({prof.seconds:.1f} s wall on the shared machine). Always-run step {prof.step_s * 1e3:.2f} ms, per-call fixed {prof.fixed_s:.3f} s, "
         f"component sum {prof.component_s.sum() * 1e3:.2f} ms per step, fitted scale {prof.scale:.2f}.",
         f"- Measured: each schedule {rounds} times in interleaved rounds (order rotated each round"
         + (f"; stopped after {rounds} of {args.repeats} rounds" if rounds < args.repeats else "") + "), "
