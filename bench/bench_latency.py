@@ -214,6 +214,8 @@ def report(args: argparse.Namespace, pipe: object, prof: object, prof_cpu: float
         f"- Profile (`profile_latency`, {args.profile_rounds} rounds, clock: {prof.key['clock']}): "
         f"{prof_cpu:.1f} s CPU ({prof.seconds:.1f} s wall on the shared machine). Always-run step {prof.step_s * 1e3:.2f} ms, per-call fixed {prof.fixed_s:.3f} s, "
         f"component sum {prof.component_s.sum() * 1e3:.2f} ms per step, fitted scale {prof.scale:.2f}.",
+        "- Where the time goes (profile, ms): " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} "
+                                                            f"{v * 1e3:.2f}" for k, v in prof.parts.items()) + ".",
         f"- Measured: each schedule {rounds} times in interleaved rounds (order rotated each round"
         + (f"; stopped after {rounds} of {args.repeats} rounds" if rounds < args.repeats else "") + "), "
         "median; in brackets the spread (max - min) / median. Speedups are against the median `none`. "

@@ -130,6 +130,9 @@ def test_real_profile_is_cached_per_key(pipe, monkeypatch, tmp_path):
     assert (prof.component_s >= 0).all() and prof.component_s.sum() > 0 and prof.scale > 0
     assert prof.key["steps"] == 4 and prof.key["resolution"] == [16, 16] and prof.key["clock"] in ("cpu", "wall")
     assert [r["kind"] for r in prof.runs] == ["none", "cached", "random", "cached", "random", "none"]
+    parts = prof.parts  # where the time goes, as the profile saw it
+    assert parts["transformer_full_step_s"] > parts["transformer_cached_step_s"] > 0
+    assert parts["text_encoder_s"] > 0 and parts["vae_decode_s"] > 0
     again = lat.latency_profile(pipe, _kw(), batch=1)  # from disk, not measured again
     assert calls == [1] and np.array_equal(again.component_s, prof.component_s)
     lat.latency_profile(pipe, _kw(), batch=2)  # another batch is another profile

@@ -63,6 +63,10 @@ class LatencyProfile:
     steps: int
     runs: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: where one call's time goes (for reports; ``predict`` does not use it): text encoders and VAE
+    #: decoder per call, transformer per step with everything computed / everything cached, and the
+    #: rest of an all-cached step (scheduler, CFG, the pipeline's loop).
+    parts: dict[str, float] = field(default_factory=dict)
 
     def predict(self, schedule: CacheSchedule | np.ndarray) -> float:
         """Predicted seconds of one pipeline call (``batch`` images) under ``schedule``.
@@ -87,13 +91,13 @@ class LatencyProfile:
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "component_s": self.component_s.tolist(), "step_s": self.step_s,
                 "fixed_s": self.fixed_s, "scale": self.scale, "steps": self.steps, "runs": self.runs,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "parts": self.parts}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyProfile:
         return cls(dict(d["key"]), np.asarray(d["component_s"], dtype=float), float(d["step_s"]),
                    float(d["fixed_s"]), float(d["scale"]), int(d["steps"]), list(d.get("runs", [])),
-                   float(d.get("seconds", 0.0)))
+                   float(d.get("seconds", 0.0)), dict(d.get("parts", {})))
 
 
 # -- where profiles live ----------------------------------------------------------------------
@@ -180,7 +184,9 @@ class _Recorder:
     """
 
     def __init__(self, pipe: Any, handle: Any, sync: bool, clock: Any) -> None:
+        self.pipe = pipe
         self.a = get_adapter(pipe)
+        self.outer = {"text_encoder_s": 0.0, "vae_decode_s": 0.0}
         self.handle = handle
         self.sync = sync
         self.clock = clock
@@ -216,22 +222,47 @@ class _Recorder:
 
             mod = self.a.component_module(b, c)
             self._hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+        self._time_outer()
         return self
+
+    def _time_outer(self) -> None:
+        """Per-call parts outside the transformer, for the report: text encoders and the VAE decoder."""
+        vae = getattr(self.pipe, "vae", None)
+        mods = [("text_encoder_s", getattr(self.pipe, n, None)) for n in ("text_encoder", "text_encoder_2",
+                                                                           "text_encoder_3")]
+        mods.append(("vae_decode_s", getattr(vae, "decoder", None)))
+        for key, mod in mods:
+            if not isinstance(mod, torch.nn.Module):
+                continue
+            start: list[float] = [0.0]
+
+            def pre(*_: Any, start: list[float] = start) -> None:
+                start[0] = self._now()
+
+            def post(*_: Any, start: list[float] = start, key: str = key) -> None:
+                self.outer[key] += self._now() - start[0]
+
+            self._hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
 
     def __exit__(self, *exc: object) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
 
-    def per_step(self, steps: int) -> tuple[np.ndarray, list[float]]:
-        """Component seconds summed per step [steps, blocks, slots], and each step's first call start."""
+    def per_step(self, steps: int) -> dict[str, Any]:
+        """``comp``: component seconds per step [steps, blocks, slots]; ``starts``: each step's first
+        call start; ``parts``: per-call seconds of the text encoders and the VAE decoder, and the
+        median transformer seconds of a step after the first."""
         comp = np.zeros((steps, *self._cur.shape))
         starts: list[float] = [float("nan")] * steps
-        for t0, _t1, step, cur in self.calls:
+        calls = np.zeros(steps)
+        for t0, t1, step, cur in self.calls:
             if 0 <= step < steps:
                 comp[step] += cur
+                calls[step] += t1 - t0
                 starts[step] = t0 if np.isnan(starts[step]) else min(starts[step], t0)
-        return comp, starts
+        parts = {**self.outer, "transformer_step_s": float(np.median(calls[1:])) if steps > 1 else float(calls[0])}
+        return {"comp": comp, "starts": starts, "parts": parts}
 
 
 def clock_for(device: str) -> tuple[str, Any]:
@@ -269,7 +300,7 @@ def timed_call(pipe: Any, kw: dict[str, Any], batch: int, schedule: CacheSchedul
                 rec.__exit__()
     out: dict[str, Any] = {"total_s": total}
     if rec is not None:
-        out["comp"], out["starts"] = rec.per_step(schedule.steps)
+        out.update(rec.per_step(schedule.steps))
     return out
 
 
@@ -333,10 +364,23 @@ def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int) -> 
         slope = 1.0
         intercept = float(np.median(total - work))
     fixed = float(intercept) - steps * step_s
-    prof = LatencyProfile(key, comp, step_s, fixed, float(slope), steps)
+    prof = LatencyProfile(key, comp, step_s, fixed, float(slope), steps, parts=_parts(runs, step_s))
     prof.runs = [{"kind": r["kind"], "measured_s": round(float(r["total_s"]), 6),
                   "predicted_s": round(prof.predict(r["bits"]), 6)} for r in plain]
     return prof
+
+
+def _parts(runs: list[dict[str, Any]], step_s: float) -> dict[str, float]:
+    """Medians of the per-part timings (see ``LatencyProfile.parts``)."""
+    def med(kind: str, name: str) -> float | None:
+        xs = [r["parts"][name] for r in runs if r["kind"] == kind and name in r.get("parts", {})]
+        return float(statistics.median(xs)) if xs else None
+
+    cached_step = med("cached", "transformer_step_s")
+    out = {"text_encoder_s": med("cached", "text_encoder_s"), "vae_decode_s": med("cached", "vae_decode_s"),
+           "transformer_full_step_s": med("none", "transformer_step_s"), "transformer_cached_step_s": cached_step,
+           "scheduler_and_loop_step_s": None if cached_step is None else step_s - cached_step}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _eff(bits: np.ndarray) -> np.ndarray:
