@@ -131,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     scheds = schedules(pipe, steps)
     if args.frontier:
         scheds += frontier_schedules(args.frontier, args.frontier_points, steps)
-    times: dict[str, list[tuple[float, float]]] = {n: [] for n, _ in scheds}
     if args.quick:  # the slowest mid-range presets go; the range 1.1x..fastest stays covered
         scheds = [(n, s) for n, s in scheds if n not in ("tgate(2)", "fora_attention(2)", "random p=0.6")]
+    times: dict[str, list[tuple[float, float]]] = {n: [] for n, _ in scheds}
     time_once(pipe, kw, args.batch, scheds[-1][1])  # warm-up: a cheap schedule that still runs every module
     for r in range(args.repeats):
         k = r % len(scheds)
@@ -187,7 +187,8 @@ def report(args: argparse.Namespace, pipe: object, prof: object, prof_cpu: float
         for c, i in clocks.items():
             xs = [x[i] for x in times[name]]
             m = med[c][name]
-            cells.append(f"{med[c]['none'] / m:.2f}x | {m:.3f} ({(max(xs) - min(xs)) / m:.0%}) | "
+            spread = f" ({(max(xs) - min(xs)) / m:.0%})" if len(xs) > 1 else ""
+            cells.append(f"{med[c]['none'] / m:.2f}x | {m:.3f}{spread} | "
                          f"{prof.predict(s) / m - 1:+.1%}")
         rows.append(f"| {name} | {macs['none'] / macs[name]:.2f}x | {prof.speedup(s):.2f}x | {prof.predict(s):.3f} | "
                     + " | ".join(cells) + " |")
