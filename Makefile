@@ -29,6 +29,8 @@ lint: setup
 bench: setup
 	$(PY) bench/bench_bundled.py --seeds 4 --threads 1
 	$(PY) bench/bench_speed.py --steps 8 --repeats 3
+	$(PY) bench/bench_latency.py --model bundled --repeats 5 --frontier bench/results/search_long72.tar.gz
+	$(PY) bench/bench_latency.py --model pixart --steps 8 --repeats 2 --profile-rounds 1 --quick
 	$(PY) bench/bench_search.py
 	$(PY) bench/bench_quant.py --prompts 48 --calib-every 2 --iters 200 --threads 1 --auto
 	$(PY) bench/bench_quant.py --ablation --prompts 1 --calib-every 2 --threads 1

@@ -18,3 +18,11 @@ def bundled_pipe():
     from ditaccel.pipeline import load_pipeline
 
     return load_pipeline()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _latency_cache(tmp_path_factory):
+    """Latency profiles (the search's default cost) go to a session temp folder, never ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DITACCEL_LATENCY_CACHE", str(tmp_path_factory.mktemp("latency")))
+        yield

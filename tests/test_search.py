@@ -30,7 +30,7 @@ def _kw() -> dict:
 
 def _cfg(out: Path | None = None, **over) -> SearchConfig:
     base = dict(prompts=PROMPTS, seeds=[0], metric="psnr", population=6, generations=3, seed=1,
-                call_kwargs=_kw(), out=out, batch_size=8)
+                call_kwargs=_kw(), out=out, batch_size=8, cost="macs")  # GA tests: a cost that needs no clock
     base.update(over)
     return SearchConfig(**base)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -9,13 +10,19 @@ import subprocess
 import torch
 
 
-def machine_description() -> str:
-    """CPU/GPU model, cores, torch version and thread count, for results files."""
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (lscpu), or what ``platform`` knows."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
+        return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
     except (OSError, subprocess.CalledProcessError):
-        cpu = platform.processor() or "?"
+        return platform.processor() or "?"
+
+
+def machine_description() -> str:
+    """CPU/GPU model, cores, torch version and thread count, for results files."""
+    cpu = cpu_model()
     gpu = ""
     if torch.cuda.is_available():
         gpu = f", GPU {torch.cuda.get_device_name(0)}"

@@ -31,3 +31,20 @@ def schedule_macs(pipe_or_transformer: Any, schedule: CacheSchedule, height: int
     eff[0] = True
     per_step = (eff * comp[None]).sum(axis=(1, 2), dtype=np.int64)
     return int(per_step.sum() + schedule.steps * a.rest_macs(batch, n_img, n_txt))
+
+
+def predicted_seconds(pipe: Any, schedule: CacheSchedule, call_kwargs: dict[str, Any] | None = None,
+                      batch: int = 1) -> tuple[float, float]:
+    """(seconds, speedup over all-recompute) of one ``pipe`` call under ``schedule``, by this device's
+    latency profile (``ditaccel.caching.latency``; measured on first use, then read from the cache).
+
+    Unlike ``schedule_macs`` this counts what always runs (norms, adaLN, embedders, scheduler, text
+    encoder, VAE), so it is the speedup a user of this device sees.
+    """
+    from ditaccel.caching.latency import latency_profile
+
+    schedule.validate_for(pipe)
+    kw = dict(call_kwargs or {})
+    kw.setdefault("num_inference_steps", schedule.steps)
+    profile = latency_profile(pipe, kw, batch)
+    return profile.predict(schedule), profile.speedup(schedule)

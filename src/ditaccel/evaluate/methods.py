@@ -241,8 +241,10 @@ def resolve_methods(pipe: Any, specs: list[MethodSpec], steps: int) -> list[Meth
                 label = spec.text if len(cache.args) > 1 else f"{spec.text}@{p.name}"
                 m = Method(label, spec, prefix + "schedule", schedule=p.schedule, schedule_source=str(p.path),
                            quant=qname, quant_iters=qiters, group=f"ECAD {folder}" + (f" + {qname}" if qname else ""),
-                           frontier_speedup=p.speedup)
-                m.notes.append(f"frontier point {p.name} (search MACs speedup {p.speedup:.2f}x)")
+                           frontier_speedup=p.schedule.metrics.get("speedup_macs", p.speedup))
+                pred = p.schedule.metrics.get("speedup_predicted")  # searches priced by the latency model
+                m.notes.append(f"frontier point {p.name} (search MACs speedup {m.frontier_speedup:.2f}x"
+                               + (f", predicted wall-clock speedup {pred:.2f}x)" if pred else ")"))
                 _fit_steps(m, steps)
                 out.append(m)
         elif cache.name in ("fora", "tgate", "delta-dit", "schedule"):

@@ -70,7 +70,10 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--ray-workers", type=positive_int, default=None, help="Ray workers (default: GPUs, else 2 locally)")
     s.add_argument("--batch-size", type=positive_int, default=64, help="images per pipeline call (default 64)")
     s.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
-    s.add_argument("--cost", choices=("macs", "latency"), default="macs", help="cost objective (default macs)")
+    s.add_argument("--cost", choices=("latency-model", "macs", "latency"), default=None,
+                   help="cost objective: latency-model (default; this device's profiled time per schedule, "
+                        "cached under $DITACCEL_LATENCY_CACHE or ~/.cache/ditaccel/latency), macs (transformer "
+                        "MACs) or latency (each candidate timed); --resume keeps the search's own")
     s.add_argument("--tiebreak", default="auto", metavar="METRIC",
                    help="psnr | ssim | none: orders candidates of equal quality by fidelity to the uncached images "
                         "(default auto: psnr when the metric is adherence)")
@@ -166,7 +169,9 @@ def _print_table(frontier: Any) -> None:
     t = Table(title=f"{frontier.family} frontier ({frontier.metric}; no cache: "
                     f"{'?' if base is None else f'{base:.4g}'})")
     second = frontier.info.get("tiebreak")
-    cols = ["point", "speedup (MACs)", frontier.metric, "vs no cache", *([second] if second else []), "schedule"]
+    from ditaccel.search.frontier import speedup_label
+
+    cols = ["point", speedup_label(frontier).replace("transformer ", ""), frontier.metric, "vs no cache", *([second] if second else []), "schedule"]
     for col in cols:
         t.add_column(col, justify="left" if col in ("point", "schedule") else "right")
     for row, p in zip(frontier.table(), frontier.points, strict=True):
@@ -206,6 +211,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         if not min(speeds) <= target <= max(speeds):
             console.print(f"--select {args.select} is outside the frontier's range ({min(speeds):.2f}x to "
                           f"{max(speeds):.2f}x); picked the nearest point, {point.name} at {point.speedup:.2f}x")
-    console.print(f"selected {point.name}: {point.speedup:.2f}x MACs speedup, {frontier.metric} "
+    from ditaccel.search.frontier import speedup_label
+
+    console.print(f"selected {point.name}: {point.speedup:.2f}x {speedup_label(frontier)}, {frontier.metric} "
                   f"{point.quality:.4g}; wrote {out}")
     return 0

@@ -51,6 +51,8 @@ from ditaccel.search.genome import (
 )
 
 CHECKPOINT_FORMAT = "ditaccel.search_checkpoint"
+LATENCY_MODEL = "latency-model"
+COSTS = (LATENCY_MODEL, "macs", "latency")
 DEFAULT_POPULATION, DEFAULT_GENERATIONS = 72, 12  # the paper's population; generations are user-sized
 # The bundled model on 2 CPU cores: ~3.7 CPU-s per candidate, so a 10-minute budget holds ~150 candidates.
 BUNDLED_POPULATION, BUNDLED_GENERATIONS = 24, 6
@@ -68,11 +70,13 @@ class SearchConfig:
     calibration prompts, every 3rd of them under the structured strategy; else the first 32 PartiPrompts). ``seeds``: a list or '0-2' (default
     [0]); every prompt is generated with every seed. ``metric``: a ``ditaccel.metrics`` name
     (default ``adherence`` on the bundled model, ``psnr`` elsewhere). ``init``: ``"presets"`` or
-    a previous search folder. ``cost``: ``"macs"`` (analytic) or ``"latency"`` (measured, one
-    prompt per candidate). ``ray_address``: None (in-process), ``"local"`` (start Ray here with
-    ``ray_workers``) or a cluster address; workers build the pipeline with ``loader``
-    (``"module:function"``, default ``ditaccel.pipeline:load_pipeline``) and ``loader_args``
-    (default: the model the pipe was loaded from).
+    a previous search folder. ``cost``: ``"latency-model"`` (default: seconds predicted by this
+    device's latency profile, ``ditaccel.caching.latency``; a resumed search keeps its own cost),
+    ``"macs"`` (analytic) or ``"latency"`` (measured, one prompt per candidate). ``ray_address``:
+    None (in-process), ``"local"`` (start Ray here with ``ray_workers``) or a cluster address;
+    workers build the pipeline with ``loader`` (``"module:function"``, default
+    ``ditaccel.pipeline:load_pipeline``) and ``loader_args`` (default: the model the pipe was
+    loaded from).
     """
 
     prompts: Sequence[str] | str | None = None
@@ -87,7 +91,7 @@ class SearchConfig:
     resume: bool = False
     batch_size: int = 64
     call_kwargs: dict[str, Any] = field(default_factory=dict)
-    cost: str = "macs"
+    cost: str | None = None
     ray_address: str | None = None
     ray_workers: int | None = None
     loader: str | None = None
@@ -134,14 +138,14 @@ class _Plan:
 STRATEGIES = ("structured", "ecad")
 
 
-def _saved_strategy(cfg: SearchConfig) -> str | None:
-    """The strategy a search being resumed was started with (checkpoints before the option: ecad)."""
+def _saved(cfg: SearchConfig, key: str, before: str) -> str | None:
+    """A fingerprint field of the search being resumed (``before``: its value in checkpoints older than the field)."""
     ckpt = Path(cfg.out) / "checkpoint" if cfg.out is not None and cfg.resume else None
     if ckpt is None or not ckpt.is_file():
         return None
     try:
-        return str(json.loads(ckpt.read_text(encoding="utf-8")).get("fingerprint", {}).get("strategy", "ecad"))
-    except (json.JSONDecodeError, AttributeError):
+        return str(json.loads(ckpt.read_text(encoding="utf-8")).get("fingerprint", {}).get(key, before))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return None  # _check_out reports the corrupt checkpoint
 
 
@@ -161,11 +165,13 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     if cfg.batch_size < 1:
         raise DitaccelError(f"batch size must be at least 1, got {cfg.batch_size}")
     if cfg.strategy is None:
-        cfg.strategy = _saved_strategy(cfg) or "structured"
+        cfg.strategy = _saved(cfg, "strategy", "ecad") or "structured"
     if cfg.strategy not in STRATEGIES:
         raise DitaccelError(f"unknown search strategy {cfg.strategy!r}; use {' or '.join(STRATEGIES)}")
-    if cfg.cost not in ("macs", "latency"):
-        raise DitaccelError(f"unknown cost {cfg.cost!r}; use macs or latency")
+    if cfg.cost is None:
+        cfg.cost = _saved(cfg, "cost", "macs") or LATENCY_MODEL
+    if cfg.cost not in COSTS:
+        raise DitaccelError(f"unknown cost {cfg.cost!r}; use {', '.join(COSTS)}")
     a = get_adapter(pipe)
     metric = cfg.metric or ("adherence" if bundled else "psnr")
     m = get_metric(metric, **cfg.metric_paths)  # unknown metric / missing weights: one line, now
@@ -271,6 +277,22 @@ def quality_resolution(metric: str, tiebreak: str | None, n_images: int) -> floa
     if tiebreak is not None:
         return tiebreak_weight(n_images) * METRIC_RESOLUTION[tiebreak] / TIEBREAK_METRICS[tiebreak]
     return METRIC_RESOLUTION.get(metric, 0.0)
+
+
+def _latency_model(pipe: Any, plan: _Plan) -> Any:
+    """The search's latency profile: its folder's own when resuming (so candidates keep their prices),
+    else this device's cached profile for one image per call, measured now if there is none."""
+    from ditaccel.caching.latency import latency_profile, load_profile, save_profile
+
+    path = plan.out / "latency_profile.json" if plan.out is not None else None
+    if path is not None and plan.resume_state is not None:
+        found = load_profile(path)
+        if found is not None:
+            return found
+    profile = latency_profile(pipe, plan.call_kwargs, batch=1)
+    if path is not None:
+        save_profile(profile, path)
+    return profile
 
 
 def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> dict[str, Any] | None:
@@ -420,6 +442,8 @@ def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
         return schedule_macs(pipe, CacheSchedule(bits, a.component_names, a.family), plan.height, plan.width, batch=2)
 
     full_macs = macs_of(np.ones(shape, dtype=bool))
+    latency = _latency_model(pipe, plan) if cfg.cost == LATENCY_MODEL else None
+    full_s = latency.predict(np.ones(shape, dtype=bool)) if latency is not None else None
 
     # -- evaluation cache (and resume) -----------------------------------------------------
     cache: dict[str, dict[str, Any]] = {}
@@ -466,13 +490,18 @@ def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
 
     def record(key: str, bits: np.ndarray, res: dict[str, Any], gen: int) -> dict[str, Any]:
         macs = macs_of(bits)
-        cost = res["latency_s"] if cfg.cost == "latency" else macs / 1e9
+        speedup, priced = full_macs / macs, {}
+        if latency is not None:  # the frontier's x axis becomes the predicted wall-clock speedup
+            cost = latency.predict(bits)
+            speedup, priced = full_s / cost, {"predicted_s": cost, "speedup_macs": full_macs / macs}
+        else:
+            cost = res["latency_s"] if cfg.cost == "latency" else macs / 1e9
         reuse = int((~canonical(bits)).sum())
         loss = 1.0 - res["quality"]
         if plan.tiebreak is not None:
             loss += tiebreak_weight(len(plan.prompts)) * (1.0 - tiebreak_unit(plan.tiebreak, res["tiebreak"]))
         return {"genome": key, "generation": gen, "name": names.get(key, "offspring" if gen else "mutant"),
-                "quality": res["quality"], "macs": macs, "speedup": full_macs / macs,
+                "quality": res["quality"], "macs": macs, "speedup": speedup, **priced,
                 **({"tiebreak": res["tiebreak"]} if plan.tiebreak is not None else {}),
                 "objectives": [loss, cost], "constraint": 0.5 - reuse, "feasible": reuse > 0,
                 "cost": {"components": res["components"], "components_alone": res["components_alone"]},
@@ -575,7 +604,10 @@ def _frontier(cache: dict[str, dict[str, Any]], a: Any, shape: tuple[int, int, i
         bits = unpack(r["genome"], shape)
         name = f"p{i:02d}_{r['speedup']:.2f}x"
         sched = CacheSchedule(bits, a.component_names, a.family, (plan.height, plan.width),
-                              metrics={plan.metric: r["quality"], "macs": r["macs"], "speedup_macs": r["speedup"]},
+                              metrics={plan.metric: r["quality"], "macs": r["macs"],
+                                       "speedup_macs": r.get("speedup_macs", r["speedup"]),
+                                       **({"speedup_predicted": r["speedup"], "predicted_s": r["predicted_s"]}
+                                          if "predicted_s" in r else {})},
                               meta={"searched_by": "ditaccel.search", "generation": r["generation"],
                                     "model": plan.fingerprint["model"], "call_kwargs": plan.fingerprint["call_kwargs"]})
         details = dict(r.get("details", {}))
@@ -598,7 +630,7 @@ def _frontier(cache: dict[str, dict[str, Any]], a: Any, shape: tuple[int, int, i
 def _summary(history: list[dict[str, Any]], cache: dict[str, dict[str, Any]], plan: _Plan) -> dict[str, Any]:
     live = sum(h.get("components_live", 0) for h in history)
     alone = sum(h.get("components_alone", 0) for h in history)
-    return {"tiebreak": plan.tiebreak, "strategy": plan.strategy, "steps": plan.steps, "blocks": plan.shape[1], "components": list(plan.fingerprint["components"]),
+    return {"tiebreak": plan.tiebreak, "strategy": plan.strategy, "cost": plan.fingerprint["cost"], "steps": plan.steps, "blocks": plan.shape[1], "components": list(plan.fingerprint["components"]),
             "resolution": [plan.height, plan.width], "model": plan.fingerprint["model"],
             "n_images": len(plan.prompts), "seeds": plan.fingerprint["seeds"], "evaluations": len(cache),
             "generations": len(history), "population": plan.fingerprint["population"],

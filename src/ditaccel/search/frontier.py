@@ -20,11 +20,19 @@ from ditaccel.errors import DitaccelError
 
 FORMAT = "ditaccel.frontier"
 VERSION = 1
+#: What a frontier's speedup means, by the search's cost (``info["cost"]``; older frontiers: macs).
+SPEEDUP_LABELS = {"latency-model": "speedup (predicted wall clock, latency model)",
+                  "macs": "speedup (transformer MACs)", "latency": "speedup (transformer MACs)"}
+
+
+def speedup_label(frontier: Frontier) -> str:
+    """The x axis / column name of ``frontier``: which cost its speedups come from."""
+    return SPEEDUP_LABELS.get(str(frontier.info.get("cost", "macs")), "speedup")
 
 
 @dataclass
 class FrontierPoint:
-    """One non-dominated schedule: MACs speedup over all-recompute and its quality."""
+    """One non-dominated schedule: speedup over all-recompute (by the search's cost) and its quality."""
 
     name: str
     speedup: float
@@ -108,7 +116,7 @@ def write_frontier(frontier: Frontier, folder: str | Path, plot: bool = True) ->
 
 
 def plot_frontier(frontier: Frontier, path: str | Path) -> None:
-    """Quality against MACs speedup: the frontier as a step line, the presets as labelled crosses.
+    """Quality against speedup (by the search's cost): the frontier as a step line, the presets as labelled crosses.
 
     With a tie-break metric a second panel shows it on the same x axis, since the frontier's
     equal-quality points differ only there.
@@ -151,9 +159,9 @@ def plot_frontier(frontier: Frontier, path: str | Path) -> None:
         ax2.set_ylabel(f"{second} vs no cache (tie-break)")
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=8)
-        ax2.set_xlabel("speedup (transformer MACs, x)")
+        ax2.set_xlabel(f"{speedup_label(frontier)}, x")
     else:
-        ax.set_xlabel("speedup (transformer MACs, x)")
+        ax.set_xlabel(f"{speedup_label(frontier)}, x")
     fig.tight_layout()
 
     def _w(tmp: str) -> None:

@@ -1,0 +1,198 @@
+"""The latency model: fitting on exact data, pricing schedules, the on-disk cache, and the search's default cost."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ditaccel.caching import CacheSchedule, predicted_seconds, presets
+from ditaccel.caching import latency as lat
+from ditaccel.cli import main
+from ditaccel.errors import DitaccelError, ScheduleError
+from ditaccel.search import SearchConfig, load_frontier, search
+from ditaccel.search.frontier import speedup_label
+from ditaccel.testing.replicas import build_pipeline, call_kwargs
+
+STEPS, B, C = 5, 4, 3
+KEY = {"model": "m", "device": "cpu:x", "batch": 1}
+
+
+def _truth(seed: int = 0) -> tuple[np.ndarray, np.ndarray, float, float]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(1e-3, 5e-3, (B, C)), rng.uniform(1e-5, 5e-5, (B, C)), 2e-3, 0.05
+
+
+def _runs(comp: np.ndarray, hit: np.ndarray, step_s: float, fixed: float, scale: float = 1.0) -> list[dict]:
+    """Timed runs an exact device following the model would produce."""
+    def total(bits: np.ndarray) -> float:
+        eff = bits.copy()
+        eff[0] = True
+        return fixed + STEPS * step_s + scale * float((eff * comp[None]).sum())
+
+    none, cached = np.ones((STEPS, B, C), bool), np.zeros((STEPS, B, C), bool)
+    rand = np.random.default_rng(1).random((STEPS, B, C)) < 0.5
+    starts = [0.1 + i * step_s for i in range(STEPS)]
+    parts = [{"kind": "none", "bits": none, "total_s": 99.0, "comp": np.broadcast_to(comp + hit, (STEPS, B, C)),
+              "starts": starts},
+             {"kind": "cached", "bits": cached, "total_s": 99.0, "comp": np.broadcast_to(hit, (STEPS, B, C)),
+              "starts": starts}]
+    return parts + [{"kind": k, "bits": b, "total_s": total(b)} for k, b in
+                    (("none", none), ("cached", cached), ("random", rand))]
+
+
+def test_fit_recovers_an_exact_device():
+    comp, hit, step_s, fixed = _truth()
+    prof = lat.fit_profile(_runs(comp, hit, step_s, fixed, scale=1.3), KEY, STEPS)
+    assert np.allclose(prof.component_s, comp) and prof.step_s == pytest.approx(step_s)
+    assert prof.scale == pytest.approx(1.3) and prof.fixed_s == pytest.approx(fixed)
+    # timed-per-part runs (slowed by their hooks: 99 s) never enter the line
+    assert [r["kind"] for r in prof.runs] == ["none", "cached", "random"]
+    assert all(r["predicted_s"] == pytest.approx(r["measured_s"]) for r in prof.runs)
+    other = np.random.default_rng(5).random((STEPS, B, C)) < 0.3
+    eff = other.copy()
+    eff[0] = True
+    assert prof.predict(other) == pytest.approx(fixed + STEPS * step_s + 1.3 * float((eff * comp[None]).sum()))
+
+
+def test_fit_needs_both_part_timings():
+    comp, hit, step_s, fixed = _truth()
+    runs = [r for r in _runs(comp, hit, step_s, fixed) if r["kind"] != "cached" or "comp" not in r]
+    with pytest.raises(DitaccelError, match="none and cached"):
+        lat.fit_profile(runs, KEY, STEPS)
+
+
+def test_prediction_is_monotone_forces_step_zero_and_checks_shape():
+    comp, hit, step_s, fixed = _truth(2)
+    prof = lat.fit_profile(_runs(comp, hit, step_s, fixed), KEY, STEPS)
+    rng = np.random.default_rng(3)
+    bits = rng.random((STEPS, B, C)) < 0.4
+    for _ in range(20):  # recomputing one more component never makes a schedule cheaper
+        more = bits.copy()
+        more[tuple(rng.integers(0, n) for n in (STEPS, B, C))] = True
+        assert prof.predict(more) >= prof.predict(bits)
+        bits = more
+    zero = np.zeros((STEPS, B, C), bool)
+    one0 = zero.copy()
+    one0[0] = True
+    assert prof.predict(zero) == prof.predict(one0)  # the runtime computes step 0 anyway
+    assert prof.speedup(np.ones((STEPS, B, C), bool)) == pytest.approx(1.0)
+    assert prof.speedup(zero) > prof.speedup(bits) > 1.0
+    with pytest.raises(ScheduleError, match="does not fit"):
+        prof.predict(np.ones((STEPS, B + 1, C), bool))
+
+
+def test_profile_file_round_trips_and_rejects_corruption(tmp_path):
+    comp, hit, step_s, fixed = _truth()
+    prof = lat.fit_profile(_runs(comp, hit, step_s, fixed), KEY, STEPS)
+    path = tmp_path / "p.json"
+    lat.save_profile(prof, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # the temp file was renamed away
+    back = lat.load_profile(path, KEY)
+    assert back is not None and np.array_equal(back.component_s, prof.component_s) and back.scale == prof.scale
+    assert lat.load_profile(path, {**KEY, "batch": 2}) is None  # made for another batch
+    d = json.loads(path.read_text())
+    d["profile"]["scale"] = 0.1  # edited by hand: the checksum no longer matches
+    path.write_text(json.dumps(d))
+    assert lat.load_profile(path, KEY) is None
+    path.write_text("{not json")
+    assert lat.load_profile(path, KEY) is None
+    assert lat.load_profile(tmp_path / "missing.json") is None
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(lat.CACHE_ENV, str(tmp_path / "c"))
+    assert lat.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv(lat.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert lat.cache_dir() == tmp_path / "x" / "ditaccel" / "latency"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("pixart-alpha")
+
+
+def _kw(steps: int = 4) -> dict:
+    kw = dict(call_kwargs("pixart-alpha"))
+    kw["num_inference_steps"] = steps
+    return kw
+
+
+def test_real_profile_is_cached_per_key(pipe, monkeypatch, tmp_path):
+    monkeypatch.setenv(lat.CACHE_ENV, str(tmp_path))
+    calls = []
+    real = lat.profile_latency
+    monkeypatch.setattr(lat, "profile_latency", lambda *a, **k: calls.append(1) or real(*a, **k))
+    prof = lat.latency_profile(pipe, _kw(), batch=1)
+    assert calls == [1] and prof.component_s.shape == (len(pipe.transformer.transformer_blocks), 3)
+    assert (prof.component_s >= 0).all() and prof.component_s.sum() > 0 and prof.scale > 0
+    assert prof.key["steps"] == 4 and prof.key["resolution"] == [16, 16] and prof.key["clock"] in ("cpu", "wall")
+    assert [r["kind"] for r in prof.runs] == ["none", "cached", "random", "cached", "random", "none"]
+    parts = prof.parts  # where the time goes, as the profile saw it
+    assert parts["transformer_full_step_s"] > parts["transformer_cached_step_s"] > 0
+    assert parts["text_encoder_s"] > 0 and parts["vae_decode_s"] > 0
+    again = lat.latency_profile(pipe, _kw(), batch=1)  # from disk, not measured again
+    assert calls == [1] and np.array_equal(again.component_s, prof.component_s)
+    lat.latency_profile(pipe, _kw(), batch=2)  # another batch is another profile
+    lat.latency_profile(pipe, _kw(), batch=1, refresh=True)
+    assert calls == [1, 1, 1] and len(list(tmp_path.glob("*.json"))) == 2
+    s = presets.fora(pipe, 2, steps=4)
+    assert prof.predict(presets.none(pipe, steps=4)) > prof.predict(s) > prof.predict(
+        CacheSchedule.for_model(pipe, np.zeros_like(s.bits)))
+    kw = {k: v for k, v in _kw().items() if k != "num_inference_steps"}  # the steps come from the schedule
+    seconds, speedup = predicted_seconds(pipe, s, kw)  # the cached (refreshed) profile: nothing measured
+    assert calls == [1, 1, 1] and speedup > 1.0
+    assert seconds == pytest.approx(lat.latency_profile(pipe, _kw()).predict(s))
+
+
+def test_search_defaults_to_the_latency_model_and_resume_keeps_its_profile(pipe, tmp_path, monkeypatch, capsys):
+    kw = _kw(4)
+    kw.pop("output_type")
+    cfg = dict(prompts=["a red fox"], seeds=[0], metric="psnr", population=4, seed=1, call_kwargs=kw,
+               batch_size=8)
+    fr = search(pipe, SearchConfig(generations=1, out=tmp_path / "s", **cfg))
+    assert fr.info["cost"] == "latency-model" and "latency model" in speedup_label(fr)
+    prof = lat.load_profile(tmp_path / "s" / "latency_profile.json")
+    assert prof is not None
+    rows = [json.loads(x) for x in (tmp_path / "s" / "candidates.jsonl").read_text().splitlines()]
+    full = prof.predict(np.ones(rows and (4, len(pipe.transformer.transformer_blocks), 3), bool))
+    for r in rows:
+        assert r["objectives"][1] == r["predicted_s"] and r["speedup"] == pytest.approx(full / r["predicted_s"])
+        assert r["speedup_macs"] > 0
+    assert load_frontier(tmp_path / "s").info["cost"] == "latency-model"
+    assert main(["frontier", str(tmp_path / "s"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cost"] == "latency-model"
+    # resuming prices new candidates with the folder's profile, whatever the device cache holds now
+    monkeypatch.setattr(lat, "profile_latency", lambda *a, **k: pytest.fail("re-profiled on resume"))
+    monkeypatch.setenv(lat.CACHE_ENV, str(tmp_path / "empty"))
+    search(pipe, SearchConfig(generations=2, out=tmp_path / "s", resume=True, **cfg))
+    rows = [json.loads(x) for x in (tmp_path / "s" / "candidates.jsonl").read_text().splitlines()]
+    assert all(r["speedup"] == pytest.approx(full / prof.predict(np.asarray(_bits(r, pipe)))) for r in rows)
+
+
+def _bits(row: dict, pipe) -> np.ndarray:
+    from ditaccel.search.genome import unpack
+
+    return unpack(row["genome"], (4, len(pipe.transformer.transformer_blocks), 3))
+
+
+def test_macs_cost_and_old_searches_keep_macs(pipe, tmp_path, monkeypatch):
+    kw = _kw(3)
+    kw.pop("output_type")
+    cfg = dict(prompts=["a red fox"], seeds=[0], metric="psnr", population=4, seed=1, call_kwargs=kw)
+    monkeypatch.setattr(lat, "profile_latency", lambda *a, **k: pytest.fail("profiled for a macs search"))
+    fr = search(pipe, SearchConfig(generations=1, out=tmp_path / "m", cost="macs", **cfg))
+    assert fr.info["cost"] == "macs" and speedup_label(fr) == "speedup (transformer MACs)"
+    assert not (tmp_path / "m" / "latency_profile.json").exists()
+    fr = search(pipe, SearchConfig(generations=2, out=tmp_path / "m", resume=True, **cfg))  # cost=None: the saved one
+    assert fr.info["cost"] == "macs"
+    with pytest.raises(DitaccelError, match="unknown cost 'flops'"):
+        search(pipe, SearchConfig(generations=1, cost="flops", **cfg))
+
+
+def test_cli_cost_choices(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["search", "--cost", "flops"])
+    assert e.value.code == 2 and "latency-model" in capsys.readouterr().err
