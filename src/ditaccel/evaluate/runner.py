@@ -166,8 +166,8 @@ def default_metrics(pipe: Any) -> list[str]:
 
 
 def build_metrics(names: Sequence[str], reference: Path | None, paths: dict[str, Any],
-                  prompts: Sequence[str]) -> dict[str, Any]:
-    """Metric objects from helper registry; missing weights raise ``MissingWeightsError`` now."""
+                  prompts: Sequence[str], device: str = "auto") -> dict[str, Any]:
+    """Metric objects, scoring on ``device``; missing weights raise ``MissingWeightsError`` now."""
     from ditaccel.metrics import get_metric
 
     check_reference(reference)
@@ -181,7 +181,7 @@ def build_metrics(names: Sequence[str], reference: Path | None, paths: dict[str,
         kw = dict(paths)
         if n == "fid" and reference is not None:
             kw["fid_reference"] = str(reference)
-        m = get_metric(n, **kw)
+        m = get_metric(n, device=device, **kw)
         m.validate_prompts(prompts)
         out[n] = m
     return out
@@ -319,7 +319,7 @@ def plan(pipe: Any, cfg: EvalConfig) -> tuple[list[Method], dict[str, Any], list
         raise DitaccelError("no seeds; pass --seeds 0 or 0-3")
     if metric_names is None:
         metric_names = default_metrics(pipe)
-    metrics = build_metrics(metric_names, cfg.reference, cfg.metric_paths, prompts)
+    metrics = build_metrics(metric_names, cfg.reference, cfg.metric_paths, prompts, device=str(pipe.device))
     call_kwargs = _call_kwargs(pipe, cfg)
     if not any(s.text == "baseline" for s in specs):
         specs = parse_methods(["baseline", *[s.text for s in specs]])

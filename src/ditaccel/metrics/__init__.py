@@ -57,7 +57,7 @@ def _external(kind: str) -> Callable[..., Metric]:
         from ditaccel.metrics import external
 
         cls = getattr(external, kind)
-        keys = _path_keys(cls)  # callers (eval) may pass every metric's paths: each takes its own
+        keys = (*_path_keys(cls), "device", "batch_size")  # callers (eval) may pass every metric's paths
         return cls(**{k: v for k, v in paths.items() if k in keys})
 
     make.path_keys = lambda: _path_keys(getattr(importlib.import_module("ditaccel.metrics.external"), kind))  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ class LocalBackend:
                  cost: str = "macs", share: bool = True, tiebreak: str | None = None) -> None:
         self.pipe = pipe
         self.prompts = list(prompts)
-        self.metric = get_metric(metric, **metric_paths)
+        self.metric = get_metric(metric, device=str(pipe.device), **metric_paths)  # learned scorers beside the model
         self.tiebreak = get_metric(tiebreak) if tiebreak else None
         self.ev = PrefixEvaluator(pipe, prompts, seeds, batch_size, call_kwargs)
         self.steps = steps
@@ -91,11 +91,11 @@ def load_by_spec(loader: str, args: Sequence[Any]) -> Any:
 
 
 def load_for_worker(model: str | None, device: str = "cpu", quantized: str | None = None,
-                    compile: bool = False) -> Any:
-    """What ``ditaccel search --model M --device D --quantized Q [--compile]`` loads, rebuilt in a Ray worker."""
+                    compile: bool = False, dtype: Any = "auto") -> Any:
+    """What ``ditaccel search --model M --device D --dtype T --quantized Q [--compile]`` loads, rebuilt in a Ray worker."""
     from ditaccel.pipeline import load_pipeline
 
-    pipe = load_pipeline(model, device=device)
+    pipe = load_pipeline(model, device=device, dtype=dtype)
     if quantized is not None:
         from ditaccel.quant import load_quantized
 

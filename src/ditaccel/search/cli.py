@@ -136,7 +136,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.ray is not None:  # each worker loads the same model (and quantized weights) once
         cfg.loader = "ditaccel.search.backend:load_for_worker"
         cfg.loader_args = [args.model, args.device, None if args.quantized is None else str(args.quantized),
-                           args.compile]
+                           args.compile, str(args.dtype).removeprefix("torch.")]
     pipe = _load(args)
     try:
         frontier = search(pipe, cfg)
