@@ -86,9 +86,14 @@ class MethodResult:
     kind: str
     status: str = "ok"                        # ok | skipped
     reason: str | None = None
+    name: str = ""                            # for readers: "FirstBlockCache (diffusers), threshold 0.15"
+    curve: str | None = None                  # rows drawn as one line (a peer's knob grid, an ECAD frontier)
     seconds_per_image: float | None = None
     timings: list[float] = field(default_factory=list)
     speedup: float | None = None
+    cpu_seconds_per_image: float | None = None  # this thread's CPU time (1 torch thread on CPU), see Timing
+    cpu_timings: list[float] = field(default_factory=list)
+    cpu_speedup: float | None = None
     macs_per_image: int | None = None
     macs_source: str | None = None            # schedule_macs | counted
     macs_speedup: float | None = None
@@ -386,6 +391,7 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
             return generate_images(pipe, tp, ts, batch_size=cfg.timing_images, **call_kwargs)
 
         times: dict[str, list[float]] = {m.label: [] for m in live}
+        cpu_times: dict[str, list[float]] = {m.label: [] for m in live}
         peaks: dict[str, int] = {m.label: 0 for m in live}
         counted: dict[str, tuple[int, int]] = {}
         task = prog.add_task("timing", total=len(live) * (cfg.timing_repeats + 1))
@@ -397,7 +403,10 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
             for m in live:
                 with installed(pipe, m, call_kwargs, calib_prompts):
                     with PeakMemory(cfg.device) as pm:
-                        times[m.label].append(timed(gen, cfg.device) / cfg.timing_images)
+                        t = timed(gen, cfg.device)
+                    times[m.label].append(t.wall / cfg.timing_images)
+                    if t.cpu is not None:
+                        cpu_times[m.label].append(t.cpu / cfg.timing_images)
                     peaks[m.label] = max(peaks[m.label], pm.peak)
                 prog.advance(task)
 
@@ -433,7 +442,8 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
     base_macs = schedule_macs(pipe, base.schedule, h, w, batch=cfg_batch, text_len=text_len)
     for m in methods:
         r = MethodResult(label=m.label, kind=m.kind, notes=list(m.notes), setup_seconds=round(m.setup_seconds, 3),
-                         group=m.group, frontier_macs_speedup=m.frontier_speedup)
+                         group=m.group, frontier_macs_speedup=m.frontier_speedup, name=m.title or m.label,
+                         curve=m.curve)
         if m.skipped:
             r.status, r.reason = "skipped", m.skipped
             rows.append(r)
@@ -442,6 +452,10 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
         r.timings = [round(x, 5) for x in times[m.label]]
         r.seconds_per_image = median(times[m.label])
         r.speedup = base_time / r.seconds_per_image if r.seconds_per_image else None
+        if cpu_times[m.label] and cpu_times[base.label]:
+            r.cpu_timings = [round(x, 5) for x in cpu_times[m.label]]
+            r.cpu_seconds_per_image = median(cpu_times[m.label])
+            r.cpu_speedup = median(cpu_times[base.label]) / r.cpu_seconds_per_image
         c = counted[m.label][0] / cfg.timing_images
         if m.schedule is not None:
             r.macs_per_image, r.macs_source = schedule_macs(pipe, m.schedule, h, w, batch=cfg_batch,
