@@ -377,3 +377,17 @@ def test_sweep_run_measures_cpu_time_and_draws_each_curve_as_a_line(tmp_path: Pa
     assert "| FORA, recompute every 2 steps | `fora:2` |" in md and "speedup (CPU time)" in md
     doms = dominance(result.rows, speed="cpu_speedup")
     assert len(doms) == len(fora) + 2 and all(d.peer.curve in ("FORA", "TGATE") for d in doms)
+
+
+def test_same_label_with_a_changed_schedule_is_refused_not_reused(tmp_path: Path) -> None:
+    from ditaccel.caching import presets
+
+    pipe = _replica()
+    presets.fora(pipe, 2, steps=4).save(tmp_path / "s.json")
+    cfg = EvalConfig(methods=f"schedule:{tmp_path / 's.json'}", out=tmp_path / "o", prompts=PROMPTS[:1], seeds=[0],
+                     steps=4, timing_images=1, timing_repeats=1, progress=False)
+    evaluate(cfg, pipe=pipe)
+    evaluate(cfg, pipe=pipe)  # same schedule: its images are reused
+    presets.fora(pipe, 3, steps=4).save(tmp_path / "s.json")  # e.g. a rerun search rewrote the frontier
+    with pytest.raises(DitaccelError, match="another method"):
+        evaluate(cfg, pipe=pipe)

@@ -221,19 +221,24 @@ class ImageStore:
     def folder(self, label: str) -> Path:
         return self.root / slug(label)
 
-    def check(self, label: str) -> None:
-        """Refuse to mix images made with other prompts/seeds/settings into this run."""
+    def check(self, label: str, method: str | None = None) -> None:
+        """Refuse to mix images made with other prompts/seeds/settings, or by another method under the
+        same label (``ecad:DIR:2x`` after the search in DIR was rerun), into this run."""
         man = self.folder(label) / "manifest.json"
         if man.is_file():
             d = json.loads(man.read_text())
             if d.get("key") != self.key or d.get("label") != label:
                 raise DitaccelError(f"{self.folder(label)} holds images made with other prompts, seeds or settings; "
                                     f"use a new --out or delete that folder")
+            if method is not None and d.get("method", method) != method:
+                raise DitaccelError(f"{self.folder(label)} holds images of another method labelled {label!r} "
+                                    f"(a changed schedule or frontier?); use a new --out or delete that folder")
 
-    def begin(self, label: str) -> None:
+    def begin(self, label: str, method: str | None = None) -> None:
         f = self.folder(label)
         f.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(f / "manifest.json", {"label": label, "key": self.key, "count": len(self.jobs),
+        atomic_write_json(f / "manifest.json", {"label": label, "key": self.key, "method": method,
+                                                "count": len(self.jobs),
                                                 "jobs": [{"file": f"{i:05d}.png", "prompt": p, "seed": s}
                                                          for i, (p, s) in enumerate(self.jobs)]})
 
@@ -252,6 +257,14 @@ class ImageStore:
         from PIL import Image
 
         return [np.asarray(Image.open(self.path(label, i)).convert("RGB")) for i in range(len(self.jobs))]
+
+
+def method_fingerprint(m: Method) -> str:
+    """What makes a method's images: its schedule bits, peer and knobs, quantization (not its label)."""
+    sched = None if m.schedule is None else hashlib.sha1(np.packbits(m.schedule.bits).tobytes()).hexdigest()[:16]
+    what = {"kind": m.kind, "schedule": sched, "peer": m.peer, "quant": m.quant, "iters": m.quant_iters,
+            "params": {k: v for k, v in m.peer_params.items() if k != "mag_ratios"}}
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _generate_local(pipe: Any, method: Method, store: ImageStore, idx: list[int], cfg: EvalConfig,
@@ -347,7 +360,7 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
     settings = {k: v for k, v in call_kwargs.items() if isinstance(v, int | float | str | bool)}
     store = ImageStore(out, jobs, {"model": str(getattr(pipe, "_ditaccel_source", cfg.model)), **settings})
     for m in methods:
-        store.check(m.label)
+        store.check(m.label, method_fingerprint(m))
 
     from ditaccel.zoo import shapes
 
@@ -369,7 +382,7 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
         todo = {m.label: store.missing(m.label) for m in live}
         task = prog.add_task("generating images", total=sum(len(v) for v in todo.values()))
         for m in live:
-            store.begin(m.label)
+            store.begin(m.label, method_fingerprint(m))
             if not todo[m.label]:
                 continue
             if cfg.ray_address:
