@@ -34,6 +34,7 @@ bench: setup
 	$(PY) bench/bench_quant.py --ablation --prompts 1 --calib-every 2 --threads 1
 	$(PY) bench/bench_quant_size.py --threads 1
 	$(PY) bench/bench_eval.py --every 6 --seeds 0,1 --repeats 3 --timing-images 4
+	$(PY) bench/bench_eval.py --sweep --search runs/bench-search --every 6 --seeds 1,2 --repeats 3 --timing-images 2
 
 clean:
 	rm -rf $(VENV) runs

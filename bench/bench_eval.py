@@ -13,6 +13,13 @@ runs/search, bench/results/search that holds frontier.json). Without one the ECA
 out and eval.md says so. Images go to ``--work`` (resumable: rerunning skips images on disk).
 
 Run:  python bench/bench_eval.py [--search runs/search] [--every 3] [--seeds 0,1] [--repeats 3]
+
+``--sweep`` (issue 10): baseline, every peer swept over its knob grid (``peers:sweep``, or
+``--methods fbc:sweep,...``) and ``--ecad-points`` of the frontier in ``--search DIR`` (any search
+folder, so a new search can be compared by rerunning with its folder) -> ``peers.md`` (curves and
+the dominance report), ``peers.json``, ``peers.png``. Images go to runs/bench_peers (resumable).
+
+Run:  python bench/bench_eval.py --sweep --search runs/bench-search --every 6 --seeds 1,2 --timing-images 2
 """
 
 from __future__ import annotations
@@ -143,6 +150,10 @@ KNOWN = {
     "eval.json": "every number behind eval.md, per method (timings, MACs, memory, metrics, notes)",
     "eval_grid.png": "one row per method, same prompts and seeds: what each method does to the images",
     "eval_quality_vs_speed.png": "adherence against measured speedup; ECAD frontier as a line, peers as points",
+    "peers.md": "peers as curves: every peer's knob grid and the ECAD frontier, with the dominance report "
+                "(bench_eval.py --sweep)",
+    "peers.json": "every number behind peers.md, per point (timings wall and CPU, MACs, metrics)",
+    "peers.png": "adherence and PSNR against measured speedup: each peer a line, the ECAD frontier the black line",
     "search_long72.tar.gz": "the population-72, 80-generation search behind search_long.md (resumable with --resume)",
 }
 
@@ -267,7 +278,7 @@ def run_sweep(args: argparse.Namespace, command: str) -> int:
                                        for i in range(args.ecad_points)})]
     rel = search.relative_to(ROOT) if search.is_relative_to(ROOT) else search
     # a frontier can hold two points with one speedup; the row for it is listed once
-    methods = ["baseline", args.methods or "peers:sweep",
+    methods = ["baseline", *(args.methods or "peers:sweep").split(","),
                *dict.fromkeys(f"ecad:{rel}:{p.speedup:.3f}x" for p in pts)]
     cfg = EvalConfig(methods=methods, out=args.work, prompts=shapes.heldout_prompts()[::args.every],
                      seeds=parse_seeds(args.seeds), metrics=["adherence", "psnr", "ssim"], model=args.model,
