@@ -218,6 +218,18 @@ def curves_markdown(data: dict) -> list[str]:
     return out
 
 
+def curve_summary(doms: list, speed: str) -> list[str]:
+    """Per peer curve: how many of its points the frontier dominates, and the speed range it covered."""
+    by: dict[str, list] = {}
+    for d in doms:
+        by.setdefault(d.peer.curve or d.peer.name, []).append(d)
+    out = ["| peer curve | points dominated | measured speed range |", "|---|---|---|"]
+    for c, ds in by.items():
+        sp = [getattr(d.peer, speed) for d in ds]
+        out.append(f"| {c} | {sum(d.dominated for d in ds)} of {len(ds)} | {min(sp):.2f}x-{max(sp):.2f}x |")
+    return out
+
+
 def write_peers(result: object, res: Path, search: Path, args: argparse.Namespace, command: str) -> None:
     """peers.md (curves, dominance on CPU-time and on wall-clock speed), peers.json, peers.png."""
     from ditaccel.evaluate.report import dominance, dominance_markdown, write_plot
@@ -249,7 +261,8 @@ def write_peers(result: object, res: Path, search: Path, args: argparse.Namespac
         "![peer curves](peers.png)", "", "## Curves", "", *curves_markdown(data), "",
         f"## Dominance ({'CPU-time' if speed == 'cpu_speedup' else 'wall-clock'} speedup)", "",
         "For each peer point: the fastest ECAD point that is at least as fast and at least as good on adherence "
-        "and PSNR, or **not dominated** with the gaps.", "", dominance_markdown(doms[speed], speed)]
+        "and PSNR, or **not dominated** with the gaps.", "", *curve_summary(doms[speed], speed), "",
+        dominance_markdown(doms[speed], speed)]
     if speed != "speedup":
         lines += ["## Dominance on the wall-clock speedup (noisier on shared cores)", "",
                   dominance_markdown(doms["speedup"], "speedup")]

@@ -144,7 +144,7 @@ def write_plot(result: Any, path: Any, speed: str = "speedup") -> list[str]:
     q = result.info["quality_metric"]
     panels = [q] + (["psnr"] if q != "psnr" and "psnr" in result.info["metrics"] else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(8.5 * len(panels), 6.2), squeeze=False)
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10")
     curves = list(dict.fromkeys(r.curve or r.group for r in result.rows if (r.curve or r.group)))
     legend: list[str] = []
     for ax, metric in zip(axes[0], panels, strict=True):
@@ -156,9 +156,10 @@ def write_plot(result: Any, path: Any, speed: str = "speedup") -> list[str]:
             if not rs:
                 continue
             ecad = _is_ecad(rs[0])
-            ax.plot([getattr(r, speed) for r in rs], [r.metrics[metric] for r in rs],
-                    "-o" if ecad else "-" + "^sDvP<>"[i % 7], ms=6 if ecad else 4, lw=2.6 if ecad else 1.2,
-                    color="black" if ecad else cmap(i % 20), zorder=4 if ecad else 2, label=c)
+            style = "-o" if ecad else ("-" if i < 10 else "--") + "^sDvP<>"[i % 7]
+            ax.plot([getattr(r, speed) for r in rs], [r.metrics[metric] for r in rs], style,
+                    ms=6 if ecad else 4, lw=2.6 if ecad else 1.3, color="black" if ecad else cmap(i % 10),
+                    zorder=4 if ecad else 2, label=c)
             drawn.append(c)
         for r in rows:
             if r.curve or r.group:
