@@ -209,7 +209,8 @@ def curves_markdown(data: dict) -> list[str]:
     for c in curves:
         pts = sorted((r for r in rows if (r["curve"] or r["group"]) == c), key=lambda r: r["cpu_speedup"] or 0)
         for r in pts:
-            point = r["name"][len(c):].lstrip(", ") if r["name"].startswith(c) else r["name"]
+            shared = set(c.split(", "))  # the curve's name; what is left of the row's name is the point
+            point = ", ".join(w for w in r["name"].split(", ") if w not in shared)
             out.append(f"| {c} | {point or r['name']} | `{r['label']}` | {r['cpu_speedup'] or 0:.2f}x "
                        f"({_spread(r, base, 'cpu_timings')}) | {r['speedup']:.2f}x ({_spread(r, base, 'timings')}) | "
                        f"{r['macs_speedup']:.2f}x | {_quality(r)} |")
@@ -235,6 +236,7 @@ def write_peers(result: object, res: Path, search: Path, args: argparse.Namespac
     from ditaccel.evaluate.report import dominance, dominance_markdown, write_plot
 
     data = json.loads((args.work / "results.json").read_text())
+    command = data["command"] or command
     info = json.loads((search / "frontier.json").read_text())
     speed = "cpu_speedup" if all(r.cpu_speedup for r in result.rows if r.status == "ok") else "speedup"
     doms = {s: dominance(result.rows, speed=s) for s in dict.fromkeys((speed, "speedup"))}
@@ -297,7 +299,12 @@ def run_sweep(args: argparse.Namespace, command: str) -> int:
                      seeds=parse_seeds(args.seeds), metrics=["adherence", "psnr", "ssim"], model=args.model,
                      batch_size=args.batch_size, timing_images=args.timing_images, timing_repeats=args.repeats,
                      command=command)
-    result = evaluate(cfg)
+    if args.readme_only:  # redraw peers.md/png from the run's results.json, no generation or timing
+        from ditaccel.evaluate import EvalResult
+
+        result = EvalResult.from_json(args.work / "results.json")
+    else:
+        result = evaluate(cfg)
     args.results.mkdir(parents=True, exist_ok=True)
     write_peers(result, args.results, rel, args, command)
     print(f"bench_eval: {len(result.rows)} rows -> {args.results / 'peers.md'}")
@@ -319,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_eval")
     ap.add_argument("--model", default=None)
     ap.add_argument("--results", type=Path, default=RESULTS, help="where eval.md etc. go")
-    ap.add_argument("--readme-only", action="store_true", help="rewrite README.md from the existing eval.json")
+    ap.add_argument("--readme-only", action="store_true", help="rewrite README.md from the existing eval.json "
+                    "(with --sweep: peers.md and peers.png from the --work folder's results.json)")
     ap.add_argument("--sweep", action="store_true", help="peers as curves: every peer's knob grid (or --methods) "
                     "and --ecad-points of the --search frontier -> peers.md, peers.json, peers.png")
     args = ap.parse_args(argv)

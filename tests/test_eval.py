@@ -377,6 +377,11 @@ def test_sweep_run_measures_cpu_time_and_draws_each_curve_as_a_line(tmp_path: Pa
     assert "| FORA, recompute every 2 steps | `fora:2` |" in md and "speedup (CPU time)" in md
     doms = dominance(result.rows, speed="cpu_speedup")
     assert len(doms) == len(fora) + 2 and all(d.peer.curve in ("FORA", "TGATE") for d in doms)
+    from ditaccel.evaluate import EvalResult
+
+    again = EvalResult.from_json(tmp_path / "out" / "results.json")  # reports redrawn without rerunning
+    assert [(r.name, r.curve, r.cpu_speedup, r.metrics) for r in again.rows] == \
+        [(r.name, r.curve, r.cpu_speedup, r.metrics) for r in result.rows]
 
 
 def test_same_label_with_a_changed_schedule_is_refused_not_reused(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,22 @@ class EvalResult:
             if r.label == label:
                 return r
         raise KeyError(label)
+
+    @classmethod
+    def from_json(cls, path: Path) -> EvalResult:
+        """Read a results.json back (e.g. to redraw plots or reports without rerunning)."""
+        d = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(MethodResult)}
+
+        def num(x: Any) -> Any:
+            return float(x) if x in ("inf", "-inf", "nan") else x
+
+        rows = []
+        for m in d.pop("methods"):
+            r = MethodResult(**{k: v for k, v in m.items() if k in known})
+            r.metrics = {k: num(v) for k, v in r.metrics.items()}
+            rows.append(r)
+        return cls(rows, {k: v for k, v in d.items() if k not in ("format", "version")}, Path(path).parent)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: infinite PSNR (identical images) is written as the string "inf"."""
