@@ -146,7 +146,7 @@ def test_unavailable_peer_is_a_skipped_row_with_its_reason(tmp_path: Path, monke
     result = evaluate(cfg, pipe=_replica())
     row = result.row("cachedit")
     assert row.status == "skipped" and "not importable" in row.reason
-    assert "| cache-dit DBCache, threshold 0.08, warm-up 4 steps, F1, B0 | `cachedit` |" in \
+    assert "| cache-dit DBCache, threshold 0.08, warm-up 4, F1, B0 | `cachedit` |" in \
         (tmp_path / "results.md").read_text()
     assert result.row("fora:2").status == "ok"
 
@@ -302,7 +302,7 @@ def test_sweep_expands_each_grid_once_with_reader_names() -> None:
     curves = {spec_title(s)[1] for s in parse_methods("taylorseer:sweep")}
     assert curves == {"TaylorSeer (diffusers), order 1", "TaylorSeer (diffusers), order 2"}
     assert spec_title(parse_methods("cachedit:0.3:2:4:1")[0])[0] == \
-        "cache-dit DBCache, threshold 0.3, warm-up 2 steps, F4, B1"
+        "cache-dit DBCache, threshold 0.3, warm-up 2, F4, B1"
     for bad, msg in (("ecad:sweep", "only methods with a knob sweep"), ("fbc:sweep+fp4-w4a8", "stands alone"),
                      ("cachedit:0.1:1:0", "must be positive")):
         with pytest.raises(DitaccelError, match=msg):

@@ -19,7 +19,7 @@ Grammar: comma-separated rows; a row is one or more parts joined by ``+``; a par
 ``fp4-w4a8[:ITERS]``          FP4DiT: E2M1 weights (E3M0 first FFN) + E3M4 per-token acts
 ``fp4-w4a6[:ITERS]``          FP4DiT with E2M3 activations
 ``int-w4a8[:ITERS]``          INT4 weights + INT8 per-token activations (the ViDiT-Q/PTQ4DiT baseline)
-``NAME:sweep``                 every point of NAME's knob grid (``KNOBS``), e.g. ``fbc:sweep``
+``NAME:sweep``                every point of NAME's knob grid (``KNOBS``), e.g. ``fbc:sweep``
 ``peers:sweep``               every grid of every method with a knob (FORA ... cache-dit)
 ============================  =================================================================
 
@@ -99,7 +99,7 @@ KNOBS: dict[str, Knobs] = {
     "magcache": Knobs("MagCache (diffusers)", (Knob("threshold", "threshold {}", float, 0.06),),
                       ("0.03", "0.06", "0.12", "0.2", "0.4")),
     "cachedit": Knobs("cache-dit DBCache", (Knob("threshold", "threshold {}", float, 0.08),
-                                           Knob("warmup", "warm-up {} steps", int, 4, minimum=-0.5),
+                                           Knob("warmup", "warm-up {}", int, 4, minimum=-0.5),
                                            Knob("fn", "F{}", int, 1), Knob("bn", "B{}", int, 0, minimum=-0.5)),
                       ("0.08", "0.15", "0.3", "0.5", "0.3:1", "0.5:1", "0.8:1", "0.3:2:4:0",
                        "0.5:2:4:0")),
