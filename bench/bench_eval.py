@@ -13,6 +13,13 @@ runs/search, bench/results/search that holds frontier.json). Without one the ECA
 out and eval.md says so. Images go to ``--work`` (resumable: rerunning skips images on disk).
 
 Run:  python bench/bench_eval.py [--search runs/search] [--every 3] [--seeds 0,1] [--repeats 3]
+
+``--sweep`` (issue 10): baseline, every peer swept over its knob grid (``peers:sweep``, or
+``--methods fbc:sweep,...``) and ``--ecad-points`` of the frontier in ``--search DIR`` (any search
+folder, so a new search can be compared by rerunning with its folder) -> ``peers.md`` (curves and
+the dominance report), ``peers.json``, ``peers.png``. Images go to runs/bench_peers (resumable).
+
+Run:  python bench/bench_eval.py --sweep --search runs/bench-search --every 6 --seeds 1,2 --timing-images 2
 """
 
 from __future__ import annotations
@@ -143,6 +150,10 @@ KNOWN = {
     "eval.json": "every number behind eval.md, per method (timings, MACs, memory, metrics, notes)",
     "eval_grid.png": "one row per method, same prompts and seeds: what each method does to the images",
     "eval_quality_vs_speed.png": "adherence against measured speedup; ECAD frontier as a line, peers as points",
+    "peers.md": "peers as curves: every peer's knob grid and the ECAD frontier, with the dominance report "
+                "(bench_eval.py --sweep)",
+    "peers.json": "every number behind peers.md, per point (timings wall and CPU, MACs, metrics)",
+    "peers.png": "adherence and PSNR against measured speedup: each peer a line, the ECAD frontier the black line",
     "search_long72.tar.gz": "the population-72, 80-generation search behind search_long.md (resumable with --resume)",
 }
 
@@ -169,10 +180,142 @@ def write_readme(data: dict | None, results: Path = RESULTS) -> None:
     atomic_write_text(results / "README.md", "\n".join(lines))
 
 
+# ----------------------------------------------------------------------------- peers as curves (issue 10)
+
+
+def _spread(r: dict, base: dict, key: str) -> str:
+    """Speedup of each repeat against the baseline's median, as min-max (how much the repeats disagree)."""
+    ts, bt = r.get(key) or [], base.get(key) or []
+    if not ts or not bt:
+        return "–"
+    b = sorted(bt)[len(bt) // 2]
+    return f"{b / max(ts):.2f}-{b / min(ts):.2f}"
+
+
+def _quality(r: dict) -> str:
+    m = r["metrics"]
+    psnr = m.get("psnr")
+    p = "ref" if psnr is None else ("inf" if psnr == "inf" else f"{float(psnr):.2f}")
+    return f"{m.get('adherence', float('nan')):.3f} | {p}"
+
+
+def curves_markdown(data: dict) -> list[str]:
+    """One table per curve (a peer's knob grid, the ECAD frontier), points in order of measured speed."""
+    rows = [r for r in data["methods"] if r["status"] == "ok"]
+    base = next(r for r in rows if r["kind"] == "baseline")
+    curves = list(dict.fromkeys(r["curve"] or r["group"] for r in rows if r["curve"] or r["group"]))
+    out = ["| curve | point | `--methods` | speedup CPU time (repeats min-max) | speedup wall (repeats min-max) | "
+           "MACs speedup | adherence | PSNR dB |", "|---|---|---|---|---|---|---|---|"]
+    for c in curves:
+        pts = sorted((r for r in rows if (r["curve"] or r["group"]) == c), key=lambda r: r["cpu_speedup"] or 0)
+        for r in pts:
+            shared = set(c.split(", "))  # the curve's name; what is left of the row's name is the point
+            point = ", ".join(w for w in r["name"].split(", ") if w not in shared)
+            out.append(f"| {c} | {point or r['name']} | `{r['label']}` | {r['cpu_speedup'] or 0:.2f}x "
+                       f"({_spread(r, base, 'cpu_timings')}) | {r['speedup']:.2f}x ({_spread(r, base, 'timings')}) | "
+                       f"{r['macs_speedup']:.2f}x | {_quality(r)} |")
+    skipped = [r for r in data["methods"] if r["status"] != "ok"]
+    out += [""] + [f"- {r['name']} (`{r['label']}`) did not run: {r['reason']}" for r in skipped]
+    return out
+
+
+def curve_summary(doms: list, speed: str) -> list[str]:
+    """Per peer curve: how many of its points the frontier dominates, and the speed range it covered."""
+    by: dict[str, list] = {}
+    for d in doms:
+        by.setdefault(d.peer.curve or d.peer.name, []).append(d)
+    out = ["| peer curve | points dominated | measured speed range |", "|---|---|---|"]
+    for c, ds in by.items():
+        sp = [getattr(d.peer, speed) for d in ds]
+        out.append(f"| {c} | {sum(d.dominated for d in ds)} of {len(ds)} | {min(sp):.2f}x-{max(sp):.2f}x |")
+    return out
+
+
+def write_peers(result: object, res: Path, search: Path, args: argparse.Namespace, command: str) -> None:
+    """peers.md (curves, dominance on CPU-time and on wall-clock speed), peers.json, peers.png."""
+    from ditaccel.evaluate.report import dominance, dominance_markdown, write_plot
+
+    data = json.loads((args.work / "results.json").read_text())
+    command = data["command"] or command
+    info = json.loads((search / "frontier.json").read_text())
+    speed = "cpu_speedup" if all(r.cpu_speedup for r in result.rows if r.status == "ok") else "speedup"
+    doms = {s: dominance(result.rows, speed=s) for s in dict.fromkeys((speed, "speedup"))}
+    bt = next(r for r in result.rows if r.kind == "baseline")
+    lines = [
+        "# Peers as curves: every peer's knob grid against the ECAD frontier (issue 10, part 1)", "",
+        f"- command: `{command}`",
+        f"- machine: {data['machine']}; the 2 cores were shared with other jobs (several helpers "
+        f"benchmarking at once), so wall-clock ratios are noisy: the dominance report uses the generating "
+        f"thread's CPU time (one torch thread), and repeats it on the wall clock below",
+        f"- date: {data['date']}; wall time of the evaluation {data['wall_seconds']} s",
+        f"- model: {data['model']}; versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
+        f"- images: {data['num_prompts']} held-out prompts (every {args.every}th of the held-out set, never seen "
+        f"by the search) x seeds {data['seeds']} (the search used seed 0) = {data['num_images']} per point; "
+        f"call {data['call']}",
+        f"- timing: {data['timing']['images_per_run']} images per timed run, 1 warm-up, median of "
+        f"{data['timing']['repeats']} repeats interleaved over all {len(result.rows)} rows; baseline "
+        f"{bt.seconds_per_image:.3f} s/image wall, {bt.cpu_seconds_per_image or float('nan'):.3f} s/image CPU",
+        f"- ECAD frontier: `{search}` (metric {info.get('metric')}, population {info.get('population')}, "
+        f"generations {info.get('generations')}, cost {info.get('cost', 'macs')}, {len(info.get('points', []))} "
+        f"points; {args.ecad_points} spread over its MACs range evaluated here)",
+        "- quality: adherence (the bundled model's shape/colour/position checker) and PSNR against the "
+        "uncached image with the same prompt and seed", "",
+        "![peer curves](peers.png)", "", "## Curves", "", *curves_markdown(data), "",
+        f"## Dominance ({'CPU-time' if speed == 'cpu_speedup' else 'wall-clock'} speedup)", "",
+        "For each peer point: the fastest ECAD point that is at least as fast and at least as good on adherence "
+        "and PSNR, or **not dominated** with the gaps.", "", *curve_summary(doms[speed], speed), "",
+        dominance_markdown(doms[speed], speed)]
+    if speed != "speedup":
+        lines += ["## Dominance on the wall-clock speedup (noisier on shared cores)", "",
+                  dominance_markdown(doms["speedup"], "speedup")]
+    atomic_write_text(res / "peers.md", "\n".join(lines))
+    shutil.copyfile(args.work / "results.json", res / "peers.json")
+    write_plot(result, res / "peers.png", speed=speed)
+
+
+def run_sweep(args: argparse.Namespace, command: str) -> int:
+    """``--sweep``: baseline, every peer's knob grid and the frontier in ``--search``, on held-out prompts."""
+    from ditaccel.evaluate import EvalConfig, evaluate
+    from ditaccel.prompts import parse_seeds
+    from ditaccel.zoo import shapes
+
+    search = find_search(args.search)
+    if search is None:
+        sys.exit("bench_eval: --sweep needs a search folder: run `ditaccel search --out runs/search` and pass "
+                 "--search runs/search")
+    from ditaccel.search import load_frontier
+
+    pts = sorted(load_frontier(search).points, key=lambda p: p.speedup)
+    if args.ecad_points < 2:
+        pts = []  # 0: peers only (e.g. to fill the image folders while the search still runs)
+    elif len(pts) > args.ecad_points:
+        pts = [pts[i] for i in sorted({round(i * (len(pts) - 1) / (args.ecad_points - 1))
+                                       for i in range(args.ecad_points)})]
+    rel = search.relative_to(ROOT) if search.is_relative_to(ROOT) else search
+    # a frontier can hold two points with one speedup; the row for it is listed once
+    methods = ["baseline", *(args.methods or "peers:sweep").split(","),
+               *dict.fromkeys(f"ecad:{rel}:{p.speedup:.3f}x" for p in pts)]
+    cfg = EvalConfig(methods=methods, out=args.work, prompts=shapes.heldout_prompts()[::args.every],
+                     seeds=parse_seeds(args.seeds), metrics=["adherence", "psnr", "ssim"], model=args.model,
+                     batch_size=args.batch_size, timing_images=args.timing_images, timing_repeats=args.repeats,
+                     command=command)
+    if args.readme_only:  # redraw peers.md/png from the run's results.json, no generation or timing
+        from ditaccel.evaluate import EvalResult
+
+        result = EvalResult.from_json(args.work / "results.json")
+    else:
+        result = evaluate(cfg)
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_peers(result, args.results, rel, args, command)
+    print(f"bench_eval: {len(result.rows)} rows -> {args.results / 'peers.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--search", default=None, help="search folder for the ECAD rows")
-    ap.add_argument("--ecad-points", type=int, default=4, help="frontier points to evaluate")
+    ap.add_argument("--ecad-points", type=int, default=None,
+                    help="frontier points to evaluate (default 4; 12 with --sweep, 0: none)")
     ap.add_argument("--every", type=int, default=3, help="use every N-th held-out prompt")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--repeats", type=int, default=3)
@@ -183,8 +326,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_eval")
     ap.add_argument("--model", default=None)
     ap.add_argument("--results", type=Path, default=RESULTS, help="where eval.md etc. go")
-    ap.add_argument("--readme-only", action="store_true", help="rewrite README.md from the existing eval.json")
+    ap.add_argument("--readme-only", action="store_true", help="rewrite README.md from the existing eval.json "
+                    "(with --sweep: peers.md and peers.png from the --work folder's results.json)")
+    ap.add_argument("--sweep", action="store_true", help="peers as curves: every peer's knob grid (or --methods) "
+                    "and --ecad-points of the --search frontier -> peers.md, peers.json, peers.png")
     args = ap.parse_args(argv)
+    if args.ecad_points is None:
+        args.ecad_points = 12 if args.sweep else 4
+    if args.sweep:
+        import torch
+
+        torch.set_num_threads(1)  # CPU-time speedups need every op on the timing thread
+        if args.work == ROOT / "runs" / "bench_eval":
+            args.work = ROOT / "runs" / "bench_peers"
+        return run_sweep(args, "python bench/bench_eval.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
     if args.readme_only:
         write_readme(json.loads((args.results / "eval.json").read_text()), args.results)
         return 0

@@ -108,9 +108,9 @@ def test_table_lists_every_requested_method(full_run: tuple) -> None:
     for m in methods:
         if m == f"ecad:{tmp / 'search'}":  # the whole frontier: one row per point
             pts = [lab for lab in labels if lab.startswith(m + "@")]
-            assert len(pts) == 3 and all(f"| {p} |" in md for p in pts)
+            assert len(pts) == 3 and all(f"| `{p}` |" in md for p in pts)
             continue
-        assert m in labels and f"| {m} |" in md, m
+        assert m in labels and f"| `{m}` |" in md, m
     assert data["machine"] and data["command"] == "pytest"
     assert (tmp / "out" / "grid.png").stat().st_size > 1000
     assert (tmp / "out" / "quality_vs_speed.png").stat().st_size > 1000
@@ -146,7 +146,8 @@ def test_unavailable_peer_is_a_skipped_row_with_its_reason(tmp_path: Path, monke
     result = evaluate(cfg, pipe=_replica())
     row = result.row("cachedit")
     assert row.status == "skipped" and "not importable" in row.reason
-    assert "| cachedit |" in (tmp_path / "results.md").read_text()
+    assert "| cache-dit DBCache, threshold 0.08, warm-up 4, F1, B0 | `cachedit` |" in \
+        (tmp_path / "results.md").read_text()
     assert result.row("fora:2").status == "ok"
 
 
@@ -280,3 +281,118 @@ def test_quantized_rows_are_saved_and_reloaded_bit_exactly(tmp_path: Path) -> No
             images.append(generate_images(pipe, PROMPTS, [0, 0, 0], batch_size=3, **kw))
     assert "loaded_from" in m.quant_report and len(list(tmp_path.iterdir())) == 1
     assert all(np.array_equal(a, b) for a, b in zip(*images, strict=True))
+
+
+# ----------------------------------------------------------------------------- peers as curves (issue 10)
+
+
+def test_sweep_expands_each_grid_once_with_reader_names() -> None:
+    from ditaccel.evaluate.methods import KNOBS, spec_title
+
+    fbc = parse_methods("fbc:sweep")
+    assert [s.text for s in fbc] == [f"fbc:{a}" for a in KNOBS["fbc"].sweep] and len(fbc) >= 5
+    titles = [spec_title(s) for s in fbc]
+    assert titles[2] == ("FirstBlockCache (diffusers), threshold 0.15", "FirstBlockCache (diffusers)")
+    every = parse_methods("baseline,fbc:0.15,peers:sweep,fbc:sweep")
+    texts = [s.text for s in every]
+    assert len(texts) == len(set(texts)) == 1 + sum(len(k.sweep) for k in KNOBS.values())
+    assert {s.cache.name for s in every[1:]} == set(KNOBS)
+    assert texts[:2] == ["baseline", "fbc:0.15"]  # explicit rows keep their place; the sweep skips them
+    # a second knob names the curve: TaylorSeer order 1 and order 2 are two lines
+    curves = {spec_title(s)[1] for s in parse_methods("taylorseer:sweep")}
+    assert curves == {"TaylorSeer (diffusers), order 1", "TaylorSeer (diffusers), order 2"}
+    assert spec_title(parse_methods("cachedit:0.3:2:4:1")[0])[0] == \
+        "cache-dit DBCache, threshold 0.3, warm-up 2, F4, B1"
+    for bad, msg in (("ecad:sweep", "only methods with a knob sweep"), ("fbc:sweep+fp4-w4a8", "stands alone"),
+                     ("cachedit:0.1:1:0", "must be positive")):
+        with pytest.raises(DitaccelError, match=msg):
+            parse_methods(bad)
+
+
+def _row(label: str, speed: float, adherence: float, psnr: float, group: str | None = None) -> object:
+    from ditaccel.evaluate import MethodResult
+
+    return MethodResult(label=label, kind="schedule" if group else "peer", name=label, speedup=speed,
+                        group=group, metrics={"adherence": adherence, "psnr": psnr})
+
+
+def test_dominance_names_the_fastest_dominating_point_or_the_gaps() -> None:
+    from ditaccel.evaluate.report import dominance, dominance_markdown
+
+    g = "ECAD frontier (runs/x)"
+    ecad = [_row("e1", 1.4, 1.0, 50.0, g), _row("e2", 2.0, 1.0, 45.0, g), _row("e3", 3.0, 0.9, 30.0, g)]
+    peers = [_row("p_slow", 1.3, 1.0, 44.0), _row("p_fast_good", 2.5, 1.0, 40.0), _row("p_beyond", 3.5, 0.8, 20.0),
+             _row("p_tie", 2.0, 1.0, 45.0)]
+    base = MethodResult_baseline()
+    doms = {d.peer.label: d for d in dominance([base, *ecad, *peers])}
+    assert set(doms) == {p.label for p in peers}  # the baseline and ECAD points are not peers
+    assert doms["p_slow"].by.label == "e2"        # e1 and e2 both dominate; the faster one is named
+    assert doms["p_tie"].by.label == "e2"         # equal speed and quality counts as dominated
+    d = doms["p_fast_good"]
+    assert not d.dominated
+    assert d.speed_ratio == pytest.approx(2.0 / 2.5)      # e2 is the fastest point as good on both columns
+    assert d.quality_gap == pytest.approx({"adherence": -0.1, "psnr": -10.0})  # e3: the only one as fast
+    d = doms["p_beyond"]
+    assert not d.dominated and d.quality_gap == {"adherence": None, "psnr": None}
+    assert d.speed_ratio == pytest.approx(3.0 / 3.5)
+    md = dominance_markdown(list(doms.values()))
+    assert "dominated by **e2**" in md and "no ECAD point is this fast" in md and "2 of 4 peer points" in md
+
+
+def MethodResult_baseline() -> object:  # noqa: N802 (reads like the row it builds)
+    from ditaccel.evaluate import MethodResult
+
+    return MethodResult(label="baseline", kind="baseline", name="Baseline", speedup=1.0,
+                        metrics={"adherence": 1.0})
+
+
+def test_sweep_run_measures_cpu_time_and_draws_each_curve_as_a_line(tmp_path: Path) -> None:
+    import torch
+
+    from ditaccel.evaluate.methods import KNOBS
+    from ditaccel.evaluate.report import dominance, write_plot
+
+    pipe = _replica()
+    _frontier(pipe, tmp_path / "search")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = EvalConfig(methods=f"fora:sweep,tgate:2,tgate:4,ecad:{tmp_path / 'search'}", out=tmp_path / "out",
+                         prompts=PROMPTS[:1], seeds=[0], steps=6, batch_size=2, timing_images=1, timing_repeats=2,
+                         progress=False)
+        result = evaluate(cfg, pipe=pipe)
+    finally:
+        torch.set_num_threads(threads)
+    ok = [r for r in result.rows if r.status == "ok"]
+    assert all(r.cpu_seconds_per_image > 0 and len(r.cpu_timings) == 2 and r.cpu_speedup > 0 for r in ok)
+    fora = [r for r in ok if r.curve == "FORA"]
+    assert len(fora) == len(KNOBS["fora"].sweep)
+    assert result.row("fora:2").name == "FORA, recompute every 2 steps"
+    assert max(r.macs_speedup for r in fora) > 2 * min(r.macs_speedup for r in fora)  # the grid spans a range
+    legend = write_plot(result, tmp_path / "p.png", speed="cpu_speedup")
+    assert legend[:3] == ["FORA", "TGATE", f"ECAD frontier ({tmp_path / 'search'})"]
+    assert len(legend) == 3  # the only panel is PSNR, which the baseline has not (it is the reference)
+    assert (tmp_path / "p.png").stat().st_size > 5000
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| FORA, recompute every 2 steps | `fora:2` |" in md and "speedup (CPU time)" in md
+    doms = dominance(result.rows, speed="cpu_speedup")
+    assert len(doms) == len(fora) + 2 and all(d.peer.curve in ("FORA", "TGATE") for d in doms)
+    from ditaccel.evaluate import EvalResult
+
+    again = EvalResult.from_json(tmp_path / "out" / "results.json")  # reports redrawn without rerunning
+    assert [(r.name, r.curve, r.cpu_speedup, r.metrics) for r in again.rows] == \
+        [(r.name, r.curve, r.cpu_speedup, r.metrics) for r in result.rows]
+
+
+def test_same_label_with_a_changed_schedule_is_refused_not_reused(tmp_path: Path) -> None:
+    from ditaccel.caching import presets
+
+    pipe = _replica()
+    presets.fora(pipe, 2, steps=4).save(tmp_path / "s.json")
+    cfg = EvalConfig(methods=f"schedule:{tmp_path / 's.json'}", out=tmp_path / "o", prompts=PROMPTS[:1], seeds=[0],
+                     steps=4, timing_images=1, timing_repeats=1, progress=False)
+    evaluate(cfg, pipe=pipe)
+    evaluate(cfg, pipe=pipe)  # same schedule: its images are reused
+    presets.fora(pipe, 3, steps=4).save(tmp_path / "s.json")  # e.g. a rerun search rewrote the frontier
+    with pytest.raises(DitaccelError, match="another method"):
+        evaluate(cfg, pipe=pipe)

@@ -72,7 +72,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--methods", required=True,
                    help="comma list, e.g. baseline,fora:3,tgate:8,delta-dit,ecad:runs/x,ecad:runs/x:2.5x,"
                         "schedule:s.json,fbc,pab,fastercache,taylorseer,magcache,cachedit,fp4-w4a8,fp4-w4a6,"
-                        "int-w4a8,fp4-w4a8+ecad:runs/x:2.5x")
+                        "int-w4a8,fp4-w4a8+ecad:runs/x:2.5x; fbc:sweep expands to FirstBlockCache's threshold "
+                        "grid, peers:sweep to every method's knob grid")
     p.add_argument("--prompts", default="heldout",
                    help="calibration, heldout, all, parti, coco, drawbench, imagereward, or a file (MJHQ meta_data.json)")
     p.add_argument("--seeds", default="0", help="e.g. 0,1,2 or 0-3")

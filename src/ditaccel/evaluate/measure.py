@@ -15,7 +15,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -83,16 +83,30 @@ class PeakMemory:
         self.peak = int(self._max - self._start)
 
 
-def timed(fn: Callable[[], Any], device: str | torch.device) -> float:
-    """Seconds ``fn`` takes, synchronising CUDA around it."""
+class Timing(NamedTuple):
+    """Wall-clock seconds, and the calling thread's CPU seconds (None on CUDA or with several torch threads).
+
+    Why both: users pay the wall clock, but on cores shared with other jobs the wall clock of a
+    single-threaded run (``torch.set_num_threads(1)``: all the work is on this thread) swings by
+    tens of percent with the neighbours' load, while its thread CPU time counts only its own work.
+    """
+
+    wall: float
+    cpu: float | None
+
+
+def timed(fn: Callable[[], Any], device: str | torch.device) -> Timing:
+    """Time ``fn``, synchronising CUDA around it."""
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     fn()
     if cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    # with more than one torch thread the work is spread over threads this clock does not see
+    own = not cuda and torch.get_num_threads() == 1
+    return Timing(time.perf_counter() - t0, time.thread_time() - c0 if own else None)
 
 
 def median(xs: list[float]) -> float:

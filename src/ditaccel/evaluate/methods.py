@@ -15,10 +15,12 @@ Grammar: comma-separated rows; a row is one or more parts joined by ``+``; a par
 ``fastercache[:N]``           diffusers FasterCache (N = attention skip range, 2)
 ``taylorseer[:N[:O]]``        diffusers TaylorSeer, interval N (3), order O (1)
 ``magcache[:T]``              diffusers MagCache, threshold T (0.06), ratios calibrated here
-``cachedit[:T[:W]]``          cache-dit DBCache F1B0, threshold T (0.08), warm-up steps W (4)
+``cachedit[:T[:W[:F[:B]]]]``  cache-dit DBCache FnBn: threshold T (0.08), warm-up W (4), F first (1) / B last (0) blocks
 ``fp4-w4a8[:ITERS]``          FP4DiT: E2M1 weights (E3M0 first FFN) + E3M4 per-token acts
 ``fp4-w4a6[:ITERS]``          FP4DiT with E2M3 activations
 ``int-w4a8[:ITERS]``          INT4 weights + INT8 per-token activations (the ViDiT-Q/PTQ4DiT baseline)
+``NAME:sweep``                every point of NAME's knob grid (``KNOBS``), e.g. ``fbc:sweep``
+``peers:sweep``               every grid of every method with a knob (FORA ... cache-dit)
 ============================  =================================================================
 
 Quantization rows run AdaRound for ITERS iterations per block (default 100, the paper uses 2500)
@@ -46,9 +48,62 @@ QUANT_PRESETS: dict[str, dict[str, Any]] = {
     "fp4-w4a6": {"weights": "e2m1", "acts": "e2m3", "first_ffn_weights": "e3m0"},
     "int-w4a8": {"weights": "int4", "acts": "int8", "first_ffn_weights": None},
 }
+QUANT_TITLES = {"fp4-w4a8": "FP4DiT W4A8", "fp4-w4a6": "FP4DiT W4A6", "int-w4a8": "INT W4A8"}
 METHOD_NAMES = (*CACHE_SCHEDULE_NAMES, *PEER_NAMES, *QUANT_PRESETS)
 DEFAULT_QUANT_ITERS = 100
 _SPEEDUP = re.compile(r"^\d+(\.\d+)?x$", re.IGNORECASE)
+SWEEP = "sweep"
+ALL_PEERS = "peers"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One positional argument of a method: the key it is passed as, how a reader names it, its default."""
+
+    key: str
+    fmt: str                 # e.g. "threshold {}": the value as a reader sees it in rows and legends
+    kind: type
+    default: int | float
+    minimum: float = 0.0     # values must be > minimum (0: positive)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """A method with knobs: its name for readers, its arguments, and the grid ``NAME:sweep`` expands to.
+
+    The grids were chosen on the bundled model (20 steps) to run each curve from nearly lossless to
+    as fast as the method goes, aiming at 1.1x-4x measured speed; several saturate earlier (MagCache
+    keeps its first steps, PAB/FasterCache/TGATE touch attention only). bench/results/peers.md shows
+    what each reached.
+    """
+
+    title: str
+    knobs: tuple[Knob, ...]
+    sweep: tuple[str, ...]   # argument strings, as written after ``NAME:``
+
+
+KNOBS: dict[str, Knobs] = {
+    "fora": Knobs("FORA", (Knob("n", "recompute every {} steps", int, 3),), ("2", "3", "4", "5", "6", "8", "10")),
+    "tgate": Knobs("TGATE", (Knob("k", "cross-attention frozen from step {}", int, 8),), ("2", "4", "8", "12", "16")),
+    "delta-dit": Knobs("Delta-DiT (stage-wise block cache)",
+                       (Knob("n", "cached half recomputed every {} steps", int, 2),), ("2", "3", "5")),
+    "fbc": Knobs("FirstBlockCache (diffusers)", (Knob("threshold", "threshold {}", float, 0.05),),
+                 ("0.05", "0.1", "0.15", "0.2", "0.3", "0.45", "0.6", "0.8")),
+    "pab": Knobs("Pyramid Attention Broadcast (diffusers)", (Knob("skip", "self-attention every {} calls", int, 2),),
+                 ("2", "3", "4", "6")),
+    "fastercache": Knobs("FasterCache (diffusers)", (Knob("skip", "attention every {} calls", int, 2),),
+                         ("2", "3", "5")),
+    "taylorseer": Knobs("TaylorSeer (diffusers)", (Knob("interval", "interval {}", int, 3),
+                                                   Knob("order", "order {}", int, 1)),
+                        ("2:1", "3:1", "4:1", "6:1", "2:2", "3:2", "4:2", "6:2")),
+    "magcache": Knobs("MagCache (diffusers)", (Knob("threshold", "threshold {}", float, 0.06),),
+                      ("0.03", "0.06", "0.12", "0.2", "0.4")),
+    "cachedit": Knobs("cache-dit DBCache", (Knob("threshold", "threshold {}", float, 0.08),
+                                           Knob("warmup", "warm-up {}", int, 4, minimum=-0.5),
+                                           Knob("fn", "F{}", int, 1), Knob("bn", "B{}", int, 0, minimum=-0.5)),
+                      ("0.08", "0.15", "0.3", "0.5", "0.3:1", "0.5:1", "0.8:1", "0.3:2:4:0",
+                       "0.5:2:4:0")),
+}
 
 
 @dataclass(frozen=True)
@@ -92,9 +147,67 @@ def _num(part: Part, i: int, kind: type, default: Any, text: str, minimum: float
     return v
 
 
-_MAX_ARGS = {"baseline": 0, "fora": 1, "tgate": 1, "delta-dit": 1, "schedule": 1, "ecad": 2, "fbc": 1, "pab": 1,
-             "fastercache": 1, "taylorseer": 2, "magcache": 1, "cachedit": 2, "fp4-w4a8": 1, "fp4-w4a6": 1,
-             "int-w4a8": 1}
+_MAX_ARGS = {"baseline": 0, "schedule": 1, "ecad": 2, **{k: len(v.knobs) for k, v in KNOBS.items()},
+             **{q: 1 for q in QUANT_PRESETS}}
+
+
+def knob_values(part: Part, text: str) -> dict[str, Any]:
+    """The part's knob values by key, defaults filled in; a bad value raises one line naming ``text``."""
+    return {k.key: _num(part, i, k.kind, k.default, text, minimum=k.minimum)
+            for i, k in enumerate(KNOBS[part.name].knobs)}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def part_title(part: Part) -> tuple[str, str | None]:
+    """(row name a reader knows, curve it belongs to): "FirstBlockCache (diffusers), threshold 0.15".
+
+    A method's curve is its title plus every knob but the first (the one a curve runs along).
+    """
+    if part.name in KNOBS:
+        kn = KNOBS[part.name]
+        vals = knob_values(part, part.name)
+        words = [k.fmt.format(_fmt(vals[k.key])) for k in kn.knobs]
+        return ", ".join([kn.title, *words]), ", ".join([kn.title, *words[1:]])
+    if part.name in QUANT_PRESETS:
+        iters = _num(part, 0, int, DEFAULT_QUANT_ITERS, part.name, minimum=-0.5)
+        return f"{QUANT_TITLES[part.name]} (AdaRound {iters} it/block)", None
+    if part.name == "baseline":
+        return "Baseline (no acceleration)", None
+    if part.name == "schedule":
+        return f"Schedule {Path(part.args[0]).name}", None
+    return f"ECAD frontier {part.args[0]}" + (f" point nearest {part.args[1]}" if len(part.args) > 1 else ""), None
+
+
+def spec_title(spec: MethodSpec) -> tuple[str, str | None]:
+    """Row name and curve of a whole row (cache part first, then quantization)."""
+    parts = [p for p in (spec.cache, spec.quant) if p is not None]
+    titled = [part_title(p) for p in parts]
+    curve = titled[0][1] if len(titled) == 1 else None
+    return " + ".join(t for t, _ in titled), curve
+
+
+def _expand_sweeps(items: list[str]) -> list[str]:
+    """``NAME:sweep`` -> one row per grid point; ``peers:sweep`` -> every grid. A point also listed
+    explicitly (or by another sweep) appears once."""
+    def is_sweep(item: str) -> bool:
+        return item.partition(":")[2].strip().lower() == SWEEP
+
+    explicit = {i for i in items if not is_sweep(i)}
+    out: list[str] = []
+    for item in items:
+        if not is_sweep(item):
+            out.append(item)
+            continue
+        name = item.partition(":")[0].strip().lower()
+        if name != ALL_PEERS and name not in KNOBS:
+            raise DitaccelError(f"method {item!r}: only methods with a knob sweep ({', '.join(KNOBS)}, or "
+                                f"{ALL_PEERS}:sweep for all); write {name}:ARG for one point")
+        for n in (list(KNOBS) if name == ALL_PEERS else [name]):
+            out += [g for g in (f"{n}:{a}" for a in KNOBS[n].sweep) if g not in explicit and g not in out]
+    return out
 
 
 def _parse_part(raw: str, text: str) -> Part:
@@ -115,6 +228,9 @@ def _parse_part(raw: str, text: str) -> Part:
         args = (rest,)
     else:
         args = tuple(a.strip() for a in rest.split(":")) if rest else ()
+    if SWEEP in (a.lower() for a in args):
+        raise DitaccelError(f"method {text!r}: {name}:{SWEEP} expands to a list of rows, so it stands alone "
+                            f"between commas (no '+' combination)")
     if len(args) > _MAX_ARGS[name]:
         raise DitaccelError(f"method {text!r}: {name} takes at most {_MAX_ARGS[name]} argument(s), got {len(args)}")
     return Part(name, args)
@@ -123,6 +239,7 @@ def _parse_part(raw: str, text: str) -> Part:
 def parse_methods(text: str | list[str]) -> list[MethodSpec]:
     """Parse a ``--methods`` value; unknown names and malformed rows raise one line, nothing runs."""
     items = text if isinstance(text, list) else [t for t in str(text).split(",")]
+    items = _expand_sweeps([i.strip() for i in items if i.strip()])
     specs: list[MethodSpec] = []
     for item in items:
         item = item.strip()
@@ -137,14 +254,8 @@ def parse_methods(text: str | list[str]) -> list[MethodSpec]:
         if any(p.name == "baseline" for p in parts) and len(parts) > 1:
             raise DitaccelError(f"method {item!r}: baseline cannot be combined; drop the '+'")
         for p in parts:  # numeric checks now, not halfway through a run
-            if p.name in ("fora", "tgate", "delta-dit", "pab", "fastercache"):
-                _num(p, 0, int, 1, item)
-            elif p.name == "taylorseer":
-                _num(p, 0, int, 1, item), _num(p, 1, int, 1, item)
-            elif p.name in ("fbc", "magcache"):
-                _num(p, 0, float, 1.0, item)
-            elif p.name == "cachedit":
-                _num(p, 0, float, 1.0, item), _num(p, 1, int, 1, item)
+            if p.name in KNOBS:
+                knob_values(p, item)
             elif p.is_quant:
                 _num(p, 0, int, 1, item, minimum=-0.5)  # 0 iterations = round-to-nearest
         specs.append(MethodSpec(item, parts))
@@ -174,6 +285,8 @@ class Method:
     quant: str | None = None
     quant_iters: int = DEFAULT_QUANT_ITERS
     group: str | None = None        # rows from one ECAD frontier share a group (drawn as a line)
+    title: str = ""                 # the row's name for readers: "FirstBlockCache (diffusers), threshold 0.15"
+    curve: str | None = None        # rows of one method with one knob varied share a curve (drawn as a line)
     frontier_speedup: float | None = None
     notes: list[str] = field(default_factory=list)
     # filled by prepare()
@@ -186,12 +299,9 @@ class Method:
 def _schedule_for(pipe: Any, part: Part, steps: int, text: str) -> tuple[Any, str | None]:
     from ditaccel.caching import CacheSchedule, presets
 
-    if part.name == "fora":
-        return presets.fora(pipe, _num(part, 0, int, 3, text), steps=steps), None
-    if part.name == "tgate":
-        return presets.tgate(pipe, _num(part, 0, int, 8, text), steps=steps), None
-    if part.name == "delta-dit":
-        return presets.delta_dit(pipe, _num(part, 0, int, 2, text), steps=steps), None
+    preset = {"fora": presets.fora, "tgate": presets.tgate, "delta-dit": presets.delta_dit}.get(part.name)
+    if preset is not None:
+        return preset(pipe, *knob_values(part, text).values(), steps=steps), None
     if part.name == "schedule":
         path = Path(part.args[0])
         return CacheSchedule.load(path, pipe), str(path)
@@ -239,9 +349,12 @@ def resolve_methods(pipe: Any, specs: list[MethodSpec], steps: int) -> list[Meth
             for p in sorted(points, key=lambda p: p.speedup):
                 p.schedule.validate_for(pipe)
                 label = spec.text if len(cache.args) > 1 else f"{spec.text}@{p.name}"
+                group = f"ECAD frontier ({folder})" + (f" + {QUANT_TITLES[qname]}" if qname else "")
                 m = Method(label, spec, prefix + "schedule", schedule=p.schedule, schedule_source=str(p.path),
-                           quant=qname, quant_iters=qiters, group=f"ECAD {folder}" + (f" + {qname}" if qname else ""),
-                           frontier_speedup=p.schedule.metrics.get("speedup_macs", p.speedup))
+                           quant=qname, quant_iters=qiters, group=group,
+                           frontier_speedup=p.schedule.metrics.get("speedup_macs", p.speedup), curve=group)
+                m.title = (f"ECAD point {p.name.partition('_')[0]} ({m.frontier_speedup:.2f}x MACs in the search)"
+                           + (f" + {spec_title(spec)[0].rpartition(' + ')[2]}" if qname else ""))
                 pred = p.schedule.metrics.get("speedup_predicted")  # searches priced by the latency model
                 m.notes.append(f"frontier point {p.name} (search MACs speedup {m.frontier_speedup:.2f}x"
                                + (f", predicted wall-clock speedup {pred:.2f}x)" if pred else ")"))
@@ -254,22 +367,11 @@ def resolve_methods(pipe: Any, specs: list[MethodSpec], steps: int) -> list[Meth
             _fit_steps(m, steps)
             out.append(m)
         else:
-            params: dict[str, Any] = {}
-            if cache.name == "fbc":
-                params = {"threshold": _num(cache, 0, float, None, spec.text)}
-            elif cache.name in ("pab", "fastercache"):
-                params = {"skip": _num(cache, 0, int, None, spec.text)}
-            elif cache.name == "taylorseer":
-                params = {"interval": _num(cache, 0, int, None, spec.text),
-                          "order": _num(cache, 1, int, None, spec.text)}
-            elif cache.name == "magcache":
-                params = {"threshold": _num(cache, 0, float, None, spec.text)}
-            elif cache.name == "cachedit":
-                params = {"threshold": _num(cache, 0, float, None, spec.text),
-                          "warmup": _num(cache, 1, int, None, spec.text)}
             out.append(Method(spec.text, spec, prefix + "peer", peer=cache.name,
-                              peer_params={k: v for k, v in params.items() if v is not None},
-                              quant=qname, quant_iters=qiters))
+                              peer_params=knob_values(cache, spec.text), quant=qname, quant_iters=qiters))
+    for m in out:
+        if not m.title:
+            m.title, m.curve = spec_title(m.spec)
     return out
 
 

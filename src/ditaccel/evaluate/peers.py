@@ -62,19 +62,26 @@ from ditaccel.errors import DitaccelError
 
 _CONTEXT_HOOK = "ditaccel_peer_context"
 
-#: name -> (diffusers config class, short description, default params)
-DIFFUSERS_CACHES: dict[str, tuple[str, str, dict[str, Any]]] = {
+#: name -> (diffusers config class, short description); the knobs, their defaults and sweep grids
+#: are in ``ditaccel.evaluate.methods.KNOBS``
+DIFFUSERS_CACHES: dict[str, tuple[str, str]] = {
     "fbc": ("FirstBlockCacheConfig", "FirstBlockCache: skip all later blocks when block 0's residual "
-            "changes less than a threshold", {"threshold": 0.05}),
+            "changes less than a threshold"),
     "pab": ("PyramidAttentionBroadcastConfig", "Pyramid Attention Broadcast: reuse self-attention every "
-            "N calls and cross-attention every 2N inside timesteps (100, 800)", {"skip": 2}),
+            "N calls and cross-attention every 2N inside timesteps (100, 800)"),
     "fastercache": ("FasterCacheConfig", "FasterCache: skip the unconditional CFG half and approximate it "
-                    "by frequency deltas; reuse attention with extrapolation", {"skip": 2}),
+                    "by frequency deltas; reuse attention with extrapolation"),
     "taylorseer": ("TaylorSeerCacheConfig", "TaylorSeer: Taylor-extrapolate attn1/attn2/ff outputs between "
-                   "full steps", {"interval": 3, "order": 1}),
+                   "full steps"),
     "magcache": ("MagCacheConfig", "MagCache: skip steps while the accumulated residual-magnitude ratio "
-                 "error stays under a threshold (ratios calibrated on this model first)", {"threshold": 0.06}),
+                 "error stays under a threshold (ratios calibrated on this model first)"),
 }
+
+
+def _defaults(name: str) -> dict[str, Any]:
+    from ditaccel.evaluate.methods import KNOBS
+
+    return {k.key: k.default for k in KNOBS[name].knobs}
 
 
 class PeerUnavailable(DitaccelError):
@@ -292,8 +299,8 @@ def apply_peer_cache(pipe: Any, name: str, call_kwargs: dict[str, Any] | None = 
     if name not in DIFFUSERS_CACHES:
         raise PeerUnavailable(f"unknown diffusers cache {name!r}; use one of {', '.join(DIFFUSERS_CACHES)}")
     call_kwargs = dict(call_kwargs or {})
-    _, desc, defaults = DIFFUSERS_CACHES[name]
-    p = {**defaults, **{k: v for k, v in params.items() if v is not None}}
+    _, desc = DIFFUSERS_CACHES[name]
+    p = {**_defaults(name), **{k: v for k, v in params.items() if v is not None}}
     t = pipe.transformer
     steps = _num_steps(pipe, call_kwargs)
     if name == "magcache" and "mag_ratios" not in p:
@@ -365,17 +372,18 @@ def _quiet_cachedit() -> Any:
 
 
 def apply_cachedit(pipe: Any, call_kwargs: dict[str, Any] | None = None, **params: Any) -> PeerHandle:
-    """cache-dit's DBCache (first Fn / last Bn blocks computed, middle skipped under a threshold)."""
+    """cache-dit's DBCache: the first ``fn`` and last ``bn`` blocks always computed, the middle skipped
+    while the first blocks' residual changes less than ``threshold``, after ``warmup`` full steps."""
     why = cachedit_status()
     if why:
         raise PeerUnavailable(why)
     import cache_dit
 
-    threshold = float(params.get("threshold") or 0.08)
-    warmup = int(params.get("warmup") or 4)
+    p = {**_defaults("cachedit"), **{k: v for k, v in params.items() if v is not None}}
+    threshold, warmup, fn, bn = float(p["threshold"]), int(p["warmup"]), int(p["fn"]), int(p["bn"])
     try:
         with _quiet_cachedit():
-            cfg = cache_dit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=warmup,
+            cfg = cache_dit.DBCacheConfig(Fn_compute_blocks=fn, Bn_compute_blocks=bn, max_warmup_steps=warmup,
                                           residual_diff_threshold=threshold)
             cache_dit.enable_cache(pipe, cache_config=cfg)
     except Exception as e:
@@ -388,7 +396,7 @@ def apply_cachedit(pipe: Any, call_kwargs: dict[str, Any] | None = None, **param
         with _quiet_cachedit():
             cache_dit.disable_cache(pipe)
 
-    handle = PeerHandle("cachedit", "cache-dit DBCache (F1B0, residual-diff threshold)",
-                        {"threshold": threshold, "warmup": warmup}, pipe.transformer)
+    handle = PeerHandle("cachedit", f"cache-dit DBCache (F{fn}B{bn}, residual-diff threshold)",
+                        {"threshold": threshold, "warmup": warmup, "fn": fn, "bn": bn}, pipe.transformer)
     handle._removers.append(remove)
     return handle

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,9 @@ def markdown(result: Any) -> str:
     """The table plus the conditions it was measured under."""
     info = result.info
     metrics = info["metrics"]
-    head = ["method", "speedup (wall)", "MACs speedup", "s/image", "peak mem MiB", "weights MiB"]
+    cpu = any(r.cpu_speedup for r in result.rows)
+    head = ["method", "`--methods`", "speedup (wall)"] + (["speedup (CPU time)"] if cpu else [])
+    head += ["MACs speedup", "s/image", "peak mem MiB", "weights MiB"]
     head += [_HIGHER_NAMES.get(m, m) for m in metrics] + ["notes"]
     lines = [
         "# ditaccel eval",
@@ -41,6 +44,11 @@ def markdown(result: Any) -> str:
         f"{info['num_images']} images per method; call {info['call']}",
         f"- speedup: whole-pipeline wall clock vs baseline in this run, {info['timing']['images_per_run']} "
         f"images per run, 1 warm-up, median of {info['timing']['repeats']} interleaved repeats",
+    ]
+    if cpu:
+        lines.append("- speedup (CPU time): the same runs timed by the generating thread's CPU time (one torch "
+                     "thread), which other jobs on shared cores do not inflate the way they do the wall clock")
+    lines += [
         "- MACs speedup: transformer MACs; `schedule_macs` for schedule rows, executed MACs counted by "
         "hooks for dynamic peers",
         f"- peak mem: {info['memory_kind']}; weights: transformer parameters + buffers",
@@ -50,24 +58,27 @@ def markdown(result: Any) -> str:
         "|" + "|".join("---" for _ in head) + "|",
     ]
     for r in result.rows:
+        name = r.name or r.label
         if r.status != "ok":
-            lines.append("| " + " | ".join([r.label] + ["–"] * (len(head) - 2) + [f"skipped: {r.reason}"]) + " |")
+            lines.append("| " + " | ".join([name, f"`{r.label}`"] + ["–"] * (len(head) - 3)
+                                           + [f"skipped: {r.reason}"]) + " |")
             continue
-        vals = []
-        for m in metrics:
-            v = r.metrics.get(m)
-            if v is None and r.kind == "baseline" and m in ("psnr", "ssim"):
-                vals.append("ref")
-            elif m == "psnr" and v is not None and math.isinf(v):
-                vals.append("inf (identical)")
-            else:
-                vals.append(_f(v, "{:.3f}" if m != "psnr" else "{:.2f}"))
-        notes = "; ".join(r.notes)
+        vals = [_metric_cell(r, m) for m in metrics]
+        speeds = [_f(r.speedup, "{:.2f}x")] + ([_f(r.cpu_speedup, "{:.2f}x")] if cpu else [])
         lines.append("| " + " | ".join([
-            r.label, _f(r.speedup, "{:.2f}x"), _f(r.macs_speedup, "{:.2f}x"), _f(r.seconds_per_image, "{:.3f}"),
-            _mib(r.peak_memory_bytes), _mib(r.weight_bytes), *vals, notes]) + " |")
+            name, f"`{r.label}`", *speeds, _f(r.macs_speedup, "{:.2f}x"), _f(r.seconds_per_image, "{:.3f}"),
+            _mib(r.peak_memory_bytes), _mib(r.weight_bytes), *vals, "; ".join(r.notes)]) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _metric_cell(r: Any, m: str) -> str:
+    v = r.metrics.get(m)
+    if v is None and r.kind == "baseline" and m in ("psnr", "ssim"):
+        return "ref"
+    if m == "psnr" and v is not None and math.isinf(v):
+        return "inf (identical)"
+    return _f(v, "{:.3f}" if m != "psnr" else "{:.2f}")
 
 
 def _label_fig(n_rows: int, n_cols: int) -> tuple[Any, Any]:
@@ -110,11 +121,20 @@ def write_grid(result: Any, store: Any, jobs: list[tuple[str, int]], columns: in
     plt.close(fig)
 
 
-def write_plot(result: Any, path: Any) -> None:
-    """Quality vs measured speedup: every method a point, each ECAD frontier a line.
+SPEED_AXES = {"speedup": "measured wall-clock speedup vs baseline (same run)",
+              "cpu_speedup": "measured speedup in CPU time of the generating thread (same run)"}
+
+
+def _is_ecad(r: Any) -> bool:
+    return bool(r.group) and str(r.group).startswith("ECAD")
+
+
+def write_plot(result: Any, path: Any, speed: str = "speedup") -> list[str]:
+    """Quality vs measured speedup: each curve (an ECAD frontier, a peer's knob grid) a line, other rows points.
 
     A second panel shows PSNR to the baseline when the main quality metric is another one, since
-    a coarse metric (e.g. adherence on a few dozen images) ties many methods.
+    a coarse metric (e.g. adherence on a few dozen images) ties many methods. Returns the legend
+    entries of the first panel (drawn curves first).
     """
     import matplotlib
 
@@ -123,39 +143,141 @@ def write_plot(result: Any, path: Any) -> None:
 
     q = result.info["quality_metric"]
     panels = [q] + (["psnr"] if q != "psnr" and "psnr" in result.info["metrics"] else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.2), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8.5 * len(panels), 6.2), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    curves = list(dict.fromkeys(r.curve or r.group for r in result.rows if (r.curve or r.group)))
+    legend: list[str] = []
     for ax, metric in zip(axes[0], panels, strict=True):
-        rows = [r for r in result.rows if r.status == "ok" and r.speedup and metric in r.metrics
+        rows = [r for r in result.rows if r.status == "ok" and getattr(r, speed, None) and metric in r.metrics
                 and math.isfinite(r.metrics[metric])]
-        groups: dict[str, list[Any]] = {}
-        k = 0
-        for r in rows:
-            if r.group:
-                groups.setdefault(r.group, []).append(r)
+        drawn: list[str] = []
+        for i, c in enumerate(curves):
+            rs = sorted((r for r in rows if (r.curve or r.group) == c), key=lambda r: getattr(r, speed))
+            if not rs:
                 continue
-            marker = "*" if r.kind == "baseline" else ("s" if "quant" in r.kind else ("^" if "peer" in r.kind else "o"))
-            ax.scatter([r.speedup], [r.metrics[metric]], marker=marker, s=90 if marker == "*" else 40, zorder=3,
-                       color=colors[k % len(colors)])
-            k += 1
-            ax.annotate(r.label, (r.speedup, r.metrics[metric]), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
-        for g, rs in groups.items():
-            rs = sorted(rs, key=lambda r: r.speedup)
-            ax.plot([r.speedup for r in rs], [r.metrics[metric] for r in rs], "-o", ms=4, label=g, zorder=2)
-        if groups:
-            ax.legend(fontsize=7, loc="best")
+            ecad = _is_ecad(rs[0])
+            style = "-o" if ecad else ("-" if i < 10 else "--") + "^sDvP<>"[i % 7]
+            ax.plot([getattr(r, speed) for r in rs], [r.metrics[metric] for r in rs], style,
+                    ms=6 if ecad else 4, lw=2.6 if ecad else 1.3, color="black" if ecad else cmap(i % 10),
+                    zorder=4 if ecad else 2, label=c)
+            drawn.append(c)
+        for r in rows:
+            if r.curve or r.group:
+                continue
+            star = r.kind == "baseline"
+            ax.scatter([getattr(r, speed)], [r.metrics[metric]], marker="*" if star else "x", s=110 if star else 40,
+                       color="gold" if star else "grey", edgecolor="black" if star else None, zorder=5,
+                       label=r.name or r.label)
+            drawn.append(r.name or r.label)
+        legend = legend or drawn
+        ax.legend(fontsize=6.5, loc="best", ncol=1 + len(drawn) // 14)
         ax.axvline(1.0, color="grey", lw=0.5, ls=":")
-        ax.set_xlabel("measured wall-clock speedup vs baseline (same run)")
+        ax.set_xlabel(SPEED_AXES.get(speed, speed))
         ax.set_ylabel(_HIGHER_NAMES.get(metric, metric) + (" to baseline" if metric in ("psnr", "ssim") else "")
                       + " (higher is better)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{result.info['model'].rstrip('/').split('/')[-1]}: quality vs speed "
-                 f"({result.info['num_images']} images per method; o schedule, ^ peer cache, s quantized, "
-                 f"* baseline)", fontsize=9)
+                 f"({result.info['num_images']} images per method; each line one method with its knob varied, "
+                 f"black: ECAD frontier)", fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+    return legend
+
+
+# ----------------------------------------------------------------------------- dominance
+
+QUALITY_COLUMNS = ("adherence", "psnr")
+
+
+@dataclass
+class Dominance:
+    """One peer point against an ECAD frontier, on measured speed and every quality column.
+
+    ``by``: the fastest ECAD point at least as fast and at least as good on every column (None if
+    there is none). Otherwise the gaps: ``speed_ratio`` = speed of the fastest ECAD point that is at
+    least as good on every column / the peer's speed (< 1: ECAD needs to be slower to match it), and
+    ``quality_gap`` = per column, the best ECAD value among points at least as fast minus the peer's
+    (PSNR in dB; < 0: ECAD is worse at that speed). None where no ECAD point qualifies.
+    """
+
+    peer: Any
+    by: Any = None
+    speed_ratio: float | None = None
+    quality_gap: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def dominated(self) -> bool:
+        return self.by is not None
+
+
+def dominance(rows: list[Any], speed: str = "speedup", columns: tuple[str, ...] = QUALITY_COLUMNS,
+              frontier: str | None = None) -> list[Dominance]:
+    """For every peer row, the ECAD point that dominates it, or how far the frontier falls short.
+
+    ``frontier`` picks the ECAD group (default: the first full-precision one); peers are every other
+    measured row except the baseline and quantized rows.
+    """
+    ok = [r for r in rows if r.status == "ok" and getattr(r, speed, None)]
+    groups = [r.group for r in ok if _is_ecad(r) and "quant" not in r.kind]
+    if frontier is None and groups:
+        frontier = groups[0]
+    ecad = [r for r in ok if r.group == frontier and frontier is not None]
+    peers = [r for r in ok if not _is_ecad(r) and r.kind != "baseline" and "quant" not in r.kind]
+    cols = [c for c in columns if all(c in r.metrics for r in ecad + peers)]
+
+    def good(e: Any, p: Any) -> bool:
+        return all(e.metrics[c] >= p.metrics[c] for c in cols)
+
+    out = []
+    for p in sorted(peers, key=lambda r: (r.curve or r.name or r.label, getattr(r, speed))):
+        sp = getattr(p, speed)
+        fast = [e for e in ecad if getattr(e, speed) >= sp]
+        winners = [e for e in fast if good(e, p)]
+        d = Dominance(p, by=max(winners, key=lambda e: getattr(e, speed)) if winners else None)
+        if not winners:
+            as_good = [e for e in ecad if good(e, p)]
+            d.speed_ratio = max(getattr(e, speed) for e in as_good) / sp if as_good else None
+            d.quality_gap = {c: (max(e.metrics[c] for e in fast) - p.metrics[c]) if fast else None for c in cols}
+        out.append(d)
+    return out
+
+
+def _q(r: Any, cols: list[str]) -> str:
+    return ", ".join(("inf dB" if math.isinf(r.metrics[c]) else f"{r.metrics[c]:.2f} dB") if c == "psnr"
+                     else f"{c} {r.metrics[c]:.3f}" for c in cols)
+
+
+def dominance_markdown(doms: list[Dominance], speed: str = "speedup",
+                       columns: tuple[str, ...] = QUALITY_COLUMNS) -> str:
+    """The dominance report as a table: one row per peer point."""
+    if not doms:
+        return "No peer rows and ECAD points to compare.\n"
+    cols = [c for c in columns if c in doms[0].peer.metrics]
+    lines = ["| peer point | speedup | quality | verdict |", "|---|---|---|---|"]
+    for d in doms:
+        p = d.peer
+        if d.dominated:
+            e = d.by
+            verdict = (f"dominated by **{e.name or e.label}**: {getattr(e, speed):.2f}x, {_q(e, cols)}")
+        else:
+            gaps = []
+            if d.speed_ratio is not None:
+                gaps.append(f"the fastest ECAD point as good on {' and '.join(cols)} runs at "
+                            f"{d.speed_ratio:.2f}x the peer's speed")
+            else:
+                gaps.append("no ECAD point is as good on " + " and ".join(cols))
+            if all(v is None for v in d.quality_gap.values()):
+                gaps.append("no ECAD point is this fast")
+            else:
+                gaps.append("best ECAD point at least as fast: " + ", ".join(
+                    f"{v:+.2f} dB" if c == "psnr" else f"{c} {v:+.3f}" for c, v in d.quality_gap.items()
+                    if v is not None and not math.isnan(v)))
+            verdict = "**not dominated**: " + "; ".join(gaps)
+        lines.append(f"| {p.name or p.label} | {getattr(p, speed):.2f}x | {_q(p, cols)} | {verdict} |")
+    n = sum(d.dominated for d in doms)
+    lines += ["", f"{n} of {len(doms)} peer points dominated."]
+    return "\n".join(lines) + "\n"
 
 
 def write_outputs(result: Any, store: Any, jobs: list[tuple[str, int]], columns: int) -> None:

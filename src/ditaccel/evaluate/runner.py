@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +86,14 @@ class MethodResult:
     kind: str
     status: str = "ok"                        # ok | skipped
     reason: str | None = None
+    name: str = ""                            # for readers: "FirstBlockCache (diffusers), threshold 0.15"
+    curve: str | None = None                  # rows drawn as one line (a peer's knob grid, an ECAD frontier)
     seconds_per_image: float | None = None
     timings: list[float] = field(default_factory=list)
     speedup: float | None = None
+    cpu_seconds_per_image: float | None = None  # this thread's CPU time (1 torch thread on CPU), see Timing
+    cpu_timings: list[float] = field(default_factory=list)
+    cpu_speedup: float | None = None
     macs_per_image: int | None = None
     macs_source: str | None = None            # schedule_macs | counted
     macs_speedup: float | None = None
@@ -116,6 +121,22 @@ class EvalResult:
             if r.label == label:
                 return r
         raise KeyError(label)
+
+    @classmethod
+    def from_json(cls, path: Path) -> EvalResult:
+        """Read a results.json back (e.g. to redraw plots or reports without rerunning)."""
+        d = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(MethodResult)}
+
+        def num(x: Any) -> Any:
+            return float(x) if x in ("inf", "-inf", "nan") else x
+
+        rows = []
+        for m in d.pop("methods"):
+            r = MethodResult(**{k: v for k, v in m.items() if k in known})
+            r.metrics = {k: num(v) for k, v in r.metrics.items()}
+            rows.append(r)
+        return cls(rows, {k: v for k, v in d.items() if k not in ("format", "version")}, Path(path).parent)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: infinite PSNR (identical images) is written as the string "inf"."""
@@ -216,19 +237,24 @@ class ImageStore:
     def folder(self, label: str) -> Path:
         return self.root / slug(label)
 
-    def check(self, label: str) -> None:
-        """Refuse to mix images made with other prompts/seeds/settings into this run."""
+    def check(self, label: str, method: str | None = None) -> None:
+        """Refuse to mix images made with other prompts/seeds/settings, or by another method under the
+        same label (``ecad:DIR:2x`` after the search in DIR was rerun), into this run."""
         man = self.folder(label) / "manifest.json"
         if man.exists():
             d = read_json(man, "image manifest", f"delete {self.folder(label)} and rerun to regenerate its images")
             if not isinstance(d, dict) or d.get("key") != self.key or d.get("label") != label:
                 raise DitaccelError(f"{self.folder(label)} holds images made with other prompts, seeds or settings; "
                                     f"use a new --out or delete that folder")
+            if method is not None and d.get("method", method) != method:
+                raise DitaccelError(f"{self.folder(label)} holds images of another method labelled {label!r} "
+                                    f"(a changed schedule or frontier?); use a new --out or delete that folder")
 
-    def begin(self, label: str) -> None:
+    def begin(self, label: str, method: str | None = None) -> None:
         f = self.folder(label)
         f.mkdir(parents=True, exist_ok=True)
-        atomic_write_checked_json(f / "manifest.json", {"label": label, "key": self.key, "count": len(self.jobs),
+        atomic_write_checked_json(f / "manifest.json", {"label": label, "key": self.key, "method": method,
+                                                        "count": len(self.jobs),
                                                 "jobs": [{"file": f"{i:05d}.png", "prompt": p, "seed": s}
                                                          for i, (p, s) in enumerate(self.jobs)]})
 
@@ -253,6 +279,14 @@ class ImageStore:
             except (OSError, ValueError, Image.DecompressionBombError):
                 raise DitaccelError(f"{self.path(label, i)} is damaged; delete it and rerun to regenerate it") from None
         return out
+
+
+def method_fingerprint(m: Method) -> str:
+    """What makes a method's images: its schedule bits, peer and knobs, quantization (not its label)."""
+    sched = None if m.schedule is None else hashlib.sha1(np.packbits(m.schedule.bits).tobytes()).hexdigest()[:16]
+    what = {"kind": m.kind, "schedule": sched, "peer": m.peer, "quant": m.quant, "iters": m.quant_iters,
+            "params": {k: v for k, v in m.peer_params.items() if k != "mag_ratios"}}
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _generate_local(pipe: Any, method: Method, store: ImageStore, idx: list[int], cfg: EvalConfig,
@@ -352,7 +386,7 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
     settings = {k: v for k, v in call_kwargs.items() if isinstance(v, int | float | str | bool)}
     store = ImageStore(out, jobs, {"model": str(getattr(pipe, "_ditaccel_source", cfg.model)), **settings})
     for m in methods:
-        store.check(m.label)
+        store.check(m.label, method_fingerprint(m))
 
     from ditaccel.zoo import shapes
 
@@ -374,7 +408,7 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
         todo = {m.label: store.missing(m.label) for m in live}
         task = prog.add_task("generating images", total=sum(len(v) for v in todo.values()))
         for m in live:
-            store.begin(m.label)
+            store.begin(m.label, method_fingerprint(m))
             if not todo[m.label]:
                 continue
             if cfg.ray_address:
@@ -396,6 +430,7 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
             return generate_images(pipe, tp, ts, batch_size=cfg.timing_images, **call_kwargs)
 
         times: dict[str, list[float]] = {m.label: [] for m in live}
+        cpu_times: dict[str, list[float]] = {m.label: [] for m in live}
         peaks: dict[str, int] = {m.label: 0 for m in live}
         counted: dict[str, tuple[int, int]] = {}
         task = prog.add_task("timing", total=len(live) * (cfg.timing_repeats + 1))
@@ -407,7 +442,10 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
             for m in live:
                 with installed(pipe, m, call_kwargs, calib_prompts):
                     with PeakMemory(cfg.device) as pm:
-                        times[m.label].append(timed(gen, cfg.device) / cfg.timing_images)
+                        t = timed(gen, cfg.device)
+                    times[m.label].append(t.wall / cfg.timing_images)
+                    if t.cpu is not None:
+                        cpu_times[m.label].append(t.cpu / cfg.timing_images)
                     peaks[m.label] = max(peaks[m.label], pm.peak)
                 prog.advance(task)
 
@@ -443,7 +481,8 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
     base_macs = schedule_macs(pipe, base.schedule, h, w, batch=cfg_batch, text_len=text_len)
     for m in methods:
         r = MethodResult(label=m.label, kind=m.kind, notes=list(m.notes), setup_seconds=round(m.setup_seconds, 3),
-                         group=m.group, frontier_macs_speedup=m.frontier_speedup)
+                         group=m.group, frontier_macs_speedup=m.frontier_speedup, name=m.title or m.label,
+                         curve=m.curve)
         if m.skipped:
             r.status, r.reason = "skipped", m.skipped
             rows.append(r)
@@ -452,6 +491,10 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
         r.timings = [round(x, 5) for x in times[m.label]]
         r.seconds_per_image = median(times[m.label])
         r.speedup = base_time / r.seconds_per_image if r.seconds_per_image else None
+        if cpu_times[m.label] and cpu_times[base.label]:
+            r.cpu_timings = [round(x, 5) for x in cpu_times[m.label]]
+            r.cpu_seconds_per_image = median(cpu_times[m.label])
+            r.cpu_speedup = median(cpu_times[base.label]) / r.cpu_seconds_per_image
         c = counted[m.label][0] / cfg.timing_images
         if m.schedule is not None:
             r.macs_per_image, r.macs_source = schedule_macs(pipe, m.schedule, h, w, batch=cfg_batch,
