@@ -152,9 +152,9 @@ def _dynamo_counts() -> tuple[int, int]:
 def _measure(row: Row, model: Callable[..., Any], geo: Geometry, inputs: dict[str, Any], dev: torch.device,
              repeats: int) -> None:
     run = generation(model, geo, inputs)
-    row.first_call = timed(run, dev)  # warm-up (and compilation, when compiled)
+    row.first_call = timed(run, dev).wall  # warm-up (and compilation, when compiled)
     with PeakMemory(dev) as pm:
-        row.seconds = median([timed(run, dev) for _ in range(repeats)])
+        row.seconds = median([timed(run, dev).wall for _ in range(repeats)])
     row.peak_bytes = pm.peak
     if row.mode != "eager":
         row.graph_breaks, row.graphs = _dynamo_counts()
