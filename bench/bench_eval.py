@@ -233,7 +233,7 @@ def curve_summary(doms: list, speed: str) -> list[str]:
 
 def write_peers(result: object, res: Path, search: Path, args: argparse.Namespace, command: str) -> None:
     """peers.md (curves, dominance on CPU-time and on wall-clock speed), peers.json, peers.png."""
-    from ditaccel.evaluate.report import dominance, dominance_markdown, write_plot
+    from ditaccel.evaluate.report import dominance, dominance_markdown, prediction_error, write_plot
 
     data = json.loads((args.work / "results.json").read_text())
     command = data["command"] or command
@@ -259,7 +259,8 @@ def write_peers(result: object, res: Path, search: Path, args: argparse.Namespac
         f"generations {info.get('generations')}, cost {info.get('cost', 'macs')}, {len(info.get('points', []))} "
         f"points; {args.ecad_points} spread over its MACs range evaluated here)",
         "- quality: adherence (the bundled model's shape/colour/position checker) and PSNR against the "
-        "uncached image with the same prompt and seed", "",
+        "uncached image with the same prompt and seed",
+        f"- latency model check (ECAD rows priced by it): {prediction_error(result.rows)}", "",
         "![peer curves](peers.png)", "", "## Curves", "", *curves_markdown(data), "",
         f"## Dominance ({'CPU-time' if speed == 'cpu_speedup' else 'wall-clock'} speedup)", "",
         "For each peer point: the fastest ECAD point that is at least as fast and at least as good on adherence "

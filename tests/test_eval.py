@@ -396,3 +396,16 @@ def test_same_label_with_a_changed_schedule_is_refused_not_reused(tmp_path: Path
     presets.fora(pipe, 3, steps=4).save(tmp_path / "s.json")  # e.g. a rerun search rewrote the frontier
     with pytest.raises(DitaccelError, match="another method"):
         evaluate(cfg, pipe=pipe)
+
+
+def test_prediction_error_compares_predicted_with_cpu_time_else_wall() -> None:
+    from ditaccel.evaluate.report import prediction_error
+    from ditaccel.evaluate.runner import MethodResult
+
+    rows = [MethodResult(label="a", kind="schedule", predicted_speedup=2.0, cpu_speedup=2.0, speedup=9.0),
+            MethodResult(label="b", kind="schedule", predicted_speedup=1.1, speedup=1.0),
+            MethodResult(label="c", kind="schedule", predicted_speedup=3.0, cpu_speedup=2.5),
+            MethodResult(label="d", kind="peer", speedup=1.5)]
+    # errors 0%, 10%, 20%: median 10%, max 20%; the peer row has no prediction
+    assert prediction_error(rows) == "over 3 rows its speedup is a median 10.0% (max 20.0%) from the measured one"
+    assert prediction_error(rows[3:]) == "no row with both"

@@ -288,6 +288,7 @@ class Method:
     title: str = ""                 # the row's name for readers: "FirstBlockCache (diffusers), threshold 0.15"
     curve: str | None = None        # rows of one method with one knob varied share a curve (drawn as a line)
     frontier_speedup: float | None = None
+    predicted_speedup: float | None = None   # latency-model speedup of a frontier point (searches priced by it)
     notes: list[str] = field(default_factory=list)
     # filled by prepare()
     transformer: Any = None
@@ -356,6 +357,7 @@ def resolve_methods(pipe: Any, specs: list[MethodSpec], steps: int) -> list[Meth
                 m.title = (f"ECAD point {p.name.partition('_')[0]} ({m.frontier_speedup:.2f}x MACs in the search)"
                            + (f" + {spec_title(spec)[0].rpartition(' + ')[2]}" if qname else ""))
                 pred = p.schedule.metrics.get("speedup_predicted")  # searches priced by the latency model
+                m.predicted_speedup = None if qname or pred is None else float(pred)
                 m.notes.append(f"frontier point {p.name} (search MACs speedup {m.frontier_speedup:.2f}x"
                                + (f", predicted wall-clock speedup {pred:.2f}x)" if pred else ")"))
                 _fit_steps(m, steps)

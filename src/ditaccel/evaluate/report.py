@@ -29,7 +29,9 @@ def markdown(result: Any) -> str:
     info = result.info
     metrics = info["metrics"]
     cpu = any(r.cpu_speedup for r in result.rows)
+    pred = any(r.predicted_speedup for r in result.rows)
     head = ["method", "`--methods`", "speedup (wall)"] + (["speedup (CPU time)"] if cpu else [])
+    head += ["predicted speedup"] if pred else []
     head += ["MACs speedup", "s/image", "peak mem MiB", "weights MiB"]
     head += [_HIGHER_NAMES.get(m, m) for m in metrics] + ["notes"]
     lines = [
@@ -48,6 +50,9 @@ def markdown(result: Any) -> str:
     if cpu:
         lines.append("- speedup (CPU time): the same runs timed by the generating thread's CPU time (one torch "
                      "thread), which other jobs on shared cores do not inflate the way they do the wall clock")
+    if pred:
+        lines.append("- predicted speedup: the search's latency model (`ditaccel.caching.latency`) for ECAD "
+                     "frontier points, profiled at one image per call; " + prediction_error(result.rows))
     lines += [
         "- MACs speedup: transformer MACs; `schedule_macs` for schedule rows, executed MACs counted by "
         "hooks for dynamic peers",
@@ -65,11 +70,25 @@ def markdown(result: Any) -> str:
             continue
         vals = [_metric_cell(r, m) for m in metrics]
         speeds = [_f(r.speedup, "{:.2f}x")] + ([_f(r.cpu_speedup, "{:.2f}x")] if cpu else [])
+        speeds += [_f(r.predicted_speedup, "{:.2f}x")] if pred else []
         lines.append("| " + " | ".join([
             name, f"`{r.label}`", *speeds, _f(r.macs_speedup, "{:.2f}x"), _f(r.seconds_per_image, "{:.3f}"),
             _mib(r.peak_memory_bytes), _mib(r.weight_bytes), *vals, "; ".join(r.notes)]) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+def prediction_error(rows: list[Any]) -> str:
+    """How far the latency model's speedups are from the measured ones (CPU time where there is one)."""
+    pairs = [(r.predicted_speedup, r.cpu_speedup or r.speedup) for r in rows
+             if r.status == "ok" and r.predicted_speedup and (r.cpu_speedup or r.speedup)]
+    if not pairs:
+        return "no row with both"
+    import statistics
+
+    errs = [abs(p / m - 1) for p, m in pairs]
+    return (f"over {len(errs)} rows its speedup is a median {100 * statistics.median(errs):.1f}% "
+            f"(max {100 * max(errs):.1f}%) from the measured one")
 
 
 def _metric_cell(r: Any, m: str) -> str:

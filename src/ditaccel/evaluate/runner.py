@@ -98,6 +98,7 @@ class MethodResult:
     macs_source: str | None = None            # schedule_macs | counted
     macs_speedup: float | None = None
     frontier_macs_speedup: float | None = None
+    predicted_speedup: float | None = None    # the search's latency model, for ECAD rows it priced
     peak_memory_bytes: int | None = None
     weight_bytes: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -482,7 +483,7 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
     for m in methods:
         r = MethodResult(label=m.label, kind=m.kind, notes=list(m.notes), setup_seconds=round(m.setup_seconds, 3),
                          group=m.group, frontier_macs_speedup=m.frontier_speedup, name=m.title or m.label,
-                         curve=m.curve)
+                         curve=m.curve, predicted_speedup=m.predicted_speedup)
         if m.skipped:
             r.status, r.reason = "skipped", m.skipped
             rows.append(r)
