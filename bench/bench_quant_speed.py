@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from ditaccel._io import atomic_write_text
 from ditaccel._machine import machine_description
 from ditaccel.quant import FP4DiTConfig, QuantLinear, quantize_, set_activation_quant
-from ditaccel.quant.formats import FPFormat, parse_format, quantize_per_token
+from ditaccel.quant.formats import quantize_per_token
 from ditaccel.quant.fused import compile_linears
+from ditaccel.testing.quant_reference import previous_per_token
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -46,27 +47,6 @@ VARIANTS = [  # (label, weights, acts)
 
 
 # ---- the previous portable path (commit 696bdd9), frozen here to measure against -------------
-def _legacy_round(y: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
-    tiny = torch.finfo(y.dtype).tiny
-    exp = torch.floor(torch.log2(y.abs().clamp(min=tiny))).clamp(min=1.0)
-    s = torch.exp2(exp - fmt.man_bits)
-    return (torch.round(y / s) * s).clamp(-fmt.int_max, fmt.int_max)
-
-
-def legacy_per_token(x: torch.Tensor, name: str) -> torch.Tensor:
-    fmt = parse_format(name)
-    xf = x.float()
-    amax = xf.abs().amax(dim=-1, keepdim=True)
-    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
-    if isinstance(fmt, FPFormat):
-        out = _legacy_round(xf / safe * fmt.int_max, fmt) * (safe / fmt.int_max)
-    else:
-        qmax = 2 ** (fmt.int_bits - 1) - 1
-        step = safe / qmax
-        out = torch.round(xf / step).clamp(-qmax, qmax) * step
-    return out.to(x.dtype)
-
-
 def legacy_dequant(m: QuantLinear, dtype: torch.dtype) -> torch.Tensor:
     from ditaccel.quant.linear import _pair_table
 
@@ -79,9 +59,9 @@ def legacy_dequant(m: QuantLinear, dtype: torch.dtype) -> torch.Tensor:
 
 def legacy_forward(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     if m.act_format is not None:
-        x = legacy_per_token(x, m.act_format)
+        x = previous_per_token(x, m.act_format)
     y = F.linear(x, legacy_dequant(m, x.dtype), m.bias)
-    return legacy_per_token(y, m.out_act_format) if m.out_act_format is not None else y
+    return previous_per_token(y, m.out_act_format) if m.out_act_format is not None else y
 
 
 class LegacyPath:
@@ -247,7 +227,7 @@ def layer_table(name: str, o: int, i: int, tokens: int, repeats: int, compiled: 
         "fp32 linear": lambda: F.linear(x, lin.weight, lin.bias),
         "decode: [256,2] embedding (previous)": lambda: F.linear(x, legacy_dequant(m, x.dtype), m.bias),
         "decode: int64 pair table (current)": lambda: F.linear(x, m.dequantize(x.dtype), m.bias),
-        "A8 rounding: log2/floor/exp2 (previous)": lambda: legacy_per_token(x, "e3m4"),
+        "A8 rounding: log2/floor/exp2 (previous)": lambda: previous_per_token(x, "e3m4"),
         "A8 rounding: exponent bits (current)": lambda: quantize_per_token(x, "e3m4"),
         "A8 INT8 rounding (current)": lambda: quantize_per_token(x, "int8"),
     }

@@ -14,34 +14,10 @@ from ditaccel.quant.formats import FPFormat, _fp_round_normalised, decode, fp_st
 from ditaccel.quant.fused import compile_linears
 from ditaccel.quant.kernels import apply_kernel, check_kernel
 from ditaccel.quant.linear import INT_GEMM_MIN_ROWS, _shared_act_quant, weight_bytes
+from ditaccel.testing.quant_reference import log2_round, log2_step, previous_per_token
 from ditaccel.testing.replicas import build_pipeline, call_kwargs
 
 FP_FORMATS = ["e2m1", "e1m2", "e3m0", "e2m3", "e3m4", "e4m3"]
-
-
-def _log2_step(y: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
-    """The previous rounding step, through log2/floor/exp2 (what the bit form replaced)."""
-    exp = torch.floor(torch.log2(y.abs().clamp(min=torch.finfo(y.dtype).tiny))).clamp(min=1.0)
-    return torch.exp2(exp - fmt.man_bits)
-
-
-def _log2_round(y: torch.Tensor, fmt: FPFormat) -> torch.Tensor:
-    s = _log2_step(y, fmt)
-    return (torch.round(y / s) * s).clamp(-fmt.int_max, fmt.int_max)
-
-
-def _previous_per_token(x: torch.Tensor, name: str) -> torch.Tensor:
-    fmt = parse_format(name)
-    xf = x.float()
-    amax = xf.abs().amax(dim=-1, keepdim=True)
-    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
-    if isinstance(fmt, FPFormat):
-        out = _log2_round(xf / safe * fmt.int_max, fmt) * (safe / fmt.int_max)
-    else:
-        qmax = 2 ** (fmt.int_bits - 1) - 1
-        step = safe / qmax
-        out = torch.round(xf / step).clamp(-qmax, qmax) * step
-    return out.to(x.dtype)
 
 
 def _hard_values(fmt: FPFormat, dtype: torch.dtype) -> torch.Tensor:
@@ -59,7 +35,7 @@ def test_bit_rounding_is_identical_to_log2_rounding(name, dtype):
     g = torch.Generator().manual_seed(0)
     y = torch.cat([_hard_values(fmt, dtype), torch.randn(200_000, generator=g, dtype=dtype) * fmt.int_max / 3,
                    (torch.rand(200_000, generator=g, dtype=dtype) * 2 - 1) * fmt.int_max])
-    assert torch.equal(_fp_round_normalised(y, fmt), _log2_round(y, fmt))
+    assert torch.equal(_fp_round_normalised(y, fmt), log2_round(y, fmt))
 
 
 def test_fp_step_reads_the_exact_exponent():
@@ -68,7 +44,7 @@ def test_fp_step_reads_the_exact_exponent():
     assert fp_step(y, fmt).tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0]
     # one ulp below 8 lies in the [4, 8) binade: step 2; log2 rounds up to 3 there in float64 and said 4
     below8 = torch.nextafter(torch.tensor([8.0], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
-    assert fp_step(below8, fmt).item() == 2.0 and _log2_step(below8, fmt).item() == 4.0
+    assert fp_step(below8, fmt).item() == 2.0 and log2_step(below8, fmt).item() == 4.0
     with pytest.raises(DitaccelError, match="float32 or float64"):
         fp_step(torch.ones(2, dtype=torch.float16), fmt)
 
@@ -80,7 +56,7 @@ def test_per_token_quantization_is_identical_to_the_previous_path(name, dtype):
     x = torch.randn(3, 40, 96, generator=g) * torch.rand(3, 40, 1, generator=g) * 50
     x[0, 0] = 0.0  # an all-zero token
     x = x.to(dtype)
-    assert torch.equal(quantize_per_token(x, name), _previous_per_token(x, name))
+    assert torch.equal(quantize_per_token(x, name), previous_per_token(x, name))
 
 
 @pytest.mark.parametrize("fmt", ["e2m1", "e1m2", "e3m0", "int4", "int4sym"])

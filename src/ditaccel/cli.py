@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,37 +25,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see `{self.prog} --help`")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (``--steps 0`` would write a non-denoised image)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def number_type(cast: Callable[[str], Any], ok: Callable[[Any], bool], need: str,
+                what: str = "a number") -> Callable[[str], Any]:
+    """An argparse type: ``cast`` the text, then refuse values ``ok`` rejects with ``need``."""
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{need}, got {text}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: a whole number >= 0 (random seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be in 0 .. 2**63-1, got {value}")
-    return value
-
-
-def guidance_scale(text: str) -> float:
-    """argparse type: a finite CFG scale >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+# --steps 0 would write a non-denoised image; seeds are numpy's range; nan/inf CFG scales are nonsense
+positive_int = number_type(int, lambda v: v >= 1, "must be >= 1", "a whole number")
+non_negative_int = number_type(int, lambda v: 0 <= v < 2**63, "must be in 0 .. 2**63-1", "a whole number")
+guidance_scale = number_type(float, lambda v: 0 <= v < float("inf"), "must be a finite number >= 0")
 
 
 def _progress() -> Progress:

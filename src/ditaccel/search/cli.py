@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +29,9 @@ def _metric_paths(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _finite(text: str) -> float:
-    """argparse type: a finite number (``--min-quality nan`` would match nothing, silently)."""
-    import argparse
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
 def add_parsers(subparsers: Any) -> None:
     """Register the ``search`` and ``frontier`` subcommands."""
-    from ditaccel.cli import _add_model_args, add_compile_arg, non_negative_int, positive_int
+    from ditaccel.cli import _add_model_args, add_compile_arg, non_negative_int, number_type, positive_int
 
     s = subparsers.add_parser("search", help="learn a Pareto frontier of caching schedules (ECAD, NSGA-II)")
     _add_model_args(s)
@@ -88,7 +75,7 @@ def add_parsers(subparsers: Any) -> None:
     pick.add_argument("--select", default=None, metavar="SPEEDUP",
                       help="the point closest to this speedup, e.g. 2.5x (outside the frontier's range: the nearest end, "
                            "said so)")
-    pick.add_argument("--min-quality", type=_finite, default=None, help="the fastest point with at least this quality")
+    pick.add_argument("--min-quality", type=number_type(float, math.isfinite, "must be a finite number"), default=None, help="the fastest point with at least this quality")
     f.add_argument("--out", type=Path, default=None, help="schedule file to write (default DIR/selected.json)")
     f.add_argument("--json", action="store_true", help="print the frontier as JSON")
     f.set_defaults(func=cmd_frontier)
