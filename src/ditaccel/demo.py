@@ -55,7 +55,9 @@ def run_demo(out: Path, generations: int = 6, population: int = 24, console: Con
     base_q = frontier.baseline.get("quality")
     table = Table(title=f"frontier vs presets ({frontier.metric} on calibration prompts; uncached = {base_q:.3f})")
     second = frontier.info.get("tiebreak")  # equal-quality frontier points differ in it
-    for col in ("kind", "name", "MACs speedup", frontier.metric, "change", *([f"{second} vs uncached"] if second else [])):
+    from ditaccel.search.frontier import speedup_label
+
+    for col in ("kind", "name", speedup_label(frontier), frontier.metric, "change", *([f"{second} vs uncached"] if second else [])):
         table.add_column(col)
     presets = sorted(frontier.presets, key=lambda r: r["speedup"])
     for r in presets:
