@@ -226,3 +226,15 @@ def test_quantize_with_the_compiled_kernel_keeps_packed_layers():
                                   progress=False))
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
     assert len(layers) == 2 and all(m.compiled == ("inductor", None) for m in layers)
+
+
+@pytest.mark.parametrize("acts", ["e2m3", "e3m4"])
+def test_activation_quantized_layer_runs_under_inference_mode(acts):
+    """Inference tensors have no version counter: the shared per-token quantization must not need one."""
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(torch.nn.Linear(64, 32), "e2m1", 32)
+    q.act_format = acts
+    x = torch.randn(INT_GEMM_MIN_ROWS, 64)
+    expected = q(x)
+    with torch.inference_mode():
+        assert torch.equal(q(x.clone()), expected)

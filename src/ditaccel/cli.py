@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ditaccel.errors import DitaccelError, Interrupted, UsageError
+from ditaccel.errors import DitaccelError, Interrupted, ScheduleError, UsageError
 
 console = Console(stderr=True)
 
@@ -321,18 +321,16 @@ def cmd_schedule_convert(args: argparse.Namespace) -> int:
         raise DitaccelError(f"{out} exists; pick a new file or pass --overwrite")
     if out.exists() and out.resolve() == src.resolve():
         raise DitaccelError(f"IN and OUT are the same file {out}; write the conversion to a new file")
-    schedule = CacheSchedule.load(src)
-    to = args.to
-    if to is None:
-        with open(src, encoding="utf-8") as f:
-            to = "ditaccel" if is_ecad(json.load(f)) else "ecad"
+    from ditaccel._io import read_json
+
+    d = read_json(src, "schedule file", "pass a ditaccel or ECAD schedule file", ScheduleError)
+    schedule = CacheSchedule.from_dict(d, source=str(src))
+    to = args.to or ("ditaccel" if is_ecad(d) else "ecad")
+    model = None
     if args.model is not None:
         from ditaccel.pipeline import load_pipeline
 
         model = load_pipeline(args.model, device="cpu", dtype="float32")
-    else:
-        model = None
-    if model is not None:
         schedule.validate_for(model)
     if to == "ecad":
         schedule.to_ecad(out, model)

@@ -50,6 +50,13 @@ def is_compiled_forward(fn: Any) -> bool:
     return isinstance(fn, functools.partial) and getattr(fn, _MARK, False)
 
 
+def components_compiled(pipe_or_transformer: Any) -> bool:
+    """Whether ``compile_components`` is active on this model (a latency profile must not mix the two)."""
+    adapter = get_adapter(pipe_or_transformer)
+    return any(is_compiled_forward(_Slot(adapter.component_module(b, c)).get())
+               for b, c, _ in adapter.component_paths())
+
+
 class _Slot:
     """Where a module's innermost forward lives: its first diffusers hook, else ``module.forward``."""
 

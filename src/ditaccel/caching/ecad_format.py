@@ -27,14 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from ditaccel._io import atomic_write_text
+from ditaccel._io import atomic_write_text, read_json
 from ditaccel.caching.schedule import CacheSchedule
 from ditaccel.errors import ScheduleError
+from ditaccel.models.families import FluxAdapter, PixArtAdapter
 
 PIXART = ("attn1", "attn2", "ff")
 FLUX_DOUBLE = ("full_attn", "full_ff", "full_ff_context")
 FLUX_SINGLE = ("single_attn", "single_proj_mlp", "single_proj_out")
-COMPONENTS = {"pixart": ("attn1", "attn2", "ff"), "flux": ("attn", "ff|proj_mlp", "ff_context|proj_out")}
+# ditaccel's slot names, in ECAD's component order: the adapters own them
+COMPONENTS = {a.family: a.component_names for a in (PixArtAdapter, FluxAdapter)}
 FLUX1_DOUBLE_BLOCKS = 19  # FLUX.1 [dev]/[schnell]: 19 double + 38 single blocks
 _ECAD_KEYS = ("num_blocks", "num_inference_steps", "name", "attributes", "schedule", "num_single_blocks")
 _META_KEYS = ("key_order", "config", "metrics", "top_key_order")  # ours, inside meta["ecad"]
@@ -175,11 +177,5 @@ def save_ecad(s: CacheSchedule, path: str | os.PathLike, pipe_or_transformer: An
 
 def load_ecad(path: str | os.PathLike) -> CacheSchedule:
     """Read an ECAD schedule file (``CacheSchedule.load`` also reads them, detecting the format)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise ScheduleError(f"schedule file {os.fspath(path)} does not exist; check the path") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScheduleError(f"{os.fspath(path)} is not JSON ({e}); pass an ECAD schedule file") from None
+    d = read_json(path, "schedule file", "pass an ECAD schedule file", ScheduleError)
     return from_ecad_dict(d, source=os.fspath(path))

@@ -78,9 +78,7 @@ class LatencyProfile:
         if bits.ndim != 3 or bits.shape[1:] != self.component_s.shape:
             raise ScheduleError(f"schedule of shape {tuple(bits.shape)} does not fit this latency profile "
                                 f"(blocks x components {tuple(self.component_s.shape)}); profile the same model")
-        eff = bits.copy()
-        eff[0] = True
-        work = float((eff * self.component_s[None]).sum())
+        work = float((_eff(bits) * self.component_s[None]).sum())
         return self.fixed_s + bits.shape[0] * self.step_s + self.scale * work
 
     def speedup(self, schedule: CacheSchedule | np.ndarray) -> float:
@@ -160,8 +158,10 @@ def profile_key(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch: int
         h.update(type(pipe.scheduler).__name__.encode())
     height, width = image_size(pipe, kw)
     dev = _device_name(device)
+    from ditaccel.caching.compile import components_compiled
+
     return {"model": h.hexdigest()[:24], "family": get_adapter(pipe).family, "device": dev,
-            "clock": clock_for(dev)[0],
+            "clock": clock_for(dev)[0], "compiled": components_compiled(pipe),
             "dtype": str(param.dtype if param is not None else torch.float32), "torch": torch.__version__,
             "resolution": [height, width], "batch": int(batch), "steps": _steps(pipe, kw),
             "call": {k: v for k, v in sorted(kw.items())

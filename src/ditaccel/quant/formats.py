@@ -213,10 +213,11 @@ def _float_bits(dtype: torch.dtype) -> tuple[torch.dtype, int, int, int]:
 
 
 def _exponent_field(y: torch.Tensor) -> torch.Tensor:
-    """The biased exponent bits of ``y`` in place, clamped to the grid's lowest normal binade (2^1).
+    """The biased exponent bits of ``y`` (a new tensor), clamped to the grid's lowest normal binade (2^1).
 
     Reading the exponent from the bits is exact, where ``floor(log2|y|)`` costs three
-    transcendental passes; both give the same step for every finite ``y``.
+    transcendental passes and can round up one ulp below a power of two (then its step is twice
+    too large; the rounded values agree, as the tests check).
     """
     idt, mask, mbits, bias = _float_bits(y.dtype)
     return (y.view(idt) & mask).clamp_(min=(bias + 1) << mbits)

@@ -42,11 +42,14 @@ def _config_dict(transformer: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in dict(cfg).items() if not str(k).startswith("_")}
 
 
+def _config_hash(cfg: Any) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def model_fingerprint(transformer: nn.Module) -> dict[str, Any]:
     """Class name + a hash of the architecture config: what a checkpoint must match to load."""
-    cfg = _config_dict(transformer)
-    text = json.dumps(cfg, sort_keys=True, default=str)
-    return {"class": type(transformer).__name__, "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+    text = json.dumps(_config_dict(transformer), sort_keys=True, default=str)
+    return {"class": type(transformer).__name__, "config_hash": _config_hash(json.loads(text)),
             "config": json.loads(text)}
 
 
@@ -236,8 +239,7 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     problem = _meta_problem(meta)
     if problem:
         raise _fail(f"{cpath} has a malformed {problem}: the folder is damaged; {_REQUOTE}")
-    text = json.dumps(meta["model"]["config"], sort_keys=True, default=str)
-    if hashlib.sha256(text.encode()).hexdigest()[:16] != meta["model"]["config_hash"]:
+    if _config_hash(meta["model"]["config"]) != meta["model"]["config_hash"]:
         raise _fail(f"{cpath} has a model config that does not match its hash: the folder is damaged; {_REQUOTE}")
     tpath = directory / meta.get("tensors_file", TENSORS_NAME)
     if not tpath.is_file():
@@ -318,8 +320,8 @@ def load_quantized(directory: str | os.PathLike, pipe: Any, kernel: str = "porta
 
     ``pipe`` may also be a bare transformer. If ``pipe.transformer`` is ``None`` (pipeline
     loaded with ``transformer=None``) the transformer is built from the stored config
-    with no weights at all. ``kernel`` (e.g. ``"torchao-fp8"``) swaps the portable
-    layers for torchao kernels after loading. Returns the quantized transformer.
+    with no weights at all. ``kernel``: ``"compiled"`` compiles the portable layers in
+    place (4-bit buffers kept); a torchao kernel (e.g. ``"torchao-fp8"``) swaps them for torchao's. Returns the quantized transformer.
     """
     directory = Path(directory)
     if kernel != "portable":
@@ -452,7 +454,7 @@ def _module_dtype(m: nn.Module) -> torch.dtype | None:
 
 def checkpoint_stats(directory: str | os.PathLike) -> dict[str, Any]:
     """The size statistics stored with a quantized folder (bits/weight, file size vs fp16)."""
-    return dict(_read_meta(Path(directory))["stats"])
+    return dict(_read_meta(Path(directory)).get("stats", {}))
 
 
 def loaded_weight_bytes(transformer: nn.Module) -> int:

@@ -80,7 +80,8 @@ def _config(kernel: str) -> Any:
 
 
 def apply_kernel(transformer: nn.Module, kernel: str) -> None:
-    """Swap every ``QuantLinear`` for a torchao-quantized linear holding the same grid values."""
+    """Install ``kernel``: ``compiled`` compiles every ``QuantLinear`` in place (4-bit buffers kept);
+    a torchao kernel swaps each for a torchao-quantized linear holding the same grid values."""
     from ditaccel.quant.linear import QuantLinear
 
     check_kernel(kernel)

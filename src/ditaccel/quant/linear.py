@@ -279,12 +279,12 @@ def _shared_act_quant(x: torch.Tensor, fmt: str,
     version counter; tensors that need grad are never shared.
     """
     last = _LAST
-    if (not x.requires_grad and last.ref is not None and last.ref() is x and last.version == x._version
-            and last.fmt == fmt):
+    if x.requires_grad or x.is_inference():  # inference tensors have no version counter: not shared
+        return quant(x, fmt)
+    if last.ref is not None and last.ref() is x and last.version == x._version and last.fmt == fmt:
         return last.out  # type: ignore[return-value]
     out = quant(x, fmt)
-    if not x.requires_grad:
-        last.ref, last.version, last.fmt, last.out = weakref.ref(x), x._version, fmt, out
+    last.ref, last.version, last.fmt, last.out = weakref.ref(x), x._version, fmt, out
     return out
 
 
@@ -295,7 +295,8 @@ def _shared_act_int8(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Ten
     f = parse_format(fmt)
     last = _LAST
     tag = fmt + ":int8"
-    if last.ref is not None and last.ref() is x and last.version == x._version and last.fmt == tag:
+    share = not x.is_inference()  # inference tensors have no version counter
+    if share and last.ref is not None and last.ref() is x and last.version == x._version and last.fmt == tag:
         return last.out  # type: ignore[return-value]
     levels, scale = per_token_levels(x, f)
     mult = int_multiplier(f)
@@ -306,7 +307,8 @@ def _shared_act_int8(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Ten
     else:
         digits = ints.unsqueeze(0)
     out = (digits.to(torch.int8), scale / mult)
-    last.ref, last.version, last.fmt, last.out = weakref.ref(x), x._version, tag, out
+    if share:
+        last.ref, last.version, last.fmt, last.out = weakref.ref(x), x._version, tag, out
     return out
 
 

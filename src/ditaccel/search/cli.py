@@ -37,7 +37,8 @@ def add_parsers(subparsers: Any) -> None:
     _add_model_args(s)
     add_compile_arg(s)
     s.add_argument("--prompts", default=None,
-                   help="prompt set or file (default: the bundled model's 36 calibration prompts, 12 of them with --strategy structured; else parti[:32])")
+                   help="prompt set or file (default: 12 of the bundled model's 36 calibration prompts, all 36 with "
+                        "--strategy ecad; else parti[:32])")
     s.add_argument("--seeds", default="0", help="seeds per prompt, e.g. 0,1,2 or 0-9 (default 0)")
     s.add_argument("--metric", default=None,
                    help="quality metric: adherence (default on the bundled model), psnr (default elsewhere), "
@@ -106,19 +107,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         from ditaccel.metrics import get_metric
 
         get_metric(args.metric, **cfg.metric_paths)
-    from ditaccel.search.engine import resolve_tiebreak
+    from ditaccel.search.engine import check_resumable, resolve_tiebreak
 
     resolve_tiebreak(args.tiebreak, args.metric or "adherence")  # an unknown tie-break, before loading the model
     if args.out.exists() and not args.resume and ((args.out / "checkpoint").exists()
                                                    or (args.out / "candidates.jsonl").exists()):
         raise DitaccelError(f"--out {args.out} already holds a search; pass --resume to continue it or choose "
                             f"another --out")
-    if args.resume and not (args.out / "checkpoint").exists():
-        left = [n for n in ("candidates.jsonl", "frontier.json") if (args.out / n).exists()
-                and not ((args.out / n).is_file() and (args.out / n).stat().st_size == 0)]
-        if left:  # a search whose checkpoint is gone: starting over would empty its candidates
-            raise DitaccelError(f"--out {args.out} holds {left[0]} but no checkpoint, so it cannot be resumed; "
-                                "restore the checkpoint or choose another --out")
+    if args.resume and not check_resumable(args.out):  # before the model loads
         console.print(f"--resume: {args.out} holds no search checkpoint; starting a new search there")
     if args.ray is not None:  # each worker loads the same model (and quantized weights) once
         cfg.loader = "ditaccel.search.backend:load_for_worker"

@@ -144,8 +144,9 @@ def _saved(cfg: SearchConfig, key: str, before: str) -> str | None:
     if ckpt is None or not ckpt.is_file():
         return None
     try:
-        return str(json.loads(ckpt.read_text(encoding="utf-8")).get("fingerprint", {}).get(key, before))
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        fingerprint = read_json(ckpt, "search checkpoint", "").get("fingerprint", {})
+        return str(fingerprint.get(key, before))
+    except (DitaccelError, AttributeError):
         return None  # _check_out reports the corrupt checkpoint
 
 
@@ -295,6 +296,19 @@ def _latency_model(pipe: Any, plan: _Plan) -> Any:
     return profile
 
 
+def check_resumable(out: Path) -> bool:
+    """Whether ``out`` holds a search checkpoint to resume; refuses a search whose checkpoint is gone,
+    since starting over there would empty its candidates."""
+    if (out / "checkpoint").exists():
+        return True
+    left = [n for n in ("candidates.jsonl", "frontier.json") if (out / n).exists()
+            and not ((out / n).is_file() and (out / n).stat().st_size == 0)]
+    if left:
+        raise DitaccelError(f"--out {out} holds {left[0]} but no checkpoint, so it cannot be resumed; "
+                            "restore the checkpoint or choose another --out")
+    return False
+
+
 def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """Refuse a folder holding another search; on resume, return its checkpoint."""
     if out is None:
@@ -307,7 +321,7 @@ def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> d
     holds = ckpt.exists() or (out / "candidates.jsonl").exists()
     if holds and not resume:
         raise DitaccelError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
-    if not resume or not ckpt.exists():
+    if not resume or not check_resumable(out):
         return None
     state = read_json(ckpt, "search checkpoint", f"remove {out} (or pick another --out) and start again")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
