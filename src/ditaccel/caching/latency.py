@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ditaccel._io import atomic_write_json
+from ditaccel._io import CHECKSUM_KEY, atomic_write_checked_json, verify_checksum
 from ditaccel.caching.runtime import apply_schedule
 from ditaccel.caching.schedule import CacheSchedule
 from ditaccel.errors import DitaccelError, ScheduleError
@@ -110,25 +110,22 @@ def cache_dir() -> Path:
     return Path(base) / "ditaccel" / "latency"
 
 
-def _checksum(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
 def save_profile(profile: LatencyProfile, path: str | os.PathLike) -> None:
-    """Write ``profile`` atomically, with its format, version and checksum."""
-    payload = profile.to_dict()
-    atomic_write_json(path, {"format": FORMAT, "version": VERSION, "checksum": _checksum(payload),
-                             "profile": payload})
+    """Write ``profile`` atomically, with its format, version and checksum (``ditaccel._io``)."""
+    atomic_write_checked_json(path, {"format": FORMAT, "version": VERSION, "profile": profile.to_dict()})
 
 
 def load_profile(path: str | os.PathLike, key: dict[str, Any] | None = None) -> LatencyProfile | None:
-    """The profile in ``path``, or None when it is missing, corrupt, of another format or another ``key``."""
+    """The profile in ``path``, or None when it is missing, unsigned, corrupt, of another format or another ``key``."""
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
-        if d.get("format") != FORMAT or d.get("version") != VERSION or d.get("checksum") != _checksum(d["profile"]):
+        if not isinstance(d, dict) or CHECKSUM_KEY not in d:
+            return None
+        d = verify_checksum(d, os.fspath(path), "it is measured again")
+        if d.get("format") != FORMAT or d.get("version") != VERSION:
             return None
         profile = LatencyProfile.from_dict(d["profile"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, DitaccelError):
         return None
     return profile if key is None or profile.key == key else None
 
