@@ -368,8 +368,54 @@ def plan(pipe: Any, cfg: EvalConfig) -> tuple[list[Method], dict[str, Any], list
     return methods, metrics, prompts, jobs
 
 
-def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
-    """Run the comparison and write its files into ``cfg.out``; returns the rows."""
+def calibration_prompts(metric_names: Sequence[str], prompts: Sequence[str]) -> list[str]:
+    """The prompts quantization rows and MagCache calibrate on, for the driver and every Ray worker alike.
+
+    Why one place: the adherence metric scores the bundled model's shape prompts, so calibrating on
+    them matches what is scored; any other run calibrates on its own eval prompts.
+    """
+    from ditaccel.zoo import shapes
+
+    return shapes.calibration_prompts() if "adherence" in metric_names else list(prompts)
+
+
+@dataclass
+class _Run:
+    """What every phase of one ``evaluate`` call reads: fixed by ``_resolve``, except ``live``."""
+
+    cfg: EvalConfig
+    pipe: Any
+    out: Path
+    methods: list[Method]
+    metrics: dict[str, Any]
+    prompts: list[str]
+    jobs: list[tuple[str, int]]
+    call_kwargs: dict[str, Any]
+    settings: dict[str, Any]                   # the scalar call settings, recorded and in the image-store key
+    store: ImageStore
+    calib_prompts: list[str]
+    quant: QuantSettings
+    base_transformer: Any                      # pipe.transformer before any method was prepared
+    t_start: float
+    live: list[Method] = field(default_factory=list)  # methods left after preparing (not skipped)
+
+    @property
+    def base(self) -> Method:
+        return next(m for m in self.methods if m.kind == "baseline")
+
+
+@dataclass
+class _Timing:
+    """Phase 4's measurements per method label."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    peaks: dict[str, int]
+    counted: dict[str, tuple[int, int, int | None]]  # generation_macs of the warm-up
+
+
+def _resolve(cfg: EvalConfig, pipe: Any) -> _Run:
+    """Phase 1: every check that needs no generation, and the model if none was given."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise DitaccelError(f"--out {out} is a file; pass a folder")
@@ -388,115 +434,127 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
     store = ImageStore(out, jobs, {"model": str(getattr(pipe, "_ditaccel_source", cfg.model)), **settings})
     for m in methods:
         store.check(m.label, method_fingerprint(m))
+    calib = calibration_prompts(list(metrics), prompts)
+    quant = QuantSettings(prompts=calib[:cfg.quant_calib_prompts], batch_size=cfg.batch_size)
+    return _Run(cfg, pipe, out, methods, metrics, prompts, jobs, call_kwargs, settings, store, calib, quant,
+                pipe.transformer, time.perf_counter())
 
-    from ditaccel.zoo import shapes
 
-    calib_prompts = shapes.calibration_prompts() if "adherence" in metrics else prompts
-    qs = QuantSettings(prompts=calib_prompts[:cfg.quant_calib_prompts], batch_size=cfg.batch_size)
-    base_t = pipe.transformer
-    t_start = time.perf_counter()
+def _prepare(run: _Run, prog: Any) -> None:
+    """Phase 2: each method's one-time work; a method that cannot run here is left out of ``run.live``."""
+    qcache: dict = {}
+    task = prog.add_task("preparing methods", total=len(run.methods))
+    for m in run.methods:
+        prepare(run.pipe, m, run.call_kwargs, run.quant, run.calib_prompts, qcache, store_dir=run.out / "quantized")
+        prog.advance(task)
+    run.live = [m for m in run.methods if not m.skipped]
 
-    with _progress(cfg.progress) as prog:
-        # 2. prepare
-        qcache: dict = {}
-        task = prog.add_task("preparing methods", total=len(methods))
-        for m in methods:
-            prepare(pipe, m, call_kwargs, qs, calib_prompts, qcache, store_dir=out / "quantized")
-            prog.advance(task)
-        live = [m for m in methods if not m.skipped]
 
-        # 3. images
-        todo = {m.label: store.missing(m.label) for m in live}
-        task = prog.add_task("generating images", total=sum(len(v) for v in todo.values()))
+def _generate(run: _Run, prog: Any) -> None:
+    """Phase 3: the images each live method still lacks on disk, here or on Ray workers."""
+    cfg, store = run.cfg, run.store
+    todo = {m.label: store.missing(m.label) for m in run.live}
+    task = prog.add_task("generating images", total=sum(len(v) for v in todo.values()))
+    for m in run.live:
+        store.begin(m.label, method_fingerprint(m))
+        if not todo[m.label]:
+            continue
+        if cfg.ray_address:
+            from ditaccel.evaluate.distributed import generate_with_ray
+
+            generate_with_ray(cfg, m, store, todo[m.label], run.call_kwargs,
+                              lambda n: prog.advance(task, n), quant=run.quant, calib_prompts=run.calib_prompts)
+        else:
+            _generate_local(run.pipe, m, store, todo[m.label], cfg, run.call_kwargs, run.calib_prompts,
+                            lambda n: prog.advance(task, n))
+
+
+def _time(run: _Run, prog: Any) -> _Timing:
+    """Phase 4: MACs on the warm-up, then wall/CPU time and peak memory, methods interleaved per repeat.
+
+    Why interleaved: background load drifts then hit every method alike.
+    """
+    from ditaccel.pipeline import generate_images
+
+    cfg, pipe, live = run.cfg, run.pipe, run.live
+    tp = [run.jobs[i % len(run.jobs)][0] for i in range(cfg.timing_images)]
+    ts = [run.jobs[i % len(run.jobs)][1] for i in range(cfg.timing_images)]
+
+    def gen() -> Any:
+        return generate_images(pipe, tp, ts, batch_size=cfg.timing_images, **run.call_kwargs)
+
+    t = _Timing({m.label: [] for m in live}, {m.label: [] for m in live}, {m.label: 0 for m in live}, {})
+    task = prog.add_task("timing", total=len(live) * (cfg.timing_repeats + 1))
+    for m in live:  # warm-up doubles as the MACs count
+        with installed(pipe, m, run.call_kwargs, run.calib_prompts):
+            t.counted[m.label] = generation_macs(pipe, gen, reference=run.base_transformer)
+        prog.advance(task)
+    for _ in range(cfg.timing_repeats):
         for m in live:
-            store.begin(m.label, method_fingerprint(m))
-            if not todo[m.label]:
+            with installed(pipe, m, run.call_kwargs, run.calib_prompts):
+                with PeakMemory(cfg.device) as pm:
+                    one = timed(gen, cfg.device)
+                t.wall[m.label].append(one.wall / cfg.timing_images)
+                if one.cpu is not None:
+                    t.cpu[m.label].append(one.cpu / cfg.timing_images)
+                t.peaks[m.label] = max(t.peaks[m.label], pm.peak)
+            prog.advance(task)
+    return t
+
+
+def _score(run: _Run, prog: Any) -> tuple[dict[str, tuple[dict[str, float], dict[str, Any]]], list[np.ndarray]]:
+    """Phase 5a: every metric on every live method's images, against the baseline's; returns them and those."""
+    task = prog.add_task("scoring", total=len(run.live))
+    base = run.base
+    ref_images = run.store.load(base.label)
+    img_prompts = [p for p, _ in run.jobs]
+    scored: dict[str, tuple[dict[str, float], dict[str, Any]]] = {}
+    for m in run.live:
+        imgs = ref_images if m is base else run.store.load(m.label)
+        vals: dict[str, float] = {}
+        det: dict[str, Any] = {}
+        for name, metric in run.metrics.items():
+            if m is base and name in REFERENCE_METRICS:
                 continue
-            if cfg.ray_address:
-                from ditaccel.evaluate.distributed import generate_with_ray
+            vals[name] = float(metric.score(imgs, img_prompts, references=ref_images))
+            d = metric.details(imgs, img_prompts, references=ref_images)
+            if d:
+                det[name] = d
+        scored[m.label] = (vals, det)
+        prog.advance(task)
+    return scored, ref_images
 
-                generate_with_ray(cfg, m, store, todo[m.label], call_kwargs,
-                                  lambda n: prog.advance(task, n))
-            else:
-                _generate_local(pipe, m, store, todo[m.label], cfg, call_kwargs, calib_prompts,
-                                lambda n: prog.advance(task, n))
 
-        # 4. timing, MACs, memory (interleaved so background load drifts hit every method alike)
-        from ditaccel.pipeline import generate_images
-
-        tp = [jobs[i % len(jobs)][0] for i in range(cfg.timing_images)]
-        ts = [jobs[i % len(jobs)][1] for i in range(cfg.timing_images)]
-
-        def gen() -> Any:
-            return generate_images(pipe, tp, ts, batch_size=cfg.timing_images, **call_kwargs)
-
-        times: dict[str, list[float]] = {m.label: [] for m in live}
-        cpu_times: dict[str, list[float]] = {m.label: [] for m in live}
-        peaks: dict[str, int] = {m.label: 0 for m in live}
-        counted: dict[str, tuple[int, int]] = {}
-        task = prog.add_task("timing", total=len(live) * (cfg.timing_repeats + 1))
-        for m in live:  # warm-up doubles as the MACs count
-            with installed(pipe, m, call_kwargs, calib_prompts):
-                counted[m.label] = generation_macs(pipe, gen, reference=base_t)
-            prog.advance(task)
-        for _ in range(cfg.timing_repeats):
-            for m in live:
-                with installed(pipe, m, call_kwargs, calib_prompts):
-                    with PeakMemory(cfg.device) as pm:
-                        t = timed(gen, cfg.device)
-                    times[m.label].append(t.wall / cfg.timing_images)
-                    if t.cpu is not None:
-                        cpu_times[m.label].append(t.cpu / cfg.timing_images)
-                    peaks[m.label] = max(peaks[m.label], pm.peak)
-                prog.advance(task)
-
-        # 5. metrics
-        task = prog.add_task("scoring", total=len(live))
-        base = next(m for m in methods if m.kind == "baseline")
-        ref_images = store.load(base.label)
-        img_prompts = [p for p, _ in jobs]
-        rows: list[MethodResult] = []
-        scored: dict[str, tuple[dict[str, float], dict[str, Any]]] = {}
-        for m in live:
-            imgs = ref_images if m is base else store.load(m.label)
-            vals: dict[str, float] = {}
-            det: dict[str, Any] = {}
-            for name, metric in metrics.items():
-                if m is base and name in REFERENCE_METRICS:
-                    continue
-                vals[name] = float(metric.score(imgs, img_prompts, references=ref_images))
-                d = metric.details(imgs, img_prompts, references=ref_images)
-                if d:
-                    det[name] = d
-            scored[m.label] = (vals, det)
-            prog.advance(task)
-
-    # rows
+def _rows(run: _Run, t: _Timing, scored: dict[str, tuple[dict[str, float], dict[str, Any]]],
+          ref_images: list[np.ndarray]) -> list[MethodResult]:
+    """Phase 5b: one row per requested method, speedups relative to the baseline's."""
     from ditaccel.caching import schedule_macs
 
-    cfg_batch = 2 if float(call_kwargs.get("guidance_scale", 1.0) or 1.0) > 1.0 else 1
-    base_time = median(times[base.label])
-    base_counted = counted[base.label][0] / cfg.timing_images
-    text_len = counted[base.label][2]
+    cfg, pipe, base = run.cfg, run.pipe, run.base
+    cfg_batch = 2 if float(run.call_kwargs.get("guidance_scale", 1.0) or 1.0) > 1.0 else 1
+    base_time = median(t.wall[base.label])
+    base_counted = t.counted[base.label][0] / cfg.timing_images
+    text_len = t.counted[base.label][2]
     h, w = int(ref_images[0].shape[0]), int(ref_images[0].shape[1])
     base_macs = schedule_macs(pipe, base.schedule, h, w, batch=cfg_batch, text_len=text_len)
-    for m in methods:
+    rows = []
+    for m in run.methods:
         r = MethodResult(label=m.label, kind=m.kind, notes=list(m.notes), setup_seconds=round(m.setup_seconds, 3),
                          group=m.group, frontier_macs_speedup=m.frontier_speedup, name=m.title or m.label,
                          curve=m.curve, predicted_speedup=m.predicted_speedup)
+        rows.append(r)
         if m.skipped:
             r.status, r.reason = "skipped", m.skipped
-            rows.append(r)
             continue
-        r.images = str(store.folder(m.label).relative_to(out))
-        r.timings = [round(x, 5) for x in times[m.label]]
-        r.seconds_per_image = median(times[m.label])
+        r.images = str(run.store.folder(m.label).relative_to(run.out))
+        r.timings = [round(x, 5) for x in t.wall[m.label]]
+        r.seconds_per_image = median(t.wall[m.label])
         r.speedup = base_time / r.seconds_per_image if r.seconds_per_image else None
-        if cpu_times[m.label] and cpu_times[base.label]:
-            r.cpu_timings = [round(x, 5) for x in cpu_times[m.label]]
-            r.cpu_seconds_per_image = median(cpu_times[m.label])
-            r.cpu_speedup = median(cpu_times[base.label]) / r.cpu_seconds_per_image
-        c = counted[m.label][0] / cfg.timing_images
+        if t.cpu[m.label] and t.cpu[base.label]:
+            r.cpu_timings = [round(x, 5) for x in t.cpu[m.label]]
+            r.cpu_seconds_per_image = median(t.cpu[m.label])
+            r.cpu_speedup = median(t.cpu[base.label]) / r.cpu_seconds_per_image
+        c = t.counted[m.label][0] / cfg.timing_images
         if m.schedule is not None:
             r.macs_per_image, r.macs_source = schedule_macs(pipe, m.schedule, h, w, batch=cfg_batch,
                                                             text_len=text_len), "schedule_macs"
@@ -505,32 +563,47 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
         else:
             r.macs_per_image, r.macs_source = int(c), "counted"
             r.macs_speedup = base_counted / c if c else None
-        r.peak_memory_bytes = peaks[m.label]
-        r.weight_bytes = transformer_weight_bytes(m.transformer if m.transformer is not None else base_t)
+        r.peak_memory_bytes = t.peaks[m.label]
+        r.weight_bytes = transformer_weight_bytes(m.transformer if m.transformer is not None
+                                                   else run.base_transformer)
         r.metrics, r.details = scored[m.label][0], {**r.details, **scored[m.label][1]}
         if m.quant_report:
             r.details["quantization"] = m.quant_report
-        rows.append(r)
+    return rows
 
-    info = {
+
+def _info(run: _Run) -> dict[str, Any]:
+    """Phase 5c: the conditions every row was measured under, for results.json and the report."""
+    cfg = run.cfg
+    return {
         "machine": machine_description(), "command": cfg.command or " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "model": str(getattr(pipe, "_ditaccel_source", cfg.model or "(in-memory pipeline)")),
-        "pipeline": type(pipe).__name__, "device": cfg.device,
-        "prompts": cfg.prompts if isinstance(cfg.prompts, str) else f"{len(prompts)} given",
-        "num_prompts": len(prompts), "seeds": list(cfg.seeds), "num_images": len(jobs),
-        "call": settings, "timing": {"images_per_run": cfg.timing_images, "repeats": cfg.timing_repeats,
-                                     "warmup": 1, "interleaved": True},
-        "memory_kind": PeakMemory(cfg.device).kind, "metrics": list(metrics),
-        "quality_metric": quality_metric(list(metrics)),
-        "quant_calibration": {"prompts": len(qs.prompts), "seeds": qs.seeds},
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "model": str(getattr(run.pipe, "_ditaccel_source", cfg.model or "(in-memory pipeline)")),
+        "pipeline": type(run.pipe).__name__, "device": cfg.device,
+        "prompts": cfg.prompts if isinstance(cfg.prompts, str) else f"{len(run.prompts)} given",
+        "num_prompts": len(run.prompts), "seeds": list(cfg.seeds), "num_images": len(run.jobs),
+        "call": run.settings, "timing": {"images_per_run": cfg.timing_images, "repeats": cfg.timing_repeats,
+                                         "warmup": 1, "interleaved": True},
+        "memory_kind": PeakMemory(cfg.device).kind, "metrics": list(run.metrics),
+        "quality_metric": quality_metric(list(run.metrics)),
+        "quant_calibration": {"prompts": len(run.quant.prompts), "seeds": run.quant.seeds},
+        "wall_seconds": round(time.perf_counter() - run.t_start, 1),
         "versions": _versions(),
     }
-    result = EvalResult(rows, info, out)
+
+
+def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
+    """Run the comparison and write its files into ``cfg.out``; returns the rows (phases: module docstring)."""
+    run = _resolve(cfg, pipe)
+    with _progress(run.cfg.progress) as prog:
+        _prepare(run, prog)
+        _generate(run, prog)
+        timing = _time(run, prog)
+        scored, ref_images = _score(run, prog)
+    result = EvalResult(_rows(run, timing, scored, ref_images), _info(run), run.out)
     from ditaccel.evaluate.report import write_outputs
 
-    write_outputs(result, store, jobs, cfg.grid_columns)
+    write_outputs(result, run.store, run.jobs, run.cfg.grid_columns)
     return result
 
 
