@@ -77,15 +77,16 @@ def add_compile_arg(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> Any:
     from ditaccel.pipeline import load_pipeline
 
+    quantized = None
     if getattr(args, "quantized", None) is not None:  # a damaged folder fails before the model loads
-        from ditaccel.quant import checkpoint_stats
+        from ditaccel.quant import open_quantized
 
-        checkpoint_stats(args.quantized)
+        quantized = open_quantized(args.quantized)
     pipe = load_pipeline(args.model, device=args.device, dtype=getattr(args, "dtype", "auto"))
-    if getattr(args, "quantized", None) is not None:
+    if quantized is not None:
         from ditaccel.quant import load_quantized
 
-        load_quantized(args.quantized, pipe)
+        load_quantized(quantized, pipe)  # the folder checked above: its tensor file is not hashed again
     if getattr(args, "compile", False):
         from ditaccel.caching import compile_components
 

@@ -30,7 +30,7 @@ from ditaccel.quant.formats import (
     quantize_groups,
     quantize_per_token,
 )
-from ditaccel.quant.io import checkpoint_stats, load_quantized, round_kept_, save_quantized
+from ditaccel.quant.io import checkpoint_stats, load_quantized, open_quantized, round_kept_, save_quantized
 from ditaccel.quant.kernels import apply_kernel, check_kernel, kernel_available
 from ditaccel.quant.linear import QuantLinear, weight_bytes
 from ditaccel.quant.packing import pack_nibbles, unpack_nibbles
@@ -55,6 +55,7 @@ __all__ = [
     "kernel_available",
     "load_image_folder",
     "load_quantized",
+    "open_quantized",
     "pack_nibbles",
     "parse_format",
     "quantize_",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ditaccel._io import atomic_write, atomic_write_checked_json, file_sha256, read_json
+from ditaccel._io import (
+    CHECKSUM_KEY,
+    atomic_write,
+    atomic_write_checked_json,
+    file_sha256,
+    parse_json,
+    read_text_file,
+)
 from ditaccel.errors import QuantizedCheckpointError
 from ditaccel.quant.linear import QuantLinear, weight_bytes
 
-__all__ = ["save_quantized", "load_quantized", "checkpoint_stats", "model_fingerprint", "round_kept_", "int8_rows",
+__all__ = ["save_quantized", "load_quantized", "open_quantized", "QuantizedFolder", "checkpoint_stats", "model_fingerprint", "round_kept_", "int8_rows",
            "CONFIG_NAME", "TENSORS_NAME"]
 
 CONFIG_NAME = "quant_config.json"
@@ -132,6 +140,47 @@ def round_kept_(transformer: nn.Module, storage: str) -> None:
             m.bias.data = _stored(m.bias.data, storage, False)
 
 
+def _quantized_entries(qlayers: dict[str, QuantLinear], storage: str,
+                       tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], int, float, int]:
+    """Each ``QuantLinear``'s packed tensors into ``tensors``; returns (layer specs, fp16 bytes, bits, weights)."""
+    layers: dict[str, Any] = {}
+    fp16_bytes, q_bits, q_weights = 0, 0.0, 0
+    for n, m in qlayers.items():
+        tensors[f"{n}.qweight"] = m.qweight
+        tensors[f"{n}.scales"] = m.scales
+        if m.zeros.numel():
+            tensors[f"{n}.zeros"] = m.zeros
+        if m.bias is not None:
+            tensors[f"{n}.bias"] = _file_form(m.bias.detach(), storage)
+        layers[n] = m.checkpoint_spec()
+        fp16_bytes += 2 * (m.in_features * m.out_features + (m.out_features if m.bias is not None else 0))
+        q_bits += m.bits_per_weight() * m.in_features * m.out_features
+        q_weights += m.in_features * m.out_features
+    return layers, fp16_bytes, q_bits, q_weights
+
+
+def _kept_entries(transformer: nn.Module, storage: str,
+                  tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], int]:
+    """Every tensor kept out of 4-bit into ``tensors`` in its file form; returns (their specs, fp16 bytes)."""
+    lin = _linear_weights(transformer)
+    kept: dict[str, Any] = {}
+    fp16_bytes = 0
+    persistent = set(transformer.state_dict().keys())
+    for n, t in _kept_tensors(transformer).items():
+        store = t.detach()
+        spec = {"kind": "parameter" if isinstance(t, nn.Parameter) else "buffer",
+                "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "persistent": n in persistent}
+        if storage == "int8" and n in lin and store.is_floating_point():
+            tensors[f"{n}.int8"], tensors[f"{n}.int8_scale"] = int8_rows(store)
+            spec["storage"] = "int8"
+        else:
+            tensors[n] = _file_form(store, storage)
+        kept[n] = spec
+        if t.is_floating_point():
+            fp16_bytes += 2 * t.numel()
+    return kept, fp16_bytes
+
+
 def save_quantized(
     transformer: nn.Module,
     directory: str | os.PathLike,
@@ -148,51 +197,17 @@ def save_quantized(
     """
     directory = Path(directory)
     storage = _check_storage(kept_storage if kept_storage is not None else getattr(config, "kept_storage", "model"))
-    lin = _linear_weights(transformer)
     qlayers = {n: m for n, m in transformer.named_modules() if isinstance(m, QuantLinear)}
     if not qlayers:
         raise QuantizedCheckpointError("the transformer has no quantized layers: run quantize_() before save_quantized()")
     tensors: dict[str, torch.Tensor] = {}
-    layers: dict[str, Any] = {}
-    fp16_bytes = 0
-    q_bits = 0
-    q_weights = 0
-    for n, m in qlayers.items():
-        tensors[f"{n}.qweight"] = m.qweight
-        tensors[f"{n}.scales"] = m.scales
-        if m.zeros.numel():
-            tensors[f"{n}.zeros"] = m.zeros
-        if m.bias is not None:
-            tensors[f"{n}.bias"] = _file_form(m.bias.detach(), storage)
-        layers[n] = {
-            "format": m.fmt.name, "in_features": m.in_features, "out_features": m.out_features,
-            "group_size": m.group_size, "bias": m.bias is not None, "act_format": m.act_format,
-            "out_act_format": m.out_act_format,
-            "compute_dtype": str(m.compute_dtype or torch.float32).removeprefix("torch."),
-        }
-        fp16_bytes += 2 * (m.in_features * m.out_features + (m.out_features if m.bias is not None else 0))
-        q_bits += m.bits_per_weight() * m.in_features * m.out_features
-        q_weights += m.in_features * m.out_features
-    kept: dict[str, Any] = {}
-    persistent = set(transformer.state_dict().keys())
-    for n, t in _kept_tensors(transformer).items():
-        is_param = isinstance(t, nn.Parameter)
-        store = t.detach()
-        spec = {"kind": "parameter" if is_param else "buffer", "dtype": str(t.dtype).removeprefix("torch."),
-                "shape": list(t.shape), "persistent": n in persistent}
-        if storage == "int8" and n in lin and store.is_floating_point():
-            codes, scale = int8_rows(store)
-            tensors[f"{n}.int8"], tensors[f"{n}.int8_scale"] = codes, scale
-            spec["storage"] = "int8"
-        else:
-            tensors[n] = _file_form(store, storage)
-        kept[n] = spec
-        if t.is_floating_point():
-            fp16_bytes += 2 * t.numel()
+    layers, q_fp16, q_bits, q_weights = _quantized_entries(qlayers, storage, tensors)
+    kept, kept_fp16 = _kept_entries(transformer, storage, tensors)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     tpath = directory / TENSORS_NAME
     atomic_write(tpath, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT_ID}))
     tbytes = tpath.stat().st_size
+    fp16_bytes = q_fp16 + kept_fp16
     stats = {
         "kept_storage": storage,
         "bits_per_weight": q_bits / max(1, q_weights),
@@ -218,14 +233,37 @@ def _fail(msg: str) -> QuantizedCheckpointError:
 _REQUOTE = "re-run `ditaccel quantize`"
 
 
-def _read_meta(directory: Path) -> dict[str, Any]:
-    if not directory.is_dir():
-        raise _fail(f"quantized folder {directory} does not exist or is not a folder: pass the --out folder of "
-                    "`ditaccel quantize`")
-    cpath = directory / CONFIG_NAME
-    if not cpath.exists():
-        raise _fail(f"{cpath} is missing: this is not a quantized folder; re-run `ditaccel quantize --out {directory}`")
-    meta = read_json(cpath, "quantized config", f"copy the folder again or {_REQUOTE}", QuantizedCheckpointError)
+@dataclass(frozen=True)
+class QuantizedFolder:
+    """A quantized folder whose config and tensor file passed every check (``open_quantized``).
+
+    Why: the CLI checks ``--quantized`` before loading the model and loads it after; handing this
+    to ``load_quantized`` hashes the tensor file once, unless its size, mtime or inode changed since.
+    """
+
+    directory: Path
+    meta: dict[str, Any]
+    tensors: Path
+    signature: tuple[int, int, int]  # (size, mtime_ns, inode) of the tensor file when its sha256 matched
+
+    def unchanged(self) -> bool:
+        """Whether the tensor file is still the one whose checksum matched."""
+        try:
+            return _signature(self.tensors) == self.signature
+        except OSError:
+            return False
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _read_config(cpath: Path) -> dict[str, Any]:
+    """The config's JSON, its own checksum required and verified, its version readable here."""
+    fix = f"copy the folder again or {_REQUOTE}"
+    text = read_text_file(cpath, "quantized config", fix, QuantizedCheckpointError)
+    meta = parse_json(text, f"quantized config {cpath}", fix, QuantizedCheckpointError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_ID:
         raise _fail(f"{cpath} is not a ditaccel quantized config: {_REQUOTE}")
     version = meta.get("version", 0)
@@ -233,6 +271,11 @@ def _read_meta(directory: Path) -> dict[str, Any]:
         raise _fail(f"{cpath} has a malformed version {version!r}: {_REQUOTE}")
     if version > FORMAT_VERSION:
         raise _fail(f"{cpath} has format version {meta.get('version')}, newer than this ditaccel: upgrade ditaccel")
+    signed = CHECKSUM_KEY in json.loads(text)  # parse_json drops the field once verified
+    if not signed or "tensors_sha256" not in meta:
+        missing = "'tensors_sha256'" if signed else f"its '{CHECKSUM_KEY}'"
+        raise _fail(f"{cpath} lacks {missing}, so its content cannot be trusted (edited by hand, or written "
+                    f"before checksums were added): {_REQUOTE}")
     for key in ("model", "layers", "kept", "tensors_bytes"):
         if key not in meta:
             raise _fail(f"{cpath} lacks '{key}': the folder is damaged; {_REQUOTE}")
@@ -241,17 +284,30 @@ def _read_meta(directory: Path) -> dict[str, Any]:
         raise _fail(f"{cpath} has a malformed {problem}: the folder is damaged; {_REQUOTE}")
     if _config_hash(meta["model"]["config"]) != meta["model"]["config_hash"]:
         raise _fail(f"{cpath} has a model config that does not match its hash: the folder is damaged; {_REQUOTE}")
+    return meta
+
+
+def open_quantized(directory: str | os.PathLike) -> QuantizedFolder:
+    """Check a quantized folder without a model: its config and the size and sha256 of its tensor file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise _fail(f"quantized folder {directory} does not exist or is not a folder: pass the --out folder of "
+                    "`ditaccel quantize`")
+    cpath = directory / CONFIG_NAME
+    if not cpath.exists():
+        raise _fail(f"{cpath} is missing: this is not a quantized folder; re-run `ditaccel quantize --out {directory}`")
+    meta = _read_config(cpath)
     tpath = directory / meta.get("tensors_file", TENSORS_NAME)
     if not tpath.is_file():
         raise _fail(f"{tpath} is missing: copy the whole quantized folder or {_REQUOTE}")
-    size = tpath.stat().st_size
-    if size != meta["tensors_bytes"]:
-        raise _fail(f"{tpath} is truncated or altered ({size} bytes, expected {meta['tensors_bytes']}): "
+    signature = _signature(tpath)
+    if signature[0] != meta["tensors_bytes"]:
+        raise _fail(f"{tpath} is truncated or altered ({signature[0]} bytes, expected {meta['tensors_bytes']}): "
                     f"copy it again or {_REQUOTE}")
-    if "tensors_sha256" in meta and file_sha256(tpath) != meta["tensors_sha256"]:
+    if file_sha256(tpath) != meta["tensors_sha256"]:
         raise _fail(f"{tpath} fails its checksum (damaged or changed since it was written): copy it again or "
                     f"{_REQUOTE}")
-    return meta
+    return QuantizedFolder(directory, meta, tpath, signature)
 
 
 def _is(v: Any, kind: Any) -> bool:
@@ -315,20 +371,8 @@ def _build_empty(meta: dict[str, Any]) -> nn.Module:
         raise _fail(f"cannot build a {meta['model']['class']} from the stored config ({first}): {_REQUOTE}") from None
 
 
-def load_quantized(directory: str | os.PathLike, pipe: Any, kernel: str = "portable") -> nn.Module:
-    """Replace ``pipe.transformer`` 's linears with ``QuantLinear`` s read from ``directory``.
-
-    ``pipe`` may also be a bare transformer. If ``pipe.transformer`` is ``None`` (pipeline
-    loaded with ``transformer=None``) the transformer is built from the stored config
-    with no weights at all. ``kernel``: ``"compiled"`` compiles the portable layers in
-    place (4-bit buffers kept); a torchao kernel (e.g. ``"torchao-fp8"``) swaps them for torchao's. Returns the quantized transformer.
-    """
-    directory = Path(directory)
-    if kernel != "portable":
-        from ditaccel.quant.kernels import check_kernel
-
-        check_kernel(kernel)  # fail before any work
-    meta = _read_meta(directory)
+def _target(pipe: Any, meta: dict[str, Any], directory: Path) -> nn.Module:
+    """The transformer to fill (built empty from the stored config when there is none), checked to match."""
     is_module = isinstance(pipe, nn.Module)
     transformer = pipe if is_module else getattr(pipe, "transformer", None)
     if transformer is None:
@@ -343,91 +387,130 @@ def load_quantized(directory: str | os.PathLike, pipe: Any, kernel: str = "porta
     if have["config_hash"] != want["config_hash"]:
         raise _fail(f"{directory} was quantized from another {want['class']} (config {want['config_hash']} "
                     f"!= {have['config_hash']}): load it into the model it was made from")
-    tpath = directory / meta.get("tensors_file", TENSORS_NAME)
-    try:
-        with safe_open(str(tpath), framework="pt") as f:
-            names = set(f.keys())
-            data = {k: f.get_tensor(k) for k in names}
-    except Exception as e:  # safetensors raises its own error types for damaged headers
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise _fail(f"{tpath} cannot be read ({first}): the file is damaged; re-run `ditaccel quantize`") from None
+    return transformer
 
-    def need(key: str) -> torch.Tensor:
-        if key not in data:
-            raise _fail(f"{tpath} lacks tensor {key}: the folder is damaged; re-run `ditaccel quantize`")
-        return data[key]
 
-    for n, spec in meta["layers"].items():
+class _Tensors:
+    """The tensor file's contents; a missing name is a one-line damaged-folder error."""
+
+    def __init__(self, tpath: Path) -> None:
+        self.path = tpath
+        try:
+            with safe_open(str(tpath), framework="pt") as f:
+                self.data = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for damaged headers
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise _fail(f"{tpath} cannot be read ({first}): the file is damaged; {_REQUOTE}") from None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    def missing(self, key: str) -> QuantizedCheckpointError:
+        return _fail(f"{self.path} lacks tensor {key}: the folder is damaged; {_REQUOTE}")
+
+    def need(self, key: str) -> torch.Tensor:
+        if key not in self.data:
+            raise self.missing(key)
+        return self.data[key]
+
+
+def _load_layers(transformer: nn.Module, layers: dict[str, Any], data: _Tensors, directory: Path) -> None:
+    """Put a ``QuantLinear`` (built by ``QuantLinear.from_checkpoint``) in place of each quantized linear."""
+    for n, spec in layers.items():
         try:
             old = transformer.get_submodule(n)
         except AttributeError:
-            raise _fail(f"{directory} quantizes layer {n}, which this {have['class']} lacks: "
+            raise _fail(f"{directory} quantizes layer {n}, which this {type(transformer).__name__} lacks: "
                         "load it into the model it was made from") from None
-        shape_ok = isinstance(old, nn.Linear | QuantLinear) and (old.in_features, old.out_features) == (
-            spec["in_features"], spec["out_features"])
-        if not shape_ok:
+        if not (isinstance(old, nn.Linear | QuantLinear)
+                and (old.in_features, old.out_features) == (spec["in_features"], spec["out_features"])):
             raise _fail(f"layer {n} does not match {directory} (expected Linear {spec['in_features']}->"
                         f"{spec['out_features']}): load it into the model it was made from")
-        device = _module_device(old)
         dtype = _module_dtype(old) or _DTYPES.get(spec.get("compute_dtype", "float32"), torch.float32)
-        q = QuantLinear(spec["in_features"], spec["out_features"], spec["format"], spec["group_size"],
-                        bias=spec["bias"], act_format=spec.get("act_format"),
-                        out_act_format=spec.get("out_act_format"), compute_dtype=dtype, device="cpu")
-        for buf in ("qweight", "scales", "zeros"):
-            target = getattr(q, buf)
-            if target.numel() == 0 and f"{n}.{buf}" not in data:
-                continue
-            t = need(f"{n}.{buf}")
-            if t.shape != target.shape or t.dtype != target.dtype:
-                raise _fail(f"tensor {n}.{buf} in {tpath} has shape {tuple(t.shape)}/{t.dtype}, expected "
-                            f"{tuple(target.shape)}/{target.dtype}: the file is damaged; re-run `ditaccel quantize`")
-            target.copy_(t)
-        if spec["bias"]:
-            b = need(f"{n}.bias")
-            if b.shape != (spec["out_features"],):
-                raise _fail(f"tensor {n}.bias in {tpath} has shape {tuple(b.shape)}: the file is damaged")
-            q.bias = nn.Parameter(b.to(dtype), requires_grad=False)
+        names = ("qweight", "scales", "zeros", "bias")
+        try:
+            q = QuantLinear.from_checkpoint(spec, {b: data.data[f"{n}.{b}"] for b in names if f"{n}.{b}" in data},
+                                            dtype)
+        except KeyError as e:
+            raise data.missing(f"{n}.{e.args[0]}") from None
+        except ValueError as e:
+            raise _fail(f"tensor {n}.{e} in {data.path}: the file is damaged; {_REQUOTE}") from None
+        device = _module_device(old)
         if device is not None and device.type != "meta":
             q = q.to(device)
         parent, leaf = _owner(transformer, n)
         setattr(parent, leaf, q)
-    for n, spec in meta["kept"].items():
-        if spec.get("storage") == "int8":
-            codes, scale = need(f"{n}.int8"), need(f"{n}.int8_scale")
-            if codes.dtype != torch.int8 or codes.dim() != 2 or scale.shape != (codes.shape[0],):
-                raise _fail(f"tensor {n}.int8 in {tpath} has shape {tuple(codes.shape)}/{codes.dtype}: the file is "
-                            "damaged; re-run `ditaccel quantize`")
-            t = _int8_decode(codes, scale)
-        else:
-            t = need(n)
-        if list(t.shape) != spec["shape"]:
-            raise _fail(f"tensor {n} in {tpath} has shape {tuple(t.shape)}, expected {tuple(spec['shape'])}: "
-                        "the file is damaged; re-run `ditaccel quantize`")
+
+
+def _kept_value(n: str, spec: dict[str, Any], data: _Tensors) -> torch.Tensor:
+    """A kept tensor as the file stores it (int8 rows decoded), its shape checked against the spec."""
+    if spec.get("storage") == "int8":
+        codes, scale = data.need(f"{n}.int8"), data.need(f"{n}.int8_scale")
+        if codes.dtype != torch.int8 or codes.dim() != 2 or scale.shape != (codes.shape[0],):
+            raise _fail(f"tensor {n}.int8 in {data.path} has shape {tuple(codes.shape)}/{codes.dtype}: the file is "
+                        f"damaged; {_REQUOTE}")
+        t = _int8_decode(codes, scale)
+    else:
+        t = data.need(n)
+    if list(t.shape) != spec["shape"]:
+        raise _fail(f"tensor {n} in {data.path} has shape {tuple(t.shape)}, expected {tuple(spec['shape'])}: "
+                    f"the file is damaged; {_REQUOTE}")
+    return t
+
+
+def _load_kept(transformer: nn.Module, kept: dict[str, Any], data: _Tensors, directory: Path) -> None:
+    """Set every tensor kept out of 4-bit, through ``nn.Module``'s own ``setattr``/``register_buffer``."""
+    where = "load it into the model it was made from"
+    for n, spec in kept.items():
+        t = _kept_value(n, spec, data)
         try:
             owner, leaf = _owner(transformer, n)
         except AttributeError:
-            raise _fail(f"{directory} holds {n}, which this {have['class']} lacks: load it into the model it was "
-                        "made from") from None
-        cur = owner._parameters.get(leaf) if leaf in owner._parameters else owner._buffers.get(leaf)
+            raise _fail(f"{directory} holds {n}, which this {type(transformer).__name__} lacks: {where}") from None
+        params, buffers = dict(owner.named_parameters(recurse=False)), dict(owner.named_buffers(recurse=False))
+        if (leaf in params and spec["kind"] != "parameter") or (leaf in buffers and spec["kind"] != "buffer") \
+                or (leaf not in params and leaf not in buffers and hasattr(owner, leaf)):
+            raise _fail(f"{directory} holds {n} as a {spec['kind']}, which this {type(transformer).__name__} "
+                        f"does not: {where}")
+        cur = params.get(leaf, buffers.get(leaf))
         if cur is not None and cur.device.type != "meta":
             if tuple(cur.shape) != tuple(t.shape):
                 raise _fail(f"tensor {n} has shape {tuple(cur.shape)} here but {tuple(t.shape)} in {directory}: "
-                            "load it into the model it was made from")
+                            f"{where}")
             val = t.to(device=cur.device, dtype=cur.dtype)
             req = cur.requires_grad if isinstance(cur, nn.Parameter) else False
         else:
-            val = t.to(_DTYPES.get(spec["dtype"], t.dtype))
-            req = False
+            val, req = t.to(_DTYPES.get(spec["dtype"], t.dtype)), False
         if spec["kind"] == "parameter":
-            owner._parameters[leaf] = nn.Parameter(val, requires_grad=req)
+            setattr(owner, leaf, nn.Parameter(val, requires_grad=req))
         else:
-            owner._buffers[leaf] = val
-            if not spec.get("persistent", True):
-                owner._non_persistent_buffers_set.add(leaf)
+            owner.register_buffer(leaf, val, persistent=spec.get("persistent", True))
+
+
+def load_quantized(directory: str | os.PathLike | QuantizedFolder, pipe: Any, kernel: str = "portable") -> nn.Module:
+    """Replace ``pipe.transformer`` 's linears with ``QuantLinear`` s read from ``directory``.
+
+    ``pipe`` may also be a bare transformer. If ``pipe.transformer`` is ``None`` (pipeline
+    loaded with ``transformer=None``) the transformer is built from the stored config
+    with no weights at all. ``directory`` may be an ``open_quantized`` result: its tensor file is
+    then not hashed again unless it changed. ``kernel``: ``"compiled"`` compiles the portable layers in
+    place (4-bit buffers kept); a torchao kernel (e.g. ``"torchao-fp8"``) swaps them for torchao's.
+    Returns the quantized transformer.
+    """
+    if kernel != "portable":
+        from ditaccel.quant.kernels import check_kernel
+
+        check_kernel(kernel)  # fail before any work
+    folder = directory if isinstance(directory, QuantizedFolder) and directory.unchanged() else \
+        open_quantized(directory.directory if isinstance(directory, QuantizedFolder) else directory)
+    transformer = _target(pipe, folder.meta, folder.directory)
+    data = _Tensors(folder.tensors)
+    _load_layers(transformer, folder.meta["layers"], data, folder.directory)
+    _load_kept(transformer, folder.meta["kept"], data, folder.directory)
     left = [n for n, t in list(transformer.named_parameters()) + list(transformer.named_buffers())
             if t.device.type == "meta"]
     if left:
-        raise _fail(f"{directory} does not provide {left[0]} (and {len(left) - 1} more): "
+        raise _fail(f"{folder.directory} does not provide {left[0]} (and {len(left) - 1} more): "
                     "load it into the model it was made from")
     transformer.eval()
     if kernel != "portable":
@@ -452,9 +535,10 @@ def _module_dtype(m: nn.Module) -> torch.dtype | None:
     return None
 
 
-def checkpoint_stats(directory: str | os.PathLike) -> dict[str, Any]:
+def checkpoint_stats(directory: str | os.PathLike | QuantizedFolder) -> dict[str, Any]:
     """The size statistics stored with a quantized folder (bits/weight, file size vs fp16)."""
-    return dict(_read_meta(Path(directory)).get("stats", {}))
+    folder = directory if isinstance(directory, QuantizedFolder) else open_quantized(directory)
+    return dict(folder.meta.get("stats", {}))
 
 
 def loaded_weight_bytes(transformer: nn.Module) -> int:

@@ -256,6 +256,42 @@ class QuantLinear(nn.Module):
         storage = self.qweight.numel() * 8 + self.scales.numel() * 32 + self.zeros.numel() * 8
         return storage / n
 
+    # -- checkpoint form (ditaccel.quant.io): the layer as a JSON spec plus its packed tensors, and back
+
+    def checkpoint_spec(self) -> dict[str, Any]:
+        """What ``from_checkpoint`` rebuilds this layer from, besides its tensors (JSON types only)."""
+        return {"format": self.fmt.name, "in_features": self.in_features, "out_features": self.out_features,
+                "group_size": self.group_size, "bias": self.bias is not None, "act_format": self.act_format,
+                "out_act_format": self.out_act_format,
+                "compute_dtype": str(self.compute_dtype or torch.float32).removeprefix("torch.")}
+
+    @classmethod
+    def from_checkpoint(cls, spec: dict[str, Any], tensors: dict[str, torch.Tensor],
+                        compute_dtype: torch.dtype) -> QuantLinear:
+        """A CPU layer from ``checkpoint_spec()`` and its tensors by buffer name (``qweight``, ``scales``,
+        ``zeros`` if the format has zero points, ``bias`` if the spec has one).
+
+        Why here: the checkpoint reader then never writes this module's buffers itself. Raises
+        ``KeyError(name)`` for a missing tensor and ``ValueError`` naming one of the wrong shape or dtype.
+        """
+        m = cls(spec["in_features"], spec["out_features"], spec["format"], spec["group_size"], bias=spec["bias"],
+                act_format=spec.get("act_format"), out_act_format=spec.get("out_act_format"),
+                compute_dtype=compute_dtype, device="cpu")
+        for name, target in (("qweight", m.qweight), ("scales", m.scales), ("zeros", m.zeros)):
+            if target.numel() == 0 and name not in tensors:
+                continue
+            t = tensors[name]
+            if t.shape != target.shape or t.dtype != target.dtype:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}/{t.dtype}, expected "
+                                 f"{tuple(target.shape)}/{target.dtype}")
+            target.copy_(t)
+        if spec["bias"]:
+            b = tensors["bias"]
+            if b.shape != (m.out_features,):
+                raise ValueError(f"bias has shape {tuple(b.shape)}, expected ({m.out_features},)")
+            m.bias = nn.Parameter(b.to(compute_dtype), requires_grad=False)
+        return m
+
 
 class _LastActQuant(threading.local):
     """The last per-token quantization done on this thread: input (weakly), its version, format, result."""
