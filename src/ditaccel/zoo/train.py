@@ -19,6 +19,8 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +168,117 @@ def sample_adherence(pipe: PixArtAlphaPipeline, prompts: list[str], seed: int, *
     return shapes.adherence_rates(list(out), prompts)
 
 
+@dataclass
+class _ShapeData:
+    """Phase 2's whole data set, encoded once: every shapes prompt's latents and tokens, and the empty prompt's."""
+
+    latents: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+    null_ids: torch.Tensor
+    null_mask: torch.Tensor
+
+
+def _shape_data(vae: AutoencoderKL, tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> _ShapeData:
+    with torch.no_grad():
+        x = _images_to_tensor([shapes.render(p) for p in prompts])
+        latents = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+    return _ShapeData(latents, *_encode_text(tokenizer, prompts), *_encode_text(tokenizer, [""]))
+
+
+@dataclass
+class _DitModels:
+    """What phase 2 trains and checkpoints: the models, their EMA copies and the optimizer."""
+
+    transformer: PixArtTransformer2DModel
+    text_encoder: T5EncoderModel
+    ema_t: PixArtTransformer2DModel
+    ema_e: T5EncoderModel
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+
+    def by_prefix(self) -> tuple[tuple[str, torch.nn.Module], ...]:
+        """The checkpoint's key prefix of each model."""
+        return (("t.", self.transformer), ("e.", self.text_encoder), ("et.", self.ema_t), ("ee.", self.ema_e))
+
+
+def _dit_models(transformer: PixArtTransformer2DModel, text_encoder: T5EncoderModel, lr: float) -> _DitModels:
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
+    for p in (*ema_t.parameters(), *ema_e.parameters()):
+        p.requires_grad_(False)
+    return _DitModels(transformer, text_encoder, ema_t, ema_e, opt, params)
+
+
+def _resume_dit(work: Path, m: _DitModels, log) -> int:
+    """Load ``work``'s phase-2 checkpoint into ``m`` if there is one; returns the step to continue from."""
+    ckpt = work / "dit_ckpt.safetensors"
+    if not ckpt.exists():
+        return 0
+    st = load_file(ckpt)
+    for prefix, mod in m.by_prefix():
+        mod.load_state_dict({k[len(prefix):]: v for k, v in st.items() if k.startswith(prefix)})
+    meta = json.loads((work / "dit_meta.json").read_text())
+    m.opt.load_state_dict(torch.load(work / "dit_opt.pt", weights_only=True))
+    log(f"dit: resumed at step {meta['step']}")
+    return meta["step"]
+
+
+def _save_dit(work: Path, m: _DitModels, done: int) -> None:
+    st = {}
+    for prefix, mod in m.by_prefix():
+        st.update({prefix + k: v for k, v in mod.state_dict().items()})
+    _save_state(work / "dit_ckpt.safetensors", st)
+    atomic_write(work / "dit_opt.pt", lambda tmp: torch.save(m.opt.state_dict(), tmp))
+    atomic_write_json(work / "dit_meta.json", {"step": done})
+
+
+def _lr_schedule(lr: float, steps: int) -> Callable[[int], float]:
+    """Linear warm-up, then a cosine down to 5% of ``lr``."""
+    warmup = min(300, steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        prog = (step - warmup) / max(1, steps - warmup)
+        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
+
+    return lr_at
+
+
+def _dit_step(m: _DitModels, data: _ShapeData, noise_sched: DDPMScheduler, gen: torch.Generator, batch: int,
+              lr: float, step: int) -> torch.Tensor:
+    """One v-prediction step with 10% caption dropout, then the EMA update; returns the loss."""
+    idx = torch.randint(0, len(data.ids), (batch,), generator=gen)
+    drop = torch.rand(batch, generator=gen) < 0.1
+    b_ids = torch.where(drop[:, None], data.null_ids.expand(batch, -1), data.ids[idx])
+    b_mask = torch.where(drop[:, None], data.null_mask.expand(batch, -1), data.mask[idx])
+    x0 = data.latents[idx]
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, 1000, (batch,), generator=gen)
+    xt = noise_sched.add_noise(x0, noise, t)
+    target = noise_sched.get_velocity(x0, noise, t)
+    for g in m.opt.param_groups:
+        g["lr"] = lr
+    emb = m.text_encoder(b_ids, attention_mask=b_mask)[0]
+    pred = m.transformer(
+        xt, encoder_hidden_states=emb, encoder_attention_mask=b_mask, timestep=t,
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False,
+    )[0]
+    loss = F.mse_loss(pred, target)
+    m.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(m.params, 1.0)
+    m.opt.step()
+    decay = min(0.999, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for src, dst in ((m.transformer, m.ema_t), (m.text_encoder, m.ema_e)):
+            for ps, pd in zip(src.parameters(), dst.parameters(), strict=True):
+                pd.lerp_(ps, 1 - decay)
+    return loss
+
+
 def train_dit(
     work: Path, vae: AutoencoderKL, steps: int, batch: int, lr: float, seed: int, eval_every: int, log
 ) -> PixArtAlphaPipeline:
@@ -175,37 +288,10 @@ def train_dit(
     text_encoder = build_text_encoder(len(tokenizer))
     transformer = build_transformer()
     noise_sched = DDPMScheduler(**SCHEDULER_KW)
-    prompts = shapes.all_prompts()
-    with torch.no_grad():
-        x = _images_to_tensor([shapes.render(p) for p in prompts])
-        latents = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
-    ids, mask = _encode_text(tokenizer, prompts)
-    null_ids, null_mask = _encode_text(tokenizer, [""])
-
-    params = list(transformer.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
-    for p in (*ema_t.parameters(), *ema_e.parameters()):
-        p.requires_grad_(False)
-    start = 0
-    ckpt = work / "dit_ckpt.safetensors"
-    if ckpt.exists():
-        st = load_file(ckpt)
-        for prefix, mod in (("t.", transformer), ("e.", text_encoder), ("et.", ema_t), ("ee.", ema_e)):
-            mod.load_state_dict({k[len(prefix):]: v for k, v in st.items() if k.startswith(prefix)})
-        meta = json.loads((work / "dit_meta.json").read_text())
-        opt_state = torch.load(work / "dit_opt.pt", weights_only=True)
-        opt.load_state_dict(opt_state)
-        start = meta["step"]
-        log(f"dit: resumed at step {start}")
-    warmup = min(300, steps // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        prog = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
-
+    data = _shape_data(vae, tokenizer, shapes.all_prompts())
+    m = _dit_models(transformer, text_encoder, lr)
+    start = _resume_dit(work, m, log)
+    lr_at = _lr_schedule(lr, steps)
     gen = torch.Generator().manual_seed(seed + 1)
     t0 = time.time()
     transformer.train()
@@ -213,47 +299,17 @@ def train_dit(
     for step in range(start, steps):
         # Fixed per-step seeding keeps a resumed run on the same data stream.
         gen.manual_seed(seed * 1_000_003 + step)
-        idx = torch.randint(0, len(prompts), (batch,), generator=gen)
-        drop = torch.rand(batch, generator=gen) < 0.1
-        b_ids = torch.where(drop[:, None], null_ids.expand(batch, -1), ids[idx])
-        b_mask = torch.where(drop[:, None], null_mask.expand(batch, -1), mask[idx])
-        x0 = latents[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (batch,), generator=gen)
-        xt = noise_sched.add_noise(x0, noise, t)
-        target = noise_sched.get_velocity(x0, noise, t)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        emb = text_encoder(b_ids, attention_mask=b_mask)[0]
-        pred = transformer(
-            xt, encoder_hidden_states=emb, encoder_attention_mask=b_mask, timestep=t,
-            added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False,
-        )[0]
-        loss = F.mse_loss(pred, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for src, dst in ((transformer, ema_t), (text_encoder, ema_e)):
-                for ps, pd in zip(src.parameters(), dst.parameters(), strict=True):
-                    pd.lerp_(ps, 1 - decay)
+        loss = _dit_step(m, data, noise_sched, gen, batch, lr_at(step), step)
         done = step + 1
         if step % 50 == 0:
             rate = (time.time() - t0) / (done - start)
             log(f"dit step {step}/{steps} loss {loss.item():.4f} lr {lr_at(step):.2e} {rate:.2f}s/step")
         if done % eval_every == 0 or done == steps:
-            st = {}
-            for prefix, mod in (("t.", transformer), ("e.", text_encoder), ("et.", ema_t), ("ee.", ema_e)):
-                st.update({prefix + k: v for k, v in mod.state_dict().items()})
-            _save_state(ckpt, st)
-            atomic_write(work / "dit_opt.pt", lambda tmp: torch.save(opt.state_dict(), tmp))
-            atomic_write_json(work / "dit_meta.json", {"step": done})
-            pipe = assemble_pipeline(ema_t, vae, ema_e, tokenizer)
+            _save_dit(work, m, done)
+            pipe = assemble_pipeline(m.ema_t, vae, m.ema_e, tokenizer)
             acc = sample_adherence(pipe, shapes.calibration_prompts(), seed=1)
             log(f"dit eval step {done}: calibration adherence (EMA, 20 steps) {acc}")
-    return assemble_pipeline(ema_t, vae, ema_e, tokenizer)
+    return assemble_pipeline(m.ema_t, vae, m.ema_e, tokenizer)
 
 
 def save_bundled(pipe: PixArtAlphaPipeline, out: Path, info: dict) -> None:
