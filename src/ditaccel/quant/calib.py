@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,48 @@ def _noisy(scheduler: Any, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tenso
     return scheduler.add_noise(x0, noise, t.reshape(1).round().long().cpu())
 
 
+def _image_latent(vae: Any, img: Any) -> torch.Tensor:
+    """An image (PIL or ``[H, W, 3]`` uint8) as the scaled, shifted latent the transformer denoises."""
+    import numpy as np
+
+    arr = np.asarray(img, dtype=np.float32)[..., :3] / 127.5 - 1.0
+    pix = torch.from_numpy(arr).permute(2, 0, 1)[None].to(vae.device, vae.dtype)
+    with torch.no_grad():
+        lat = vae.encode(pix).latent_dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (lat - shift) * vae.config.scaling_factor
+
+
+def _real_latent_hook(pipe: Any, lat: torch.Tensor, noise: torch.Tensor,
+                      records: list[tuple[tuple, dict]]) -> Callable[..., tuple[tuple, dict]]:
+    """A transformer pre-hook that swaps its latent input for ``lat`` noised to the call's timestep and records
+    the call."""
+
+    def hook(_m: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs = dict(kwargs)
+        args = list(args)
+        hs = args[0] if args else kwargs["hidden_states"]
+        t = kwargs.get("timestep", args[2] if len(args) > 2 else None)
+        xt = _noisy(pipe.scheduler, lat, noise, t.reshape(-1)[0])
+        if hs.dim() == 3:  # FLUX packs 2x2 latent patches into tokens
+            b, c, h, w = xt.shape
+            xt = pipe._pack_latents(xt, b, c, h, w)
+        if xt.shape[1:] != hs.shape[1:]:
+            raise DitaccelError(
+                f"image latents {tuple(xt.shape)} do not fit the model input {tuple(hs.shape)}: "
+                "resize the images to the generation height/width"
+            )
+        xt = xt.expand(hs.shape[0], *xt.shape[1:]).to(hs.dtype)
+        if args:
+            args[0] = xt
+        else:
+            kwargs["hidden_states"] = xt
+        records.append(_cpu_clone((tuple(args), kwargs)))
+        return tuple(args), kwargs
+
+    return hook
+
+
 def calibration_from_images(
     pipe: Any,
     images: Sequence[Any],
@@ -143,11 +185,8 @@ def calibration_from_images(
     ``[B, C, H, W]`` latents (PixArt, Hunyuan, SD3) and for FLUX's packed latents.
     ``images`` are PIL images or ``[H, W, 3]`` uint8 arrays at the generation size.
     """
-    import numpy as np
-
     if len(images) != len(captions):
         raise DitaccelError(f"got {len(images)} images but {len(captions)} captions: pass one caption per image")
-    vae = pipe.vae
     records: list[tuple[tuple, dict]] = []
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
@@ -156,38 +195,10 @@ def calibration_from_images(
     if steps is not None:
         kw["num_inference_steps"] = steps
     for img, cap in zip(images, captions, strict=True):
-        arr = np.asarray(img, dtype=np.float32)[..., :3] / 127.5 - 1.0
-        pix = torch.from_numpy(arr).permute(2, 0, 1)[None].to(vae.device, vae.dtype)
-        with torch.no_grad():
-            lat = vae.encode(pix).latent_dist.mean
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        lat = (lat - shift) * vae.config.scaling_factor
+        lat = _image_latent(pipe.vae, img)
         noise = torch.randn(lat.shape, generator=gen).to(lat)
-
-        def hook(_m: torch.nn.Module, args: tuple, kwargs: dict, _lat: torch.Tensor = lat,
-                 _noise: torch.Tensor = noise) -> tuple[tuple, dict]:
-            kwargs = dict(kwargs)
-            args = list(args)
-            hs = args[0] if args else kwargs["hidden_states"]
-            t = kwargs.get("timestep", args[2] if len(args) > 2 else None)
-            xt = _noisy(pipe.scheduler, _lat, _noise, t.reshape(-1)[0])
-            if hs.dim() == 3:  # FLUX packs 2x2 latent patches into tokens
-                b, c, h, w = xt.shape
-                xt = pipe._pack_latents(xt, b, c, h, w)
-            if xt.shape[1:] != hs.shape[1:]:
-                raise DitaccelError(
-                    f"image latents {tuple(xt.shape)} do not fit the model input {tuple(hs.shape)}: "
-                    "resize the images to the generation height/width"
-                )
-            xt = xt.expand(hs.shape[0], *xt.shape[1:]).to(hs.dtype)
-            if args:
-                args[0] = xt
-            else:
-                kwargs["hidden_states"] = xt
-            records.append(_cpu_clone((tuple(args), kwargs)))
-            return tuple(args), kwargs
-
-        handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+        handle = pipe.transformer.register_forward_pre_hook(_real_latent_hook(pipe, lat, noise, records),
+                                                            with_kwargs=True)
         try:
             with torch.no_grad():
                 pipe(cap, generator=torch.Generator().manual_seed(seed), **kw)
