@@ -1,6 +1,7 @@
 """``evaluate``: every method on the same prompts, seeds and machine, in one table.
 
-Order of work, so that a user error never wastes a generation:
+Order of work, so that a user error never wastes a generation (one function per phase:
+``_resolve``, ``_prepare``, ``_generate``, ``_time``, then ``_score``, ``_rows`` and ``_info``):
 
 1. parse ``--methods`` and ``--metrics``, check metric weights and the FID reference folder,
    check the prompts suit the metrics, load the model, resolve schedules and frontiers, and
