@@ -50,3 +50,25 @@ def test_ray_workers_calibrate_on_the_drivers_prompts(tmp_path: Path, monkeypatc
         *_, quant, calib = args
         assert quant == run.quant and calib == PROMPTS
         assert args[5] == [run.jobs[i][0] for i in part] and args[6] == [run.jobs[i][1] for i in part]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("DITACCEL_TEST_RAY"),
+                    reason="starts a local Ray cluster (minutes on a busy 2-core machine); set DITACCEL_TEST_RAY=1")
+def test_ray_quantized_rows_equal_local_ones_on_a_non_bundled_model(tmp_path: Path) -> None:
+    """End to end: AdaRound calibrates on the eval prompts in the workers too, so the images are the same."""
+    from ditaccel.evaluate import evaluate
+    from ditaccel.zoo import train
+
+    tok = train.build_tokenizer()  # an untrained model of the bundled architecture, saved elsewhere
+    pipe = train.assemble_pipeline(train.build_transformer().eval(), train.build_vae().eval(),
+                                   train.build_text_encoder(len(tok)).eval(), tok)
+    pipe.save_pretrained(tmp_path / "model", safe_serialization=True)
+    common = dict(methods="fp4-w4a8:2", model=str(tmp_path / "model"), prompts=["a red circle", "a blue square"],
+                  seeds=[0], steps=4, batch_size=2, timing_repeats=1, timing_images=1, progress=False)
+    evaluate(EvalConfig(out=tmp_path / "ray", ray_address="local", **common))
+    evaluate(EvalConfig(out=tmp_path / "local", **common))
+    local = sorted((tmp_path / "local" / "images" / "fp4-w4a8_2").glob("*.png"))
+    assert len(local) == 2
+    for f in local:
+        assert f.read_bytes() == (tmp_path / "ray" / "images" / "fp4-w4a8_2" / f.name).read_bytes()
