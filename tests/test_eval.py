@@ -20,8 +20,10 @@ PROMPTS = ["a red fox", "a blue car", "a green tree"]
 def _replica() -> object:
     pipe = build_pipeline("pixart-alpha")
     # what load_pipeline() reads from ditaccel.json: small, fast calls on the replica
-    pipe._ditaccel_call_defaults = {"height": 16, "width": 16, "max_sequence_length": 16, "guidance_scale": 4.5}
-    return pipe
+    from ditaccel.pipeline import PipelineInfo, set_pipeline_info
+
+    defaults = {"height": 16, "width": 16, "max_sequence_length": 16, "guidance_scale": 4.5}
+    return set_pipeline_info(pipe, PipelineInfo(call_defaults=defaults))
 
 
 def _frontier(pipe: object, folder: Path) -> None:

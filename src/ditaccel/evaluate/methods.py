@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ditaccel.errors import DitaccelError
+from ditaccel.pipeline import pipeline_info
 
 CACHE_SCHEDULE_NAMES = ("baseline", "fora", "tgate", "delta-dit", "schedule", "ecad")
 PEER_NAMES = ("fbc", "pab", "fastercache", "taylorseer", "magcache", "cachedit")
@@ -421,7 +422,7 @@ def quantize_copy(pipe: Any, preset: str, iters: int, settings: QuantSettings, c
 def _saved_dir(pipe: Any, method: Method, quant: QuantSettings, call_kwargs: dict[str, Any], root: Path) -> Path:
     key = json.dumps({"preset": method.quant, "iters": method.quant_iters, "prompts": quant.prompts,
                       "seeds": quant.seeds, "subsample": quant.subsample, "call": call_kwargs,
-                      "model": str(getattr(pipe, "_ditaccel_source", ""))}, sort_keys=True, default=str)
+                      "model": pipeline_info(pipe).name}, sort_keys=True, default=str)
     return root / f"{method.quant}_{method.quant_iters}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
