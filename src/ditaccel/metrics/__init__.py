@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ditaccel.errors import DitaccelError
 from ditaccel.metrics.base import Metric
 from ditaccel.metrics.fidelity import PSNR, SSIM, AdherenceMetric, psnr, ssim
+from ditaccel.metrics.weights import env_path
 
 # name -> (factory, one-line description, column label)
 _REGISTRY: dict[str, tuple[Callable[..., Metric], str, str]] = {}
@@ -133,14 +133,6 @@ register_metric("fid", _external("FIDMetric"),
                 "FID (set metric, torchmetrics); Inception weights (inception_path= / $DITACCEL_INCEPTION, default "
                 "torch-fidelity's) and a reference image folder or .npz stats (fid_reference= / $DITACCEL_FID_REF)",
                 "-FID")
-
-
-def env_path(arg: str | os.PathLike | None, env: str) -> str | None:
-    """``arg`` if given, else the environment variable ``env`` (None when neither is set)."""
-    if arg is not None:
-        return os.fspath(arg)
-    value = os.environ.get(env)
-    return value or None
 
 
 __all__ = ["PSNR", "SSIM", "AdherenceMetric", "Metric", "available_metrics", "check_metric_paths", "env_path",
