@@ -1,4 +1,9 @@
-"""The ``ditaccel`` command: thin argument parsing over the library, output through rich."""
+"""The ``ditaccel`` command: thin argument parsing over the library, output through rich.
+
+The entry point (``main``). ``generate``, ``quantize``, ``schedule`` and ``demo`` live here,
+``search``/``frontier`` in ``ditaccel.search.cli``, ``eval`` in ``ditaccel.evaluate.cli``; the flags
+they share come from ``ditaccel.cli_common``, and no module imports this one back.
+"""
 
 from __future__ import annotations
 

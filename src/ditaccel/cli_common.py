@@ -76,19 +76,31 @@ def add_compile_arg(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace) -> Any:
-    """The pipeline ``add_model_args``' flags name: loaded, with its quantized weights, compiled if asked."""
-    from ditaccel.pipeline import load_pipeline
-
-    if getattr(args, "quantized", None) is not None:  # a damaged folder fails before the model loads
+    """The pipeline ``add_model_args``' flags name (see ``build_model``); a damaged ``--quantized`` fails first."""
+    quantized = getattr(args, "quantized", None)
+    if quantized is not None:  # before the model loads
         from ditaccel.quant import checkpoint_stats
 
-        checkpoint_stats(args.quantized)
-    pipe = load_pipeline(args.model, device=args.device, dtype=getattr(args, "dtype", "auto"))
-    if getattr(args, "quantized", None) is not None:
+        checkpoint_stats(quantized)
+    return build_model(args.model, args.device, getattr(args, "dtype", "auto"), quantized,
+                       getattr(args, "compile", False))
+
+
+def build_model(model: str | None, device: str = "auto", dtype: Any = "auto", quantized: str | Path | None = None,
+                compile: bool = False) -> Any:
+    """``load_pipeline(model)``, then the 4-bit weights of a ``ditaccel quantize`` folder, then ``--compile``.
+
+    The one place ``--quantized``/``--compile`` act: the CLI and the Ray workers that rebuild the
+    driver's model (``ditaccel.search.backend.load_for_worker``) both call it.
+    """
+    from ditaccel.pipeline import load_pipeline
+
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    if quantized is not None:
         from ditaccel.quant import load_quantized
 
-        load_quantized(args.quantized, pipe)
-    if getattr(args, "compile", False):
+        load_quantized(quantized, pipe)
+    if compile:
         from ditaccel.caching import compile_components
 
         compile_components(pipe)
