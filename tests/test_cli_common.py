@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from ditaccel.testing.faults import using_pipe
 SRC = Path(ditaccel.__file__).resolve().parent
 
 
+@functools.cache
 def _import_graph() -> dict[str, set[str]]:
     """ditaccel module -> the ditaccel modules it imports anywhere in its text (function-level imports too)."""
     files = {".".join(f.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__"): f
@@ -128,3 +130,15 @@ def test_quantize_refuses_a_non_empty_out_through_the_one_check(bundled_pipe, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"ditaccel: error: --out {out} is not empty; pass --overwrite to write into it or choose a new folder"]
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+def test_ray_workers_build_the_model_the_way_the_cli_does(bundled_pipe, monkeypatch):
+    import ditaccel.caching as caching
+    from ditaccel.pipeline import pipeline_info
+    from ditaccel.search.backend import load_for_worker
+
+    compiled = []
+    monkeypatch.setattr(caching, "compile_components", lambda pipe: compiled.append(pipe))
+    with using_pipe(bundled_pipe):
+        pipe = load_for_worker(None, "cpu", None, True, "float32")
+    assert compiled == [pipe] and pipeline_info(pipe).bundled
