@@ -18,7 +18,7 @@ from ditaccel.models import first_ffn_pattern as _family_ffn_pattern
 from ditaccel.models import qkv_pattern as _family_qkv_pattern
 from ditaccel.models import quant_keep_patterns
 from ditaccel.quant.adaround import AdaRoundLinear, optimize_rounding
-from ditaccel.quant.formats import FPFormat, decode, encode, parse_format
+from ditaccel.quant.formats import ACT_FORMATS, WEIGHT_FORMATS, FPFormat, decode, encode, parse_format
 from ditaccel.quant.io import round_kept_
 from ditaccel.quant.linear import QuantLinear, check_act_format, weight_bytes
 from ditaccel.quant.reconstruct import (
@@ -48,11 +48,12 @@ __all__ = [
 #: Anchored at the top level so FLUX's per-block ``proj_out`` is still quantized.
 DEFAULT_KEEP: tuple[str, ...] = quant_keep_patterns()
 
-WEIGHT_CHOICES = ("e2m1", "e1m2", "e3m0", "auto", "int4")
+#: ``weights``: a registered 4-bit format (``ditaccel.quant.formats.WEIGHT_FORMATS``) or "auto".
+WEIGHT_CHOICES = (*WEIGHT_FORMATS, "auto")
 #: How the kept (not 4-bit) tensors are stored: the model's own dtype, 16-bit floats, or
 #: 8-bit codes for kept Linear weights (power-of-two scale per output row) + 16-bit for the rest.
 KEPT_STORAGE_CHOICES = ("model", "float16", "bfloat16", "int8")
-ACT_CHOICES = ("e2m3", "e3m4", "e4m3", "int8", "int6", "none")
+ACT_CHOICES = (*ACT_FORMATS, "none")
 
 
 @dataclass
@@ -82,7 +83,7 @@ class FP4DiTConfig:
     quantize_qkv: bool = True
     #: ``weights="auto"``: per layer, the candidate with the lowest output error on the calibration
     #: inputs; FP and INT compete, so heavy-tailed layers get FP and light-tailed ones INT.
-    auto_candidates: tuple[str, ...] = ("e2m1", "e1m2", "e3m0", "int4")
+    auto_candidates: tuple[str, ...] = WEIGHT_FORMATS
     #: Storage of the layers kept out of 4-bit (see ``KEPT_STORAGE_CHOICES``). ``quantize_`` rounds
     #: them in memory to exactly what the file holds, so a reload reproduces outputs bitwise.
     kept_storage: str = "float16"
