@@ -154,9 +154,20 @@ class Adapter:
             id(m): n for n, m in transformer.named_modules()
         }
 
+    #: ``BlockSpec.kind`` of the blocks the default ``_blocks`` lists.
+    block_kind: str = "block"
+
     # -- structure ---------------------------------------------------------------------------
     def _blocks(self) -> list[BlockSpec]:
-        raise NotImplementedError
+        """Every block of every list in ``block_list_names``, in order; slot ``i`` is the block's
+        attribute ``component_names[i]``, or None where the block lacks it (or holds None).
+        Families whose slots are other sub-modules, or differ per list, override this."""
+        return [
+            BlockSpec(f"{lst}.{i}", blk, self.block_kind,
+                      tuple(c if getattr(blk, c, None) is not None else None for c in self.component_names))
+            for lst in self.block_list_names
+            for i, blk in enumerate(getattr(self.transformer, lst))
+        ]
 
     @property
     def num_blocks(self) -> int:

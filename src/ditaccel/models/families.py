@@ -132,10 +132,6 @@ class HunyuanAdapter(Adapter):
         (r"^time_extra_emb\.pooler\.(k_proj|v_proj)$", "t5+1"),
     )
 
-    def _blocks(self) -> list[BlockSpec]:
-        return [BlockSpec(f"blocks.{i}", b, "block", ("attn1", "attn2", "ff"))
-                for i, b in enumerate(self.transformer.blocks)]
-
     def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
                         n_txt: int) -> int:
         if slot == 0:
@@ -170,6 +166,7 @@ class SD3Adapter(Adapter):
     transformer_classes = ("SD3Transformer2DModel",)
     label = "SD3"
     block_list_names = ("transformer_blocks",)
+    block_kind = "joint"
     quant_keep = (*Adapter.quant_keep, "time_text_embed")
     first_ffn_linears = ("net.0.proj",)
     qkv_linears = (*Adapter.qkv_linears, "add_q_proj", "add_k_proj", "add_v_proj")
@@ -182,13 +179,6 @@ class SD3Adapter(Adapter):
         (r"^context_embedder$", "txt"),
         (r"\.attn2\.", "img"),
     )
-
-    def _blocks(self) -> list[BlockSpec]:
-        return [
-            BlockSpec(f"transformer_blocks.{i}", b, "joint",
-                      ("attn", "ff", "ff_context" if getattr(b, "ff_context", None) is not None else None))
-            for i, b in enumerate(self.transformer.transformer_blocks)
-        ]
 
     def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
                         n_txt: int) -> int:
@@ -231,13 +221,6 @@ class SanaAdapter(Adapter):
         (r"^proj_out$", "img"),
         (r"^caption_projection\.", "txt"),
     )
-
-    def _blocks(self) -> list[BlockSpec]:
-        return [
-            BlockSpec(f"transformer_blocks.{i}", blk, "block",
-                      ("attn1", "attn2" if getattr(blk, "attn2", None) is not None else None, "ff"))
-            for i, blk in enumerate(self.transformer.transformer_blocks)
-        ]
 
     def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
                         n_txt: int) -> int:
