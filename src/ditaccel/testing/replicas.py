@@ -366,10 +366,11 @@ REPLICAS: dict[str, Replica] = {
                        {"guidance_scale": 5.0, "use_resolution_binning": False}),
     "sd3": Replica(_sd3_transformer, _sd3_pipeline, _sd3_inputs,
                    {"guidance_scale": 5.0, "max_sequence_length": 16}),
-    # No instruction prefix: the prompt alone, padded to 16 tokens, like the other replicas.
+    # No instruction prefix ([] rather than None, which call-argument merging drops): the prompt
+    # alone, padded to 16 tokens, like the other replicas.
     "sana": Replica(_sana_transformer, _sana_pipeline, _sana_inputs,
                     {"guidance_scale": 4.5, "use_resolution_binning": False, "max_sequence_length": 16,
-                     "complex_human_instruction": None},
+                     "complex_human_instruction": []},
                     image=_SANA_IMAGE),
 }
 
