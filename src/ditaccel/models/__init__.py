@@ -1,7 +1,10 @@
 """Model adapters: which sub-modules of a diffusers DiT are cacheable, and what they cost.
 
 ``get_adapter(pipe_or_transformer)`` picks the adapter from the transformer's class. See
-``ditaccel.models.base`` for what an adapter provides.
+``ditaccel.models.base`` for what an adapter provides. Everything ditaccel knows about a
+diffusers class layout lives in the adapters (``families.py``): block lists, cacheable
+sub-modules, MACs, and the names quantization keeps or treats specially (read here by
+``quant_keep_patterns``, ``first_ffn_pattern`` and ``qkv_pattern``).
 """
 
 from __future__ import annotations

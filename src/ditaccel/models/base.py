@@ -117,8 +117,9 @@ def linear_attention_macs(attn: nn.Module, batch: int, n: int) -> int:
 class Adapter:
     """Base adapter. Subclasses set ``family``, ``transformer_classes``, ``label``,
     ``block_list_names``, ``component_names``, ``attention_components``,
-    ``cross_attention_component`` and implement ``_blocks``, ``_component_macs`` and
-    ``default_text_len`` (``_rest_rules`` where embeddings see more than one row).
+    ``cross_attention_component``, implement ``_component_macs`` and ``default_text_len``, set
+    ``_rest_rules`` where embeddings see more than one row, and override ``_blocks`` only where
+    a slot is not simply the block attribute of that name.
 
     The name attributes below are what other parts of ditaccel need to know about a diffusers
     class layout; they read them here instead of keeping their own per-family lists.
