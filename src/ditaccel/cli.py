@@ -168,8 +168,6 @@ def _generate_into(pipe: Any, out: Path, jobs: list[tuple[str, int]], records: l
 # ----------------------------------------------------------------------------- quantize
 
 
-# Shorthands for --weights/--acts: fp4 = E2M1 weights, fp8 = E3M4 (the paper's A8), fp6 = E2M3 (A6).
-_FORMAT_ALIASES = {"fp4": "e2m1", "fp8": "e3m4", "fp6": "e2m3"}
 # The paper's 2500 AdaRound iterations take ~47 min on the bundled model on 2 CPU cores
 # (bench/results/quant.md); 300 keep `quantize` within ~7 min there.
 BUNDLED_ADAROUND_ITERS = 300
@@ -187,14 +185,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         quantize_,
         save_quantized,
     )
+    from ditaccel.quant.formats import FORMAT_ALIASES
 
     out: Path = check_out(args.out, "--overwrite", args.overwrite, to=" to write into it")
     bundled = is_bundled(args.model)
     iters = args.iters if args.iters is not None else (BUNDLED_ADAROUND_ITERS if bundled else 2500)
     if iters < 1:
         raise DitaccelError(f"--iters must be >= 1, got {iters}")
-    weights = _FORMAT_ALIASES.get(args.weights, args.weights)
-    acts = _FORMAT_ALIASES.get(args.acts, args.acts)
+    weights = FORMAT_ALIASES.get(args.weights, args.weights)
+    acts = FORMAT_ALIASES.get(args.acts, args.acts)
     config = FP4DiTConfig(weights=weights, acts=acts, adaround=not args.no_adaround, iters=iters,
                           kept_storage=args.kept_storage)
     prompts = load_prompts(args.calib_prompts) if args.calib_prompts else _default_calib_prompts(bundled)
@@ -313,9 +312,12 @@ def _add_generate_parser(sub: Any) -> None:
 def _add_quantize_parser(sub: Any) -> None:
     q = sub.add_parser("quantize", help="FP4DiT post-training quantization of the transformer (packed FP4 weights)")
     add_model_args(q)
+    from ditaccel.quant.api import ACT_CHOICES, WEIGHT_CHOICES
+    from ditaccel.quant.formats import formats_help
+
     q.add_argument("--weights", default="e2m1",
-                   help="e2m1 (= fp4) | e1m2 | e3m0 | auto | int4 (default e2m1; the first FFN linear gets E3M0)")
-    q.add_argument("--acts", default="e3m4", help="e2m3 (= fp6) | e3m4 (= fp8) | e4m3 | int8 | none (online, per token)")
+                   help=f"{formats_help(WEIGHT_CHOICES)} (default e2m1; the first FFN linear gets E3M0)")
+    q.add_argument("--acts", default="e3m4", help=f"{formats_help(ACT_CHOICES)} (online, per token)")
     q.add_argument("--calib-prompts", default=None, help="prompt set or file (default: the model's calibration prompts)")
     q.add_argument("--calib-seeds", default="0", help="seeds per calibration prompt")
     q.add_argument("--calib-images", action="append", metavar="DIR",

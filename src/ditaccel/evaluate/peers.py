@@ -59,6 +59,7 @@ import torch
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.runtime import unregister_hook
 from ditaccel.errors import DitaccelError
+from ditaccel.models import get_adapter
 
 _CONTEXT_HOOK = "ditaccel_peer_context"
 
@@ -202,15 +203,6 @@ def _num_steps(pipe: Any, call_kwargs: dict[str, Any]) -> int:
     return int(steps)
 
 
-def _block_list_name(transformer: torch.nn.Module) -> str:
-    from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
-
-    for name, child in transformer.named_children():
-        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList):
-            return name
-    raise PeerUnavailable(f"{type(transformer).__name__} has no transformer block list diffusers' caches know")
-
-
 def _config(name: str, params: dict[str, Any], transformer: torch.nn.Module, steps: int,
             timestep_fn: Callable[[], float]) -> Any:
     import diffusers.hooks as dh
@@ -230,12 +222,12 @@ def _config(name: str, params: dict[str, Any], transformer: torch.nn.Module, ste
             attention_weight_callback=lambda _: 0.3, current_timestep_callback=timestep_fn,
             tensor_format="BCHW", is_guidance_distilled=False)
     if name == "taylorseer":
-        blocks = _block_list_name(transformer)
         # TaylorSeer predicts attention and MLP features per layer; diffusers' default patterns
-        # ("^transformer_blocks.*attn" with fullmatch) match no PixArt module, so name them.
+        # ("^transformer_blocks.*attn" with fullmatch) match no PixArt module, so the adapter names
+        # the cacheable sub-modules of the first block list.
         return dh.TaylorSeerCacheConfig(
             cache_interval=int(params["interval"]), max_order=int(params["order"]), disable_cache_before_step=2,
-            cache_identifiers=[rf"^{blocks}\.\d+\.(attn1|attn2|ff|attn|ff_context)$"])
+            cache_identifiers=[get_adapter(transformer).component_pattern()])
     if name == "magcache":
         return dh.MagCacheConfig(threshold=float(params["threshold"]), num_inference_steps=steps,
                                  mag_ratios=params["mag_ratios"])
