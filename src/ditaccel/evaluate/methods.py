@@ -206,7 +206,7 @@ def _entries() -> list[MethodEntry]:
         MethodEntry("teacache", "dynamic", "TeaCache-style (ditaccel)", "teacache[:T]",
                     "TeaCache-style: skip the block stack while the accumulated relative change of block 0's "
                     "modulated input stays under T (0.1)", (Knob("threshold", "threshold {}", float, 0.1),),
-                    ("0.05", "0.1", "0.2", "0.3", "0.5", "0.8"), install=_teacache),
+                    ("0.03", "0.05", "0.1", "0.2", "0.3", "0.5", "0.8"), install=_teacache),
         MethodEntry("fp4-w4a8", "quant", "FP4DiT W4A8", "fp4-w4a8[:ITERS]",
                     "FP4DiT: E2M1 weights (E3M0 first FFN) + E3M4 per-token acts", (it,),
                     quant={"weights": "e2m1", "acts": "e3m4", "first_ffn_weights": "e3m0"}),
