@@ -68,3 +68,23 @@ def test_teacache_refuses_other_families_with_a_reason() -> None:
 
     with pytest.raises(PeerUnavailable, match="flux is not supported"):
         apply_teacache(build_pipeline("flux"))
+
+
+def test_teacache_row_installs_through_the_registry_and_leaves_no_trace() -> None:
+    from ditaccel.evaluate import QuantSettings, installed, prepare, resolve_methods
+    from ditaccel.evaluate.methods import parse_methods
+    from ditaccel.testing.replicas import build_pipeline
+
+    pipe = build_pipeline("pixart-alpha")
+    kw = {"num_inference_steps": 6, "height": 16, "width": 16, "max_sequence_length": 16}
+    ref = generate_images(pipe, PROMPTS, [0, 1], batch_size=2, **kw)
+    (m,) = resolve_methods(pipe, parse_methods("teacache:0.8"), 6)
+    assert (m.kind, m.peer, m.peer_params) == ("peer", "teacache", {"threshold": 0.8})
+    prepare(pipe, m, kw, QuantSettings(prompts=PROMPTS), PROMPTS)
+    assert m.skipped is None and m.prepared.transformer is pipe.transformer
+    with installed(pipe, m, kw, PROMPTS):
+        out = generate_images(pipe, PROMPTS, [0, 1], batch_size=2, **kw)
+    assert all(a.shape == r.shape for a, r in zip(out, ref, strict=True))
+    assert all(not hasattr(mod, "_diffusers_hook") for mod in pipe.transformer.modules())
+    assert all(np.array_equal(a, r) for a, r in zip(generate_images(pipe, PROMPTS, [0, 1], batch_size=2, **kw), ref,
+                                                   strict=True))

@@ -1,7 +1,8 @@
 """Dynamic caches (deciding at run time): the peers' caches on pipelines not written for them.
 
 Each method here (and ``dynamic_teacache.py``, ditaccel's own) is one entry of the methods
-registry (``ditaccel.evaluate.methods.REGISTRY``), which holds its knobs, defaults and label.
+registry (``ditaccel.evaluate.methods.REGISTRY``: its knobs, checks, sweep grid and label); the
+knob defaults are in ``DEFAULTS`` below, beside the code that reads them.
 
 diffusers' caches (FirstBlockCache, PyramidAttentionBroadcast, FasterCache, TaylorSeer, MagCache)
 expect two things from the pipeline that PixArt's does not give:
@@ -41,6 +42,7 @@ fastercache   yes     no      no      no: its CFG-batch split / BCHW frequency f
 taylorseer    yes     yes     yes     yes
 magcache      yes     yes     yes     no: HunyuanDiTBlock not registered
 cachedit      yes     yes     yes     yes
+teacache      yes     no      no      no: ditaccel's own (dynamic_teacache.py), PixArt-style blocks only
 ============  ======  ======  ======  ===========================================================
 
 A method that cannot run becomes a skipped row whose reason is the first line of the error.
@@ -66,7 +68,7 @@ from ditaccel.errors import DitaccelError
 
 _CONTEXT_HOOK = "ditaccel_peer_context"
 
-#: name -> (diffusers config class, short description); the knobs, their defaults and sweep grids
+#: name -> (diffusers config class, short description); the knobs' labels, checks and sweep grids
 #: are in the methods registry, ``ditaccel.evaluate.methods.REGISTRY``
 DIFFUSERS_CACHES: dict[str, tuple[str, str]] = {
     "fbc": ("FirstBlockCacheConfig", "FirstBlockCache: skip all later blocks when block 0's residual "
@@ -82,11 +84,22 @@ DIFFUSERS_CACHES: dict[str, tuple[str, str]] = {
 }
 
 
-def knob_defaults(name: str) -> dict[str, Any]:
-    """The knob defaults of registry entry ``name`` (the one place they are written)."""
-    from ditaccel.evaluate.methods import REGISTRY
+#: each method's knob defaults, owned here beside the code that reads them (as diffusers' config
+#: classes own theirs); the methods registry (``ditaccel.evaluate.methods``) reads them from here
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "fbc": {"threshold": 0.05},
+    "pab": {"skip": 2},
+    "fastercache": {"skip": 2},
+    "taylorseer": {"interval": 3, "order": 1},
+    "magcache": {"threshold": 0.06},
+    "cachedit": {"threshold": 0.08, "warmup": 4, "fn": 1, "bn": 0},
+    "teacache": {"threshold": 0.1},   # caching/dynamic_teacache.py
+}
 
-    return {k.key: k.default for k in REGISTRY[name].knobs}
+
+def knob_defaults(name: str) -> dict[str, Any]:
+    """A copy of dynamic method ``name``'s knob defaults."""
+    return dict(DEFAULTS[name])
 
 
 class PeerUnavailable(DitaccelError):

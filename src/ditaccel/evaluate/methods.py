@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ditaccel.caching.dynamic import knob_defaults as _dyn
 from ditaccel.errors import DitaccelError
 
 DEFAULT_QUANT_ITERS = 100
@@ -160,17 +161,18 @@ def _entries() -> list[MethodEntry]:
     bench/results/peers.md shows what each reached.
     """
     it = Knob("iters", "AdaRound {} it/block", int, DEFAULT_QUANT_ITERS, minimum=-0.5)  # 0 = round-to-nearest
+    cd = _dyn("cachedit")
     return [
         MethodEntry("baseline", "baseline", "Baseline (no acceleration)", "baseline",
                     "no acceleration (the reference for speedup, PSNR and SSIM)"),
-        MethodEntry("fora", "schedule", "FORA", "fora[:N]", "FORA: recompute everything every N steps (default 3)",
+        MethodEntry("fora", "schedule", "FORA", "fora[:N]", "FORA: recompute everything every N steps",
                     (Knob("n", "recompute every {} steps", int, 3),), ("2", "3", "4", "5", "6", "8", "10"),
                     schedule=_preset("fora")),
-        MethodEntry("tgate", "schedule", "TGATE", "tgate[:K]", "TGATE: cross-attention frozen after step K (default 8)",
+        MethodEntry("tgate", "schedule", "TGATE", "tgate[:K]", "TGATE: cross-attention frozen after step K",
                     (Knob("k", "cross-attention frozen from step {}", int, 8),), ("2", "4", "8", "12", "16"),
                     schedule=_preset("tgate")),
         MethodEntry("delta-dit", "schedule", "Delta-DiT (stage-wise block cache)", "delta-dit[:N]",
-                    "Delta-DiT style stage-wise block caching, every N steps (default 2)",
+                    "Delta-DiT style stage-wise block caching, every N steps",
                     (Knob("n", "cached half recomputed every {} steps", int, 2),), ("2", "3", "5"),
                     schedule=_preset("delta_dit")),
         MethodEntry("schedule", "schedule", "Schedule", "schedule:FILE", "any CacheSchedule JSON", max_args=1,
@@ -179,33 +181,37 @@ def _entries() -> list[MethodEntry]:
                     "every point of a search folder's frontier, or the one nearest 2.5x", max_args=2,
                     args=_ecad_args, expand=_ecad_rows),
         MethodEntry("fbc", "dynamic", "FirstBlockCache (diffusers)", "fbc[:T]",
-                    "diffusers FirstBlockCache, threshold T (0.05)", (Knob("threshold", "threshold {}", float, 0.05),),
+                    "diffusers FirstBlockCache, threshold T",
+                    (Knob("threshold", "threshold {}", float, _dyn("fbc")["threshold"]),),
                     ("0.05", "0.1", "0.15", "0.2", "0.3", "0.45", "0.6", "0.8"), install=_diffusers_cache("fbc")),
         MethodEntry("pab", "dynamic", "Pyramid Attention Broadcast (diffusers)", "pab[:N]",
-                    "diffusers Pyramid Attention Broadcast, self-attn every N calls (2)",
-                    (Knob("skip", "self-attention every {} calls", int, 2),), ("2", "3", "4", "6"),
+                    "diffusers Pyramid Attention Broadcast, self-attention every N calls",
+                    (Knob("skip", "self-attention every {} calls", int, _dyn("pab")["skip"]),), ("2", "3", "4", "6"),
                     install=_diffusers_cache("pab")),
         MethodEntry("fastercache", "dynamic", "FasterCache (diffusers)", "fastercache[:N]",
-                    "diffusers FasterCache (N = attention skip range, 2)",
-                    (Knob("skip", "attention every {} calls", int, 2),), ("2", "3", "5"),
+                    "diffusers FasterCache, N = attention skip range",
+                    (Knob("skip", "attention every {} calls", int, _dyn("fastercache")["skip"]),), ("2", "3", "5"),
                     install=_diffusers_cache("fastercache")),
         MethodEntry("taylorseer", "dynamic", "TaylorSeer (diffusers)", "taylorseer[:N[:O]]",
-                    "diffusers TaylorSeer, interval N (3), order O (1)",
-                    (Knob("interval", "interval {}", int, 3), Knob("order", "order {}", int, 1)),
+                    "diffusers TaylorSeer, interval N, order O",
+                    (Knob("interval", "interval {}", int, _dyn("taylorseer")["interval"]),
+                     Knob("order", "order {}", int, _dyn("taylorseer")["order"])),
                     ("2:1", "3:1", "4:1", "6:1", "2:2", "3:2", "4:2", "6:2"), install=_diffusers_cache("taylorseer")),
         MethodEntry("magcache", "dynamic", "MagCache (diffusers)", "magcache[:T]",
-                    "diffusers MagCache, threshold T (0.06), ratios calibrated here",
-                    (Knob("threshold", "threshold {}", float, 0.06),), ("0.03", "0.06", "0.12", "0.2", "0.4"),
+                    "diffusers MagCache, threshold T, ratios calibrated here",
+                    (Knob("threshold", "threshold {}", float, _dyn("magcache")["threshold"]),), ("0.03", "0.06", "0.12", "0.2", "0.4"),
                     install=_diffusers_cache("magcache")),
         MethodEntry("cachedit", "dynamic", "cache-dit DBCache", "cachedit[:T[:W[:F[:B]]]]",
-                    "cache-dit DBCache FnBn: threshold T (0.08), warm-up W (4), F first (1) / B last (0) blocks",
-                    (Knob("threshold", "threshold {}", float, 0.08), Knob("warmup", "warm-up {}", int, 4, minimum=-0.5),
-                     Knob("fn", "F{}", int, 1), Knob("bn", "B{}", int, 0, minimum=-0.5)),
+                    "cache-dit DBCache FnBn: threshold T, warm-up W, F first / B last blocks always computed",
+                    (Knob("threshold", "threshold {}", float, cd["threshold"]),
+                     Knob("warmup", "warm-up {}", int, cd["warmup"], minimum=-0.5),
+                     Knob("fn", "F{}", int, cd["fn"]), Knob("bn", "B{}", int, cd["bn"], minimum=-0.5)),
                     ("0.08", "0.15", "0.3", "0.5", "0.3:1", "0.5:1", "0.8:1", "0.3:2:4:0", "0.5:2:4:0"),
                     install=_cachedit),
         MethodEntry("teacache", "dynamic", "TeaCache-style (ditaccel)", "teacache[:T]",
                     "TeaCache-style: skip the block stack while the accumulated relative change of block 0's "
-                    "modulated input stays under T (0.1)", (Knob("threshold", "threshold {}", float, 0.1),),
+                    "modulated input stays under T",
+                    (Knob("threshold", "threshold {}", float, _dyn("teacache")["threshold"]),),
                     ("0.03", "0.05", "0.1", "0.2", "0.3", "0.5", "0.8"), install=_teacache),
         MethodEntry("fp4-w4a8", "quant", "FP4DiT W4A8", "fp4-w4a8[:ITERS]",
                     "FP4DiT: E2M1 weights (E3M0 first FFN) + E3M4 per-token acts", (it,),
@@ -226,8 +232,12 @@ QUANT_PRESETS: dict[str, dict[str, Any]] = {}
 
 
 def methods_table() -> str:
-    """One line per method, ``syntax: what it does``, read off the registry (for ``--help`` and docs)."""
-    return "; ".join(f"{e.syntax} = {e.help}" for e in REGISTRY.values())
+    """Every method as ``syntax = what it does (defaults)``, read off the registry (for ``--help`` and docs)."""
+    def defaults(e: MethodEntry) -> str:
+        words = [k.fmt.format(_fmt(k.default)) for k in e.knobs]
+        return f" (default: {', '.join(words)})" if words else ""
+
+    return "; ".join(f"{e.syntax} = {e.help}{defaults(e)}" for e in REGISTRY.values())
 
 
 @dataclass(frozen=True)
@@ -378,6 +388,19 @@ class Prepared:
     skipped: str | None = None      # why the row cannot run here (a peer unavailable on this model)
 
 
+class _FromPrepared:
+    """A ``Method`` attribute that lives in its ``prepared`` run state (how the runner reads it)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj.prepared, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj.prepared, self.name, value)
+
+
 @dataclass
 class Method:
     """A row resolved against a model: what to install, and what is known before running it.
@@ -403,37 +426,10 @@ class Method:
     notes: list[str] = field(default_factory=list)
     prepared: Prepared = field(default_factory=Prepared)
 
-    @property
-    def transformer(self) -> Any:
-        return self.prepared.transformer
-
-    @transformer.setter
-    def transformer(self, value: Any) -> None:
-        self.prepared.transformer = value
-
-    @property
-    def setup_seconds(self) -> float:
-        return self.prepared.setup_seconds
-
-    @setup_seconds.setter
-    def setup_seconds(self, value: float) -> None:
-        self.prepared.setup_seconds = value
-
-    @property
-    def quant_report(self) -> dict[str, Any]:
-        return self.prepared.quant_report
-
-    @quant_report.setter
-    def quant_report(self, value: dict[str, Any]) -> None:
-        self.prepared.quant_report = value
-
-    @property
-    def skipped(self) -> str | None:
-        return self.prepared.skipped
-
-    @skipped.setter
-    def skipped(self, value: str | None) -> None:
-        self.prepared.skipped = value
+    transformer = _FromPrepared()
+    setup_seconds = _FromPrepared()
+    quant_report = _FromPrepared()
+    skipped = _FromPrepared()
 
 
 def _fit_steps(method: Method, steps: int) -> None:
