@@ -121,8 +121,8 @@ def test_table_lists_every_requested_method(full_run: tuple) -> None:
 
 
 def test_peers_leave_the_model_exactly_as_before() -> None:
+    from ditaccel.caching.dynamic import cachedit_status
     from ditaccel.evaluate import apply_cachedit, apply_peer_cache
-    from ditaccel.evaluate.peers import cachedit_status
     from ditaccel.pipeline import generate_images
 
     pipe = _replica()
@@ -142,7 +142,7 @@ def test_peers_leave_the_model_exactly_as_before() -> None:
 
 
 def test_unavailable_peer_is_a_skipped_row_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ditaccel.evaluate.peers.cachedit_status", lambda: "cache-dit is not importable (test)")
+    monkeypatch.setattr("ditaccel.caching.dynamic.cachedit_status", lambda: "cache-dit is not importable (test)")
     cfg = EvalConfig(methods="cachedit,fora:2", out=tmp_path, prompts=PROMPTS[:1], seeds=[0], steps=4,
                      timing_repeats=1, progress=False)
     result = evaluate(cfg, pipe=_replica())

@@ -62,6 +62,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on the main ``ditaccel`` parser."""
+    from ditaccel.evaluate.methods import methods_table
+
     p = subparsers.add_parser(
         "eval", help="compare methods and peers side by side (speed, MACs, memory, quality)",
         description="Every method on the same prompts, seeds and machine: measured speedup, MACs speedup, "
@@ -70,10 +72,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     add_model_args(p)
     add_compile_arg(p)
     p.add_argument("--methods", required=True,
-                   help="comma list, e.g. baseline,fora:3,tgate:8,delta-dit,ecad:runs/x,ecad:runs/x:2.5x,"
-                        "schedule:s.json,fbc,pab,fastercache,taylorseer,magcache,cachedit,fp4-w4a8,fp4-w4a6,"
-                        "int-w4a8,fp4-w4a8+ecad:runs/x:2.5x; fbc:sweep expands to FirstBlockCache's threshold "
-                        "grid, peers:sweep to every method's knob grid")
+                   help="comma list of rows, a cache and a quantization joined by '+' (e.g. "
+                        "baseline,fora:3,fbc:sweep,fp4-w4a8+ecad:runs/x:2.5x); NAME:sweep expands to NAME's "
+                        f"knob grid, peers:sweep to every grid. Methods: {methods_table()}")
     p.add_argument("--prompts", default="heldout",
                    help="calibration, heldout, all, parti, coco, drawbench, imagereward, or a file (MJHQ meta_data.json)")
     p.add_argument("--seeds", default="0", help="e.g. 0,1,2 or 0-3")
