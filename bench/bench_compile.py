@@ -58,7 +58,7 @@ def mixed_schedule(t: torch.nn.Module, steps: int) -> CacheSchedule:
 
 
 def bundled_target() -> tuple[torch.nn.Module, Callable[[Any], Any], dict[str, Any]]:
-    from ditaccel.pipeline import generate_images, load_pipeline
+    from ditaccel.pipeline import generate_images, load_pipeline, pipeline_info
 
     pipe = load_pipeline()
     prompts = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
@@ -68,7 +68,7 @@ def bundled_target() -> tuple[torch.nn.Module, Callable[[Any], Any], dict[str, A
         imgs = generate_images(pipe, prompts, [0, 1, 2, 3], batch_size=4)
         return torch.from_numpy(np.stack(imgs).astype(np.float32))
 
-    steps = int(pipe._ditaccel_call_defaults.get("num_inference_steps", 20))
+    steps = int(pipeline_info(pipe).call_defaults.get("num_inference_steps", 20))
     from ditaccel.models import image_size
 
     height, width = image_size(pipe)

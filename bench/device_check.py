@@ -174,7 +174,7 @@ def _install(t: torch.nn.Module, how: Any, steps: int) -> Any:
         return None
     if isinstance(how, CacheSchedule):
         return apply_schedule(t, how)
-    from ditaccel.evaluate.peers import apply_peer_cache
+    from ditaccel.caching.dynamic import apply_peer_cache
 
     return apply_peer_cache(SimpleNamespace(transformer=t), how, {"num_inference_steps": steps})
 

@@ -25,7 +25,7 @@ import torch
 from ditaccel._io import atomic_write_text
 from ditaccel._machine import machine_description
 from ditaccel.caching import CacheSchedule, apply_schedule, presets, schedule_macs
-from ditaccel.evaluate.peers import apply_peer_cache
+from ditaccel.caching.dynamic import apply_peer_cache
 from ditaccel.metrics import get_metric
 from ditaccel.metrics.fidelity import psnr
 from ditaccel.models import get_adapter, image_size

@@ -20,8 +20,10 @@ PROMPTS = ["a red fox", "a blue car", "a green tree"]
 def _replica() -> object:
     pipe = build_pipeline("pixart-alpha")
     # what load_pipeline() reads from ditaccel.json: small, fast calls on the replica
-    pipe._ditaccel_call_defaults = {"height": 16, "width": 16, "max_sequence_length": 16, "guidance_scale": 4.5}
-    return pipe
+    from ditaccel.pipeline import PipelineInfo, set_pipeline_info
+
+    defaults = {"height": 16, "width": 16, "max_sequence_length": 16, "guidance_scale": 4.5}
+    return set_pipeline_info(pipe, PipelineInfo(call_defaults=defaults))
 
 
 def _frontier(pipe: object, folder: Path) -> None:
@@ -119,8 +121,8 @@ def test_table_lists_every_requested_method(full_run: tuple) -> None:
 
 
 def test_peers_leave_the_model_exactly_as_before() -> None:
+    from ditaccel.caching.dynamic import cachedit_status
     from ditaccel.evaluate import apply_cachedit, apply_peer_cache
-    from ditaccel.evaluate.peers import cachedit_status
     from ditaccel.pipeline import generate_images
 
     pipe = _replica()
@@ -140,7 +142,7 @@ def test_peers_leave_the_model_exactly_as_before() -> None:
 
 
 def test_unavailable_peer_is_a_skipped_row_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ditaccel.evaluate.peers.cachedit_status", lambda: "cache-dit is not importable (test)")
+    monkeypatch.setattr("ditaccel.caching.dynamic.cachedit_status", lambda: "cache-dit is not importable (test)")
     cfg = EvalConfig(methods="cachedit,fora:2", out=tmp_path, prompts=PROMPTS[:1], seeds=[0], steps=4,
                      timing_repeats=1, progress=False)
     result = evaluate(cfg, pipe=_replica())

@@ -77,6 +77,10 @@ OUT = ["--out", "OUT"]
     (["search", "--generations", "0", *OUT], "argument --generations: must be >= 1"),
     (["search", "--seed", "-1", *OUT], "argument --seed: must be in 0 .. 2**63-1"),
     (["search", "--metric", "clip", "--metric-path", "clip_pth=/x", *OUT], "key 'clip_pth' is not one metric clip uses"),
+    (["eval", "--methods", "baseline", "--metric-path", "clip_pth=/x", *OUT],
+     "--metric-path key 'clip_pth' is not one any metric uses; use one of clip_path, imagereward_path"),
+    (["eval", "--methods", "baseline", "--metric-path", "clip_path", *OUT], "'clip_path' is not KEY=PATH"),
+    (["eval", "--methods", "baseline", "--clip", "/x", *OUT], "unrecognized arguments: --clip"),
     (["frontier", "OUT", "--min-quality", "inf"], "argument --min-quality"),
 ])
 def test_nonsense_is_one_line(bundled_pipe, tmp_path, capsys, argv, message):

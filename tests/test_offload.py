@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ditaccel.caching import apply_schedule, presets
-from ditaccel.evaluate.peers import apply_peer_cache
+from ditaccel.caching.dynamic import apply_peer_cache
 from ditaccel.pipeline import pipeline_call_kwargs
 from ditaccel.testing.replicas import build_pipeline, call_kwargs
 

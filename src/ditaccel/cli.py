@@ -1,4 +1,9 @@
-"""The ``ditaccel`` command: thin argument parsing over the library, output through rich."""
+"""The ``ditaccel`` command: thin argument parsing over the library, output through rich.
+
+The entry point (``main``). ``generate``, ``quantize``, ``schedule`` and ``demo`` live here,
+``search``/``frontier`` in ``ditaccel.search.cli``, ``eval`` in ``ditaccel.evaluate.cli``; the flags
+they share come from ``ditaccel.cli_common``, and no module imports this one back.
+"""
 
 from __future__ import annotations
 
@@ -6,93 +11,22 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-from ditaccel.errors import DitaccelError, Interrupted, ScheduleError, UsageError
-
-console = Console(stderr=True)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors reach ``main`` and print as one ``ditaccel: error:`` line."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message}; see `{self.prog} --help`")
-
-
-def number_type(cast: Callable[[str], Any], ok: Callable[[Any], bool], need: str,
-                what: str = "a number") -> Callable[[str], Any]:
-    """An argparse type: ``cast`` the text, then refuse values ``ok`` rejects with ``need``."""
-    def parse(text: str) -> Any:
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{need}, got {text}")
-        return value
-
-    return parse
-
-
-# --steps 0 would write a non-denoised image; seeds are numpy's range; nan/inf CFG scales are nonsense
-positive_int = number_type(int, lambda v: v >= 1, "must be >= 1", "a whole number")
-non_negative_int = number_type(int, lambda v: 0 <= v < 2**63, "must be in 0 .. 2**63-1", "a whole number")
-guidance_scale = number_type(float, lambda v: 0 <= v < float("inf"), "must be a finite number >= 0")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-
-
-def _check_out_dir(out: Path) -> None:
-    from ditaccel._io import check_out_dir
-
-    check_out_dir(out)
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the bundled model)")
-    from ditaccel.device import add_device_args
-
-    add_device_args(p)
-    p.add_argument("--quantized", type=Path, default=None, help="folder written by `ditaccel quantize`")
-
-
-def add_compile_arg(p: argparse.ArgumentParser) -> None:
-    """``--compile``: regional torch.compile of the cacheable components (see ditaccel.caching.compile)."""
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile (inductor) each cacheable component; cache schedules then add no graph "
-                        "break and no recompile (the first generation pays the compile time)")
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from ditaccel.pipeline import load_pipeline
-
-    quantized = None
-    if getattr(args, "quantized", None) is not None:  # a damaged folder fails before the model loads
-        from ditaccel.quant import open_quantized
-
-        quantized = open_quantized(args.quantized)
-    pipe = load_pipeline(args.model, device=args.device, dtype=getattr(args, "dtype", "auto"))
-    if quantized is not None:
-        from ditaccel.quant import load_quantized
-
-        load_quantized(quantized, pipe)  # the folder checked above: its tensor file is not hashed again
-    if getattr(args, "compile", False):
-        from ditaccel.caching import compile_components
-
-        compile_components(pipe)
-    return pipe
-
+from ditaccel.cli_common import (
+    Parser,
+    add_compile_arg,
+    add_model_args,
+    check_out,
+    console,
+    guidance_scale,
+    load_model,
+    positive_int,
+    progress,
+)
+from ditaccel.errors import DitaccelError, Interrupted, ScheduleError
 
 # ----------------------------------------------------------------------------- generate
 
@@ -111,15 +45,13 @@ _INDEX = "images.jsonl"
 
 
 def _earlier_images(out: Path, resume: bool) -> list[dict[str, Any]]:
-    """The records of an earlier ``generate`` in ``out``: never overwritten, only added to with ``--resume``."""
+    """The records of an earlier ``generate`` in ``out`` (``check_out`` refused a non-empty one without ``--resume``)."""
     from ditaccel._io import read_checked_jsonl
 
     if not (out.is_dir() and any(out.iterdir())):
         if resume:
             console.print(f"--resume: {out} holds no earlier images; starting a new folder")
         return []
-    if not resume:
-        raise DitaccelError(f"--out {out} is not empty; pass --resume to add to its images or choose a new folder")
     if not (out / _INDEX).is_file():
         raise DitaccelError(f"--out {out} holds files but no {_INDEX}, so it is not a `ditaccel generate` folder; "
                             "choose a new folder")
@@ -155,15 +87,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     if args.batch_size < 1:
         raise DitaccelError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out: Path = args.out
-    _check_out_dir(out)
+    out: Path = check_out(args.out, "--resume", args.resume, to=" to add to its images")
     records = _earlier_images(out, args.resume)
     schedule = None
     if args.schedule is not None:
         from ditaccel.caching import CacheSchedule
 
         schedule = CacheSchedule.load(args.schedule)
-    pipe = _load(args)
+    pipe = load_model(args)
     from ditaccel.pipeline import pipeline_call_kwargs
 
     call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
@@ -212,7 +143,7 @@ def _generate_into(pipe: Any, out: Path, jobs: list[tuple[str, int]], records: l
     out.mkdir(parents=True, exist_ok=True)
     number, written = _next_number(out, records), 0
     try:
-        with _progress() as prog:
+        with progress() as prog:
             task = prog.add_task("generating", total=len(jobs))
             for start in range(0, len(jobs), batch_size):
                 chunk = jobs[start : start + batch_size]
@@ -237,8 +168,6 @@ def _generate_into(pipe: Any, out: Path, jobs: list[tuple[str, int]], records: l
 # ----------------------------------------------------------------------------- quantize
 
 
-# design.md's shorthands: fp4 = E2M1 weights, fp8 = E3M4 (the paper's A8), fp6 = E2M3 (A6).
-_FORMAT_ALIASES = {"fp4": "e2m1", "fp8": "e3m4", "fp6": "e2m3"}
 # The paper's 2500 AdaRound iterations take ~47 min on the bundled model on 2 CPU cores
 # (bench/results/quant.md); 300 keep `quantize` within ~7 min there.
 BUNDLED_ADAROUND_ITERS = 300
@@ -246,7 +175,7 @@ BUNDLED_ADAROUND_ITERS = 300
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from ditaccel.models import image_size
-    from ditaccel.pipeline import pipeline_call_kwargs
+    from ditaccel.pipeline import is_bundled, pipeline_call_kwargs
     from ditaccel.prompts import load_prompts, parse_seeds
     from ditaccel.quant import (
         FP4DiTConfig,
@@ -256,19 +185,18 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         quantize_,
         save_quantized,
     )
+    from ditaccel.quant.formats import FORMAT_ALIASES
 
-    out: Path = args.out
-    _check_out_dir(out)
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise DitaccelError(f"--out {out} is not empty; pick a new folder or pass --overwrite")
-    iters = args.iters if args.iters is not None else (BUNDLED_ADAROUND_ITERS if args.model is None else 2500)
+    out: Path = check_out(args.out, "--overwrite", args.overwrite, to=" to write into it")
+    bundled = is_bundled(args.model)
+    iters = args.iters if args.iters is not None else (BUNDLED_ADAROUND_ITERS if bundled else 2500)
     if iters < 1:
         raise DitaccelError(f"--iters must be >= 1, got {iters}")
-    weights = _FORMAT_ALIASES.get(args.weights, args.weights)
-    acts = _FORMAT_ALIASES.get(args.acts, args.acts)
+    weights = FORMAT_ALIASES.get(args.weights, args.weights)
+    acts = FORMAT_ALIASES.get(args.acts, args.acts)
     config = FP4DiTConfig(weights=weights, acts=acts, adaround=not args.no_adaround, iters=iters,
                           kept_storage=args.kept_storage)
-    prompts = load_prompts(args.calib_prompts) if args.calib_prompts else _default_calib_prompts(args.model)
+    prompts = load_prompts(args.calib_prompts) if args.calib_prompts else _default_calib_prompts(bundled)
     seeds = parse_seeds(args.calib_seeds)
     if args.quantized is not None:
         raise DitaccelError("quantize starts from full-precision weights; drop --quantized")
@@ -276,7 +204,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     for folder in folders:  # before loading the model
         if not folder.is_dir():
             raise DitaccelError(f"--calib-images {folder} is not a folder; pass a folder of images + captions")
-    pipe = _load(args)
+    pipe = load_model(args)
     t0 = time.perf_counter()
     try:  # nothing is written before the end, so an interruption loses only time
         console.print(f"collecting calibration data: {len(prompts)} prompts x {len(seeds)} seeds along the sampler")
@@ -303,10 +231,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_calib_prompts(model: str | None) -> list[str]:
+def _default_calib_prompts(bundled: bool) -> list[str]:
     from ditaccel.prompts import load_prompts
 
-    return load_prompts("calibration") if model is None else load_prompts("parti", limit=32)
+    return load_prompts("calibration") if bundled else load_prompts("parti", limit=32)
 
 
 # ----------------------------------------------------------------------------- schedule convert
@@ -346,10 +274,9 @@ def cmd_schedule_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ditaccel._io import check_out_dir
     from ditaccel.demo import run_demo
 
-    check_out_dir(args.out)
+    check_out(args.out)
     try:
         return run_demo(args.out, generations=args.generations, population=args.population, console=console)
     except KeyboardInterrupt:
@@ -360,12 +287,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- entry
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="ditaccel", description="Faster, smaller diffusion transformers.")
-    sub = ap.add_subparsers(dest="command", required=True)
-
+def _add_generate_parser(sub: Any) -> None:
     g = sub.add_parser("generate", help="generate images (optionally with a cache schedule / quantized model)")
-    _add_model_args(g)
+    add_model_args(g)
     src = g.add_mutually_exclusive_group()
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     src.add_argument("--prompts", help="prompt set (calibration, heldout, all, parti, coco, drawbench, imagereward) or file")
@@ -384,11 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "existing ones; nothing is overwritten")
     g.set_defaults(func=cmd_generate)
 
+
+def _add_quantize_parser(sub: Any) -> None:
     q = sub.add_parser("quantize", help="FP4DiT post-training quantization of the transformer (packed FP4 weights)")
-    _add_model_args(q)
+    add_model_args(q)
+    from ditaccel.quant.api import ACT_CHOICES, WEIGHT_CHOICES
+    from ditaccel.quant.formats import formats_help
+
     q.add_argument("--weights", default="e2m1",
-                   help="e2m1 (= fp4) | e1m2 | e3m0 | auto | int4 (default e2m1; the first FFN linear gets E3M0)")
-    q.add_argument("--acts", default="e3m4", help="e2m3 (= fp6) | e3m4 (= fp8) | e4m3 | int8 | none (online, per token)")
+                   help=f"{formats_help(WEIGHT_CHOICES)} (default e2m1; the first FFN linear gets E3M0)")
+    q.add_argument("--acts", default="e3m4", help=f"{formats_help(ACT_CHOICES)} (online, per token)")
     q.add_argument("--calib-prompts", default=None, help="prompt set or file (default: the model's calibration prompts)")
     q.add_argument("--calib-seeds", default="0", help="seeds per calibration prompt")
     q.add_argument("--calib-images", action="append", metavar="DIR",
@@ -405,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, required=True)
     q.set_defaults(func=cmd_quantize)
 
+
+def _add_schedule_parser(sub: Any) -> None:
     sc = sub.add_parser("schedule", help="cache schedule files: convert between ditaccel's and ECAD's JSON")
     sc_sub = sc.add_subparsers(dest="schedule_command", required=True)
     cv = sc_sub.add_parser("convert", help="ECAD schedule JSON <-> ditaccel schedule JSON (input format detected)")
@@ -417,17 +348,25 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     cv.set_defaults(func=cmd_schedule_convert)
 
-    from ditaccel.evaluate.cli import add_parsers as add_eval_parsers
-    from ditaccel.search.cli import add_parsers as add_search_parsers
 
-    add_search_parsers(sub)
-    add_eval_parsers(sub)
-
+def _add_demo_parser(sub: Any) -> None:
     d = sub.add_parser("demo", help="a short caching search on the bundled model, printed next to FORA, with images")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--generations", type=positive_int, default=4)
     d.add_argument("--population", type=positive_int, default=16)
     d.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ditaccel`` parser: each subcommand's flags are registered by its own function."""
+    from ditaccel.evaluate.cli import add_parsers as add_eval_parsers
+    from ditaccel.search.cli import add_parsers as add_search_parsers
+
+    ap = Parser(prog="ditaccel", description="Faster, smaller diffusion transformers.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for add in (_add_generate_parser, _add_quantize_parser, _add_schedule_parser, add_search_parsers,
+                add_eval_parsers, _add_demo_parser):
+        add(sub)
     return ap
 
 

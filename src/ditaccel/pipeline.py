@@ -8,7 +8,9 @@ into images, so the CLI, the search and the benchmarks agree on what "the same s
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,56 @@ def bundled_model_path() -> Path:
             f"the bundled model is missing from {BUNDLED_DIR}; reinstall ditaccel or pass --model PATH"
         )
     return BUNDLED_DIR
+
+
+def is_bundled(model: str | os.PathLike | None) -> bool:
+    """Whether ``model`` (a ``--model`` value; None is the default) names the bundled model.
+
+    The one test for "bundled": defaults that only fit the bundled model (the adherence metric,
+    its calibration prompts, its search budget) ask this, for a model string or a loaded pipe's
+    ``pipeline_info(pipe).bundled``.
+    """
+    if model is None:
+        return True
+    path = Path(model).expanduser()
+    return path.exists() and path.resolve() == BUNDLED_DIR.resolve()
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What ``load_pipeline`` knows about a pipeline beyond diffusers: where it came from, how to call it.
+
+    Why a record on the pipe: the search, ``eval`` and the CLI each need the source (to fingerprint
+    runs, to let Ray workers load the same model) and the folder's ``ditaccel.json`` call defaults.
+    A pipeline built in memory has the default record: no source, no call defaults.
+    """
+
+    #: The folder or hub id it was loaded from (None: built in memory).
+    source: str | None = None
+    #: ``call_defaults`` of the folder's ``ditaccel.json`` (e.g. the bundled model's steps and size).
+    call_defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: Whether ``source`` is the bundled model (see ``is_bundled``).
+    bundled: bool = False
+
+    @property
+    def name(self) -> str:
+        """``source``, or ``(in-memory pipeline)``: what results and fingerprints record as the model."""
+        return self.source if self.source is not None else "(in-memory pipeline)"
+
+
+_INFO_ATTR = "_ditaccel_info"
+
+
+def pipeline_info(pipe: Any) -> PipelineInfo:
+    """The record ``load_pipeline`` attached to ``pipe``; the default record for any other pipeline."""
+    info = getattr(pipe, _INFO_ATTR, None)
+    return info if isinstance(info, PipelineInfo) else PipelineInfo()
+
+
+def set_pipeline_info(pipe: Any, info: PipelineInfo) -> Any:
+    """Attach ``info`` to ``pipe`` (what ``load_pipeline`` does; tests give replicas call defaults this way)."""
+    setattr(pipe, _INFO_ATTR, info)
+    return pipe
 
 
 def _dtype_kwarg() -> str:
@@ -83,9 +135,7 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=True)
     defaults_file = Path(str(path)) / "ditaccel.json"
     defaults = _call_defaults(defaults_file) if defaults_file.is_file() else {}
-    pipe._ditaccel_call_defaults = defaults
-    pipe._ditaccel_source = str(path)
-    return pipe
+    return set_pipeline_info(pipe, PipelineInfo(source=str(path), call_defaults=defaults, bundled=is_bundled(path)))
 
 
 def pipeline_call_kwargs(pipe: Any, **overrides: Any) -> dict[str, Any]:
@@ -105,7 +155,7 @@ def pipeline_call_kwargs(pipe: Any, **overrides: Any) -> dict[str, Any]:
 
         if not (is_bs4_available() and is_ftfy_available()):
             kw["clean_caption"] = False  # what the pipeline falls back to anyway, minus its warnings
-    kw.update(getattr(pipe, "_ditaccel_call_defaults", {}))
+    kw.update(pipeline_info(pipe).call_defaults)
     kw.update({k: v for k, v in overrides.items() if v is not None})
     steps = kw.get("num_inference_steps")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):

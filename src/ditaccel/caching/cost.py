@@ -27,8 +27,7 @@ def schedule_macs(pipe_or_transformer: Any, schedule: CacheSchedule, height: int
     n_img = a.image_tokens(height, width, vae_factor(pipe_or_transformer))
     n_txt = a.default_text_len(pipe_or_transformer) if text_len is None else int(text_len)
     comp = a.component_macs(batch, n_img, n_txt)
-    eff = schedule.bits.copy()
-    eff[0] = True
+    eff = schedule.effective_bits()
     per_step = (eff * comp[None]).sum(axis=(1, 2), dtype=np.int64)
     return int(per_step.sum() + schedule.steps * a.rest_macs(batch, n_img, n_txt))
 

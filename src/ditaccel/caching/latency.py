@@ -41,7 +41,7 @@ import torch
 
 from ditaccel._io import CHECKSUM_KEY, atomic_write_checked_json, verify_checksum
 from ditaccel.caching.runtime import apply_schedule
-from ditaccel.caching.schedule import CacheSchedule
+from ditaccel.caching.schedule import CacheSchedule, effective_bits
 from ditaccel.errors import DitaccelError, ScheduleError
 from ditaccel.models import get_adapter, get_transformer, image_size
 
@@ -78,7 +78,7 @@ class LatencyProfile:
         if bits.ndim != 3 or bits.shape[1:] != self.component_s.shape:
             raise ScheduleError(f"schedule of shape {tuple(bits.shape)} does not fit this latency profile "
                                 f"(blocks x components {tuple(self.component_s.shape)}); profile the same model")
-        work = float((_eff(bits) * self.component_s[None]).sum())
+        work = float((effective_bits(bits) * self.component_s[None]).sum())
         return self.fixed_s + bits.shape[0] * self.step_s + self.scale * work
 
     def speedup(self, schedule: CacheSchedule | np.ndarray) -> float:
@@ -317,8 +317,7 @@ def profile_latency(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch:
     steps = key["steps"]
     a = get_adapter(pipe)
     shape = (steps, a.num_blocks, len(a.component_names))
-    cached = np.zeros(shape, dtype=bool)
-    cached[0] = True
+    cached = effective_bits(np.zeros(shape, dtype=bool))
     rand = np.random.default_rng(seed).random(shape) < 0.5
     plan = [("none", np.ones(shape, dtype=bool)), ("cached", cached), ("random", rand)]
     sync = key["device"].startswith("cuda")
@@ -354,7 +353,7 @@ def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int) -> 
             for g in np.diff(np.asarray(r["starts"][1:], dtype=float))]
     step_s = float(statistics.median(gaps)) if gaps else 0.0
     plain = [r for r in runs if "comp" not in r] or runs
-    work = np.array([float((_eff(r["bits"]) * comp[None]).sum()) for r in plain])
+    work = np.array([float((effective_bits(r["bits"]) * comp[None]).sum()) for r in plain])
     total = np.array([float(r["total_s"]) for r in plain])
     slope, intercept = np.polyfit(work, total, 1) if np.ptp(work) > 0 else (0.0, 0.0)
     if not slope > 0:  # one kind of run only, or noise swamped the components: trust the parts as measured
@@ -378,12 +377,6 @@ def _parts(runs: list[dict[str, Any]], step_s: float) -> dict[str, float]:
            "transformer_full_step_s": med("none", "transformer_step_s"), "transformer_cached_step_s": cached_step,
            "scheduler_and_loop_step_s": None if cached_step is None else step_s - cached_step}
     return {k: v for k, v in out.items() if v is not None}
-
-
-def _eff(bits: np.ndarray) -> np.ndarray:
-    eff = np.asarray(bits, dtype=bool).copy()
-    eff[0] = True
-    return eff
 
 
 def latency_profile(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch: int = 1, refresh: bool = False,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ditaccel.caching.schedule import CacheSchedule
+from ditaccel.caching.schedule import CacheSchedule, effective_bits
 from ditaccel.errors import ScheduleError
 from ditaccel.models import Adapter, get_adapter
 
@@ -26,8 +26,7 @@ def _positive(name: str, value: int) -> None:
 
 
 def _make(a: Adapter, bits: np.ndarray, name: str) -> CacheSchedule:
-    bits = bits.copy()
-    bits[0] = True  # step 0 always computes; say so in the bits too
+    bits = effective_bits(bits)  # step 0 always computes; say so in the bits too
     return CacheSchedule(bits, a.component_names, a.family, meta={"preset": name})
 
 

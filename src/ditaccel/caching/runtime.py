@@ -43,7 +43,6 @@ For the ECAD search (sharing a schedule prefix between candidates)
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +54,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from ditaccel.caching.compile import CompiledComponents, compile_components, is_compiled_forward
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.schedule import CacheSchedule
+from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.errors import ScheduleError
 from ditaccel.models import Adapter, get_adapter
 
@@ -80,32 +80,31 @@ class _Runtime:
         self.bits = schedule.bits
         self.steps = schedule.steps
         self.counts = np.zeros((adapter.num_blocks, len(adapter.component_names)), dtype=np.int64)
-        self.step = -1
-        self.context = 0
-        self.last_t: float | None = None
+        self.tracker = StepTracker()
         self.caches: list[dict[tuple[int, int], Any]] = []
         self.in_call = False
         self.on_user_compile: Callable[[], None] | None = None
 
+    @property
+    def step(self) -> int:
+        return self.tracker.step
+
+    @property
+    def context(self) -> int:
+        return self.tracker.context
+
     def reset(self) -> None:
-        self.step, self.context, self.last_t, self.caches = -1, 0, None, []
+        self.tracker.reset()
+        self.caches = []
 
     def begin_call(self, t: float) -> None:
-        last = self.last_t
-        if last is not None and t == last and self.step >= 0:
-            self.context += 1
-        elif last is not None and t < last and self.step >= 0:
-            self.step += 1
-            self.context = 0
-            if self.step >= self.steps:
-                raise ScheduleError(
-                    f"the schedule has {self.steps} steps but the transformer was called for step "
-                    f"{self.step + 1}; use schedule.resample(num_inference_steps)"
-                )
-        else:  # first call or a timestep that does not continue the sequence: new generation
-            self.reset()
-            self.step, self.last_t = 0, t
-        self.last_t = t
+        if self.tracker.advance(t):  # a new generation drops every cache
+            self.caches = []
+        elif self.step >= self.steps:
+            raise ScheduleError(
+                f"the schedule has {self.steps} steps but the transformer was called for step "
+                f"{self.step + 1}; use schedule.resample(num_inference_steps)"
+            )
         while len(self.caches) <= self.context:
             self.caches.append({})
         self.in_call = True
@@ -122,8 +121,7 @@ class _StepHook(ModelHook):
     def __init__(self, rt: _Runtime, module: torch.nn.Module) -> None:
         super().__init__()
         self.rt = rt
-        params = list(inspect.signature(type(module).forward).parameters)
-        self._t_pos = params.index("timestep") - 1 if "timestep" in params else None
+        self._timestep = timestep_reader(module)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():  # traced by the user's torch.compile(transformer)
@@ -131,15 +129,13 @@ class _StepHook(ModelHook):
         return self.call(module, args, kwargs)
 
     def call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-        t = kwargs.get("timestep")
-        if t is None and self._t_pos is not None and len(args) > self._t_pos:
-            t = args[self._t_pos]
+        t = self._timestep(args, kwargs)
         if t is None:
             raise ScheduleError(
                 f"{type(module).__name__} was called without a timestep; a cache schedule needs it to "
                 f"know the step"
             )
-        self.rt.begin_call(float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t))
+        self.rt.begin_call(t)
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:
@@ -311,12 +307,12 @@ class CacheHandle:
     def snapshot(self) -> CacheState:
         """The step tracker and cached outputs now (tensors shared, dicts copied)."""
         rt = self._rt
-        return CacheState(rt.step, rt.context, rt.last_t, [dict(c) for c in rt.caches])
+        return CacheState(rt.step, rt.context, rt.tracker.last_t, [dict(c) for c in rt.caches])
 
     def restore(self, state: CacheState) -> None:
         """Return to a ``snapshot``; the state stays reusable."""
         rt = self._rt
-        rt.step, rt.context, rt.last_t = state.step, state.context, state.last_t
+        rt.tracker.restore((state.step, state.context, state.last_t))
         rt.caches = [dict(c) for c in state.caches]
 
     def set_schedule(self, schedule: CacheSchedule) -> None:

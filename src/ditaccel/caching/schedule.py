@@ -28,6 +28,14 @@ FORMAT = "ditaccel.cache_schedule"
 VERSION = 1
 
 
+def effective_bits(bits: np.ndarray) -> np.ndarray:
+    """A bool copy of ``[steps, blocks, components]`` bits with step 0 set: step 0 always computes
+    (nothing is cached before it), whatever its bits say. The one place this rule is written."""
+    eff = np.array(bits, dtype=bool, copy=True)
+    eff[0] = True
+    return eff
+
+
 @dataclass
 class CacheSchedule:
     """Recompute bits ``[steps, blocks, components]`` plus what they were made for."""
@@ -64,11 +72,13 @@ class CacheSchedule:
     def blocks(self) -> int:
         return int(self.bits.shape[1])
 
+    def effective_bits(self) -> np.ndarray:
+        """The bits the runtime actually follows (a copy): step 0 always computes (see ``effective_bits``)."""
+        return effective_bits(self.bits)
+
     def recompute_fraction(self) -> float:
         """Share of (step, block, component) slots recomputed (step 0 counts as computed)."""
-        eff = self.bits.copy()
-        eff[0] = True
-        return float(eff.mean())
+        return float(self.effective_bits().mean())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CacheSchedule):

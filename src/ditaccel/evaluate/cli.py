@@ -7,6 +7,18 @@ import shlex
 import sys
 from pathlib import Path
 
+from ditaccel.cli_common import (
+    add_compile_arg,
+    add_metric_path_arg,
+    add_model_args,
+    check_out,
+    console,
+    guidance_scale,
+    load_model,
+    metric_names_help,
+    parse_metric_paths,
+    positive_int,
+)
 from ditaccel.errors import DitaccelError, Interrupted
 
 
@@ -17,23 +29,15 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from ditaccel.evaluate import EvalConfig, evaluate
     from ditaccel.evaluate.runner import precheck
 
-    console = Console(stderr=True)
-    from ditaccel._io import check_out_dir
-
-    out: Path = check_out_dir(args.out)
+    out: Path = check_out(args.out)
     if args.batch_size < 1 or args.repeats < 1 or args.timing_images < 1:
         raise DitaccelError("--batch-size, --repeats and --timing-images must be >= 1")
     if getattr(args, "quantized", None) is not None:
         raise DitaccelError("eval quantizes for its fp4-*/int-* rows itself; drop --quantized")
-    paths = {k: v for k, v in {
-        "clip_path": args.clip, "imagereward_path": args.imagereward, "med_config": args.imagereward_med_config,
-        "bert_path": args.bert, "hpsv2_path": args.hpsv2, "open_clip_path": args.open_clip,
-        "inception_path": args.inception}.items() if v is not None}
+    paths = parse_metric_paths(args.metric_path)  # any metric's keys: each metric takes its own
     cfg = EvalConfig(
         methods=args.methods, out=out, prompts=args.prompts, seeds=_seeds(args.seeds), metrics=args.metrics,
         reference=args.reference, metric_paths=paths, model=args.model, device=args.device, steps=args.steps,
@@ -42,9 +46,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         command="ditaccel " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     precheck(cfg)  # one-line errors (methods, metrics, weights, reference) before the model loads
-    from ditaccel.cli import _load
-
-    pipe = _load(args)
+    pipe = load_model(args)
     try:
         result = evaluate(cfg, pipe=pipe)
     except KeyboardInterrupt:
@@ -60,27 +62,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on the main ``ditaccel`` parser."""
-    from ditaccel.cli import _add_model_args, add_compile_arg, guidance_scale, positive_int
+    from ditaccel.evaluate.methods import methods_table
 
     p = subparsers.add_parser(
         "eval", help="compare methods and peers side by side (speed, MACs, memory, quality)",
         description="Every method on the same prompts, seeds and machine: measured speedup, MACs speedup, "
                     "peak memory, weight bytes, PSNR/SSIM to the baseline, adherence (bundled model) and "
                     "CLIP/ImageReward/HPSv2/FID from local weights.")
-    _add_model_args(p)
+    add_model_args(p)
     add_compile_arg(p)
     p.add_argument("--methods", required=True,
-                   help="comma list, e.g. baseline,fora:3,tgate:8,delta-dit,ecad:runs/x,ecad:runs/x:2.5x,"
-                        "schedule:s.json,fbc,pab,fastercache,taylorseer,magcache,cachedit,fp4-w4a8,fp4-w4a6,"
-                        "int-w4a8,fp4-w4a8+ecad:runs/x:2.5x; fbc:sweep expands to FirstBlockCache's threshold "
-                        "grid, peers:sweep to every method's knob grid")
+                   help="comma list of rows, a cache and a quantization joined by '+' (e.g. "
+                        "baseline,fora:3,fbc:sweep,fp4-w4a8+ecad:runs/x:2.5x); NAME:sweep expands to NAME's "
+                        f"knob grid, peers:sweep to every grid. Methods: {methods_table()}")
     p.add_argument("--prompts", default="heldout",
                    help="calibration, heldout, all, parti, coco, drawbench, imagereward, or a file (MJHQ meta_data.json)")
     p.add_argument("--seeds", default="0", help="e.g. 0,1,2 or 0-3")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts")
     p.add_argument("--metrics", default=None,
-                   help="comma list of adherence, psnr, ssim, clip, imagereward, hpsv2, fid "
-                        "(default: adherence on the bundled model, psnr, ssim)")
+                   help=f"comma list of {metric_names_help()} (default: adherence on the bundled model, psnr, "
+                        "ssim)")
+    add_metric_path_arg(p)
     p.add_argument("--reference", type=Path, default=None, help="FID reference: folder of images or .npz stats")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (model default when omitted)")
@@ -91,10 +93,5 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--quant-calib-prompts", type=positive_int, default=8, help="calibration prompts for fp4-*/int-* rows")
     p.add_argument("--ray", default=None, metavar="ADDR", help="spread image generation over a Ray cluster "
                    "(address, or 'local')")
-    for flag, what in (("--clip", "transformers CLIP folder"), ("--imagereward", "ImageReward.pt"),
-                       ("--imagereward-med-config", "ImageReward med_config.json"),
-                       ("--bert", "bert-base-uncased tokenizer folder"), ("--hpsv2", "HPSv2 checkpoint"),
-                       ("--open-clip", "open_clip ViT-H-14 weights"), ("--inception", "FID Inception weights")):
-        p.add_argument(flag, type=Path, default=None, help=f"local {what}")
     p.set_defaults(func=cmd_eval)
     return p

@@ -9,9 +9,7 @@ from typing import Any
 import numpy as np
 
 from ditaccel._io import atomic_write, atomic_write_json, atomic_write_text
-
-_HIGHER_NAMES = {"adherence": "adherence", "psnr": "PSNR (dB)", "ssim": "SSIM", "clip": "CLIP",
-                 "imagereward": "ImageReward", "hpsv2": "HPSv2", "fid": "-FID"}
+from ditaccel.metrics import metric_label
 
 
 def _f(x: Any, fmt: str = "{:.2f}", dash: str = "–") -> str:
@@ -33,7 +31,7 @@ def markdown(result: Any) -> str:
     head = ["method", "`--methods`", "speedup (wall)"] + (["speedup (CPU time)"] if cpu else [])
     head += ["predicted speedup"] if pred else []
     head += ["MACs speedup", "s/image", "peak mem MiB", "weights MiB"]
-    head += [_HIGHER_NAMES.get(m, m) for m in metrics] + ["notes"]
+    head += [metric_label(m) for m in metrics] + ["notes"]
     lines = [
         "# ditaccel eval",
         "",
@@ -192,7 +190,7 @@ def write_plot(result: Any, path: Any, speed: str = "speedup") -> list[str]:
         ax.legend(fontsize=6.5, loc="best", ncol=1 + len(drawn) // 14)
         ax.axvline(1.0, color="grey", lw=0.5, ls=":")
         ax.set_xlabel(SPEED_AXES.get(speed, speed))
-        ax.set_ylabel(_HIGHER_NAMES.get(metric, metric) + (" to baseline" if metric in ("psnr", "ssim") else "")
+        ax.set_ylabel(metric_label(metric) + (" to baseline" if metric in ("psnr", "ssim") else "")
                       + " (higher is better)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{result.info['model'].rstrip('/').split('/')[-1]}: quality vs speed "

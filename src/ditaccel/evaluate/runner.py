@@ -48,6 +48,7 @@ from ditaccel.evaluate.methods import (
     prepare,
     resolve_methods,
 )
+from ditaccel.pipeline import pipeline_info
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 REFERENCE_METRICS = ("psnr", "ssim")
@@ -184,8 +185,7 @@ def check_reference(path: Path | None) -> None:
 
 
 def default_metrics(pipe: Any) -> list[str]:
-    bundled = str(getattr(pipe, "_ditaccel_source", "")).rstrip("/").endswith("zoo/bundled")
-    return (["adherence"] if bundled else []) + ["psnr", "ssim"]
+    return (["adherence"] if pipeline_info(pipe).bundled else []) + ["psnr", "ssim"]
 
 
 def build_metrics(names: Sequence[str], reference: Path | None, paths: dict[str, Any],
@@ -432,7 +432,7 @@ def _resolve(cfg: EvalConfig, pipe: Any) -> _Run:
     methods, metrics, prompts, jobs = plan(pipe, cfg)
     call_kwargs = _call_kwargs(pipe, cfg)
     settings = {k: v for k, v in call_kwargs.items() if isinstance(v, int | float | str | bool)}
-    store = ImageStore(out, jobs, {"model": str(getattr(pipe, "_ditaccel_source", cfg.model)), **settings})
+    store = ImageStore(out, jobs, {"model": pipeline_info(pipe).name, **settings})
     for m in methods:
         store.check(m.label, method_fingerprint(m))
     calib = calibration_prompts(list(metrics), prompts)
@@ -579,7 +579,7 @@ def _info(run: _Run) -> dict[str, Any]:
     return {
         "machine": machine_description(), "command": cfg.command or " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "model": str(getattr(run.pipe, "_ditaccel_source", cfg.model or "(in-memory pipeline)")),
+        "model": pipeline_info(run.pipe).name,
         "pipeline": type(run.pipe).__name__, "device": cfg.device,
         "prompts": cfg.prompts if isinstance(cfg.prompts, str) else f"{len(run.prompts)} given",
         "num_prompts": len(run.prompts), "seeds": list(cfg.seeds), "num_images": len(run.jobs),

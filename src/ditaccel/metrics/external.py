@@ -21,7 +21,7 @@ import numpy as np
 
 from ditaccel.errors import DitaccelError, MissingWeightsError
 from ditaccel.metrics.base import Metric
-from ditaccel.metrics.weights import Hub, Url, resolve
+from ditaccel.metrics.weights import Hub, Url, env_path, resolve
 
 CLIP_DEFAULT = Hub("openai/clip-vit-large-patch14")  # torchmetrics CLIPScore's default model
 IMAGEREWARD_DEFAULT = Hub("THUDM/ImageReward", "ImageReward.pt")  # what ImageReward.load("ImageReward-v1.0") gets
@@ -247,8 +247,6 @@ class FIDMetric(Metric):
 
     def __init__(self, inception_path: str | os.PathLike | None = None,
                  fid_reference: str | os.PathLike | None = None, device: Any = "auto", batch_size: int = 64) -> None:
-        from ditaccel.metrics import env_path
-
         def pkg() -> None:
             _package("torchmetrics", "torchmetrics", self.name)
             _package("torch_fidelity", "torch-fidelity", self.name)

@@ -35,6 +35,14 @@ class Url:
     url: str
 
 
+def env_path(arg: str | os.PathLike | None, env: str) -> str | None:
+    """``arg`` if given, else the environment variable ``env`` (None when neither is set)."""
+    if arg is not None:
+        return os.fspath(arg)
+    value = os.environ.get(env)
+    return value or None
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:200]
@@ -74,8 +82,6 @@ def resolve(arg: str | os.PathLike | None, env: str, what: str, default: Hub | U
     metric it names a repo holding a file of the default's name. ``before_fetch`` runs before any
     download (a package check, so nothing is downloaded for a metric that cannot run).
     """
-    from ditaccel.metrics import env_path
-
     how = f"pass a local {kind} path or set ${env}"
     value = env_path(arg, env)
     if value is None:

@@ -91,15 +91,62 @@ def module_linear_macs(module: nn.Module, batch: int, rows: int) -> int:
     return batch * sum(linear_macs(m, rows) for m in module.modules() if is_linear(m))
 
 
+def module_conv_macs(module: nn.Module, batch: int, positions: int) -> int:
+    """MACs of every Linear and stride-1 "same" Conv2d inside ``module`` on ``positions`` tokens
+    (convolutional feed-forwards such as Sana's GLUMBConv, which keep the token grid)."""
+    return batch * sum(linear_macs(m, positions) for m in module.modules()
+                       if is_linear(m) or isinstance(m, nn.Conv2d))
+
+
+def linear_attention_macs(attn: nn.Module, batch: int, n: int) -> int:
+    """MACs of a ReLU linear self-attention (diffusers' ``SanaLinearAttnProcessor2_0``) on ``n`` tokens.
+
+    Per head, V (padded with a row of ones, for the normaliser) times K^T gives a
+    (d_v + 1) x d_k matrix, which then multiplies Q: 2 * n * d_k * (d_v + 1) MACs per head.
+    """
+    q, v = attn.to_q, attn.to_v
+    heads = int(attn.heads)
+    d_k = q.out_features // heads
+    macs = linear_macs(q, n) + linear_macs(attn.to_k, n) + linear_macs(v, n)
+    out = _out_linear(attn, "to_out")
+    if out is not None:
+        macs += linear_macs(out, n)
+    return batch * (macs + 2 * n * d_k * (v.out_features + heads))
+
+
 class Adapter:
-    """Base adapter. Subclasses set ``family``, ``component_names``, ``attention_components``,
-    ``cross_attention_component`` and implement ``_blocks``, ``_component_macs`` and ``_rest_rows``."""
+    """Base adapter. Subclasses set ``family``, ``transformer_classes``, ``label``,
+    ``block_list_names``, ``component_names``, ``attention_components``,
+    ``cross_attention_component``, implement ``_component_macs`` and ``default_text_len``, set
+    ``_rest_rules`` where embeddings see more than one row, and override ``_blocks`` only where
+    a slot is not simply the block attribute of that name.
+
+    The name attributes below are what other parts of ditaccel need to know about a diffusers
+    class layout; they read them here instead of keeping their own per-family lists.
+    """
 
     family: str = ""
+    #: diffusers transformer class names this adapter handles (matched along the MRO).
+    transformer_classes: tuple[str, ...] = ()
+    #: Human name of the family, for error messages that list what is supported.
+    label: str = ""
+    #: Attributes of the transformer that hold its block lists (``nn.ModuleList``), in execution order.
+    block_list_names: tuple[str, ...] = ()
     component_names: tuple[str, ...] = ()
     attention_components: tuple[str, ...] = ()
     cross_attention_component: str | None = None
     vae_factor_default: int = 8
+    #: Top-level sub-modules that quantization keeps in high precision (embeddings, final layer).
+    #: These are the names diffusers DiTs share; a family adds its own to this tuple.
+    quant_keep: tuple[str, ...] = (
+        "pos_embed", "patch_embed", "x_embedder", "context_embedder", "time_embed", "time_proj",
+        "timestep_embedder", "norm_out", "proj_out", "final_layer", "norm_final",
+    )
+    #: Linear names (last path parts) of the first FFN layer, before its activation: FP4DiT gives
+    #: it its own format (E3M0), as its outputs feed GELU/SiLU.
+    first_ffn_linears: tuple[str, ...] = ()
+    #: Linear names (last path parts) whose outputs are attention Q, K and V.
+    qkv_linears: tuple[str, ...] = ("to_q", "to_k", "to_v")
 
     def __init__(self, transformer: nn.Module) -> None:
         self.transformer = transformer
@@ -108,9 +155,20 @@ class Adapter:
             id(m): n for n, m in transformer.named_modules()
         }
 
+    #: ``BlockSpec.kind`` of the blocks the default ``_blocks`` lists.
+    block_kind: str = "block"
+
     # -- structure ---------------------------------------------------------------------------
     def _blocks(self) -> list[BlockSpec]:
-        raise NotImplementedError
+        """Every block of every list in ``block_list_names``, in order; slot ``i`` is the block's
+        attribute ``component_names[i]``, or None where the block lacks it (or holds None).
+        Families whose slots are other sub-modules, or differ per list, override this."""
+        return [
+            BlockSpec(f"{lst}.{i}", blk, self.block_kind,
+                      tuple(c if getattr(blk, c, None) is not None else None for c in self.component_names))
+            for lst in self.block_list_names
+            for i, blk in enumerate(getattr(self.transformer, lst))
+        ]
 
     @property
     def num_blocks(self) -> int:
@@ -121,6 +179,17 @@ class Adapter:
         spec = self.blocks[block]
         path = spec.components[slot]
         return None if path is None else spec.module.get_submodule(path)
+
+    def component_pattern(self, block_list: str | None = None) -> str:
+        """Regex (for ``re.fullmatch``) of the cacheable sub-module paths in one block list.
+
+        ``block_list`` defaults to the first of ``block_list_names``. Peers that take module
+        patterns (TaylorSeer) use it instead of naming a family's attributes themselves.
+        """
+        lst = block_list or self.block_list_names[0]
+        names = dict.fromkeys(path for spec in self.blocks if spec.name.rsplit(".", 1)[0] == lst
+                              for path in spec.components if path is not None)
+        return rf"^{re.escape(lst)}\.\d+\.({'|'.join(re.escape(n) for n in names)})$"
 
     def component_paths(self) -> list[tuple[int, int, str]]:
         """(block, slot, full path in the transformer) of every cacheable sub-module."""

@@ -1,4 +1,7 @@
-"""The four supported DiT families, following the installed diffusers (0.42) block code.
+"""The supported DiT families, following the installed diffusers (0.42) block code.
+
+A new family is one ``Adapter`` subclass here, listed in ``FAMILY_ADAPTERS`` (and a replica
+entry in ``ditaccel.testing.replicas`` for its tests).
 
 ECAD semantics everywhere: the hooked sub-module's raw output is cached; norms, adaLN
 shift/scale/gates and residual adds stay in the block and always run at the current step.
@@ -10,13 +13,25 @@ from typing import Any
 
 from torch import nn
 
-from ditaccel.models.base import Adapter, BlockSpec, attention_macs, module_linear_macs
+from ditaccel.models.base import (
+    Adapter,
+    BlockSpec,
+    attention_macs,
+    linear_attention_macs,
+    module_conv_macs,
+    module_linear_macs,
+)
 
 
 class PixArtAdapter(Adapter):
     """PixArt-alpha / PixArt-Sigma: ``BasicTransformerBlock`` with attn1 (self), attn2 (cross), ff."""
 
     family = "pixart"
+    transformer_classes = ("PixArtTransformer2DModel",)
+    label = "PixArt-alpha/Sigma"
+    block_list_names = ("transformer_blocks",)
+    quant_keep = (*Adapter.quant_keep, "adaln_single", "caption_projection")
+    first_ffn_linears = ("net.0.proj",)
     component_names = ("attn1", "attn2", "ff")
     attention_components = ("attn1", "attn2")
     cross_attention_component = "attn2"
@@ -56,6 +71,12 @@ class FluxAdapter(Adapter):
     """
 
     family = "flux"
+    transformer_classes = ("FluxTransformer2DModel",)
+    label = "FLUX.1"
+    block_list_names = ("transformer_blocks", "single_transformer_blocks")
+    quant_keep = (*Adapter.quant_keep, "time_text_embed")
+    first_ffn_linears = ("net.0.proj", "proj_mlp")
+    qkv_linears = (*Adapter.qkv_linears, "add_q_proj", "add_k_proj", "add_v_proj")
     component_names = ("attn", "ff|proj_mlp", "ff_context|proj_out")
     attention_components = ("attn",)
     cross_attention_component = None
@@ -95,6 +116,11 @@ class HunyuanAdapter(Adapter):
     """Hunyuan-DiT: attn1 (self), attn2 (cross), ff. Long skips (skip_linear) always run."""
 
     family = "hunyuan"
+    transformer_classes = ("HunyuanDiT2DModel",)
+    label = "Hunyuan-DiT"
+    block_list_names = ("blocks",)
+    quant_keep = (*Adapter.quant_keep, "text_embedder", "time_extra_emb")
+    first_ffn_linears = ("net.0.proj",)
     component_names = ("attn1", "attn2", "ff")
     attention_components = ("attn1", "attn2")
     cross_attention_component = "attn2"
@@ -105,10 +131,6 @@ class HunyuanAdapter(Adapter):
         (r"^text_embedder\.", "t5"),
         (r"^time_extra_emb\.pooler\.(k_proj|v_proj)$", "t5+1"),
     )
-
-    def _blocks(self) -> list[BlockSpec]:
-        return [BlockSpec(f"blocks.{i}", b, "block", ("attn1", "attn2", "ff"))
-                for i, b in enumerate(self.transformer.blocks)]
 
     def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
                         n_txt: int) -> int:
@@ -141,6 +163,13 @@ class SD3Adapter(Adapter):
     """
 
     family = "sd3"
+    transformer_classes = ("SD3Transformer2DModel",)
+    label = "SD3"
+    block_list_names = ("transformer_blocks",)
+    block_kind = "joint"
+    quant_keep = (*Adapter.quant_keep, "time_text_embed")
+    first_ffn_linears = ("net.0.proj",)
+    qkv_linears = (*Adapter.qkv_linears, "add_q_proj", "add_k_proj", "add_v_proj")
     component_names = ("attn", "ff", "ff_context")
     attention_components = ("attn",)
     cross_attention_component = None
@@ -150,13 +179,6 @@ class SD3Adapter(Adapter):
         (r"^context_embedder$", "txt"),
         (r"\.attn2\.", "img"),
     )
-
-    def _blocks(self) -> list[BlockSpec]:
-        return [
-            BlockSpec(f"transformer_blocks.{i}", b, "joint",
-                      ("attn", "ff", "ff_context" if getattr(b, "ff_context", None) is not None else None))
-            for i, b in enumerate(self.transformer.transformer_blocks)
-        ]
 
     def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
                         n_txt: int) -> int:
@@ -174,3 +196,43 @@ class SD3Adapter(Adapter):
 
     def default_text_len(self, pipe: Any = None) -> int:
         return 77 + 256  # CLIP tokens + T5 tokens (max_sequence_length default), concatenated
+
+
+class SanaAdapter(Adapter):
+    """Sana: ``SanaTransformerBlock`` with attn1 (linear self-attention), attn2 (cross), ff (GLUMBConv).
+
+    attn1 is ReLU linear attention (cost linear in the image tokens); ff is a convolutional
+    gated FFN (1x1, depthwise 3x3, 1x1) run on the token grid. attn2 adds to the residual
+    without a norm or gate, so its cached output is reused as is, like every other slot.
+    """
+
+    family = "sana"
+    transformer_classes = ("SanaTransformer2DModel",)
+    label = "Sana"
+    block_list_names = ("transformer_blocks",)
+    component_names = ("attn1", "attn2", "ff")
+    attention_components = ("attn1", "attn2")
+    cross_attention_component = "attn2"
+    vae_factor_default = 32  # Sana's deep-compression autoencoder (DC-AE f32)
+    quant_keep = (*Adapter.quant_keep, "caption_projection")
+    first_ffn_linears = ()  # its FFN is convolutional: no Linear before the activation
+    _rest_rules = (
+        (r"^patch_embed\.", "img"),
+        (r"^proj_out$", "img"),
+        (r"^caption_projection\.", "txt"),
+    )
+
+    def _component_macs(self, spec: BlockSpec, slot: int, mod: nn.Module, batch: int, n_img: int,
+                        n_txt: int) -> int:
+        if slot == 0:
+            return linear_attention_macs(mod, batch, n_img)
+        if slot == 1:
+            return attention_macs(mod, batch, n_img, n_kv=n_txt)
+        return module_conv_macs(mod, batch, n_img)
+
+    def default_text_len(self, pipe: Any = None) -> int:
+        return 300  # SanaPipeline's default max_sequence_length (the instruction prefix is cut off)
+
+
+#: Every supported family, in the order error messages list them.
+FAMILY_ADAPTERS: tuple[type[Adapter], ...] = (PixArtAdapter, FluxAdapter, HunyuanAdapter, SD3Adapter, SanaAdapter)

@@ -14,8 +14,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ditaccel.errors import DitaccelError
+from ditaccel.models import first_ffn_pattern as _family_ffn_pattern
+from ditaccel.models import qkv_pattern as _family_qkv_pattern
+from ditaccel.models import quant_keep_patterns
 from ditaccel.quant.adaround import AdaRoundLinear, optimize_rounding
-from ditaccel.quant.formats import FPFormat, decode, encode, parse_format
+from ditaccel.quant.formats import ACT_FORMATS, WEIGHT_FORMATS, FPFormat, decode, encode, parse_format
 from ditaccel.quant.io import round_kept_
 from ditaccel.quant.linear import QuantLinear, check_act_format, weight_bytes
 from ditaccel.quant.reconstruct import (
@@ -40,22 +43,17 @@ __all__ = [
     "target_linears",
 ]
 
-#: Top-level modules kept in high precision: patch/pos embeddings, timestep and caption
-#: embeddings (PixArt ``adaln_single``/``caption_projection``; FLUX/SD3 ``x_embedder``,
-#: ``context_embedder``, ``time_text_embed``; Hunyuan ``time_extra_emb``, ``pos_embed``,
-#: ``text_embedder``) and the final layer (``norm_out``, ``proj_out``). Anchored at the
-#: top level so FLUX's per-block ``proj_out`` is still quantized.
-DEFAULT_KEEP: tuple[str, ...] = (
-    r"^(pos_embed|patch_embed|x_embedder|context_embedder|caption_projection|text_embedder)(\.|$)",
-    r"^(adaln_single|time_embed|time_text_embed|time_extra_emb|time_proj|timestep_embedder)(\.|$)",
-    r"^(norm_out|proj_out|final_layer|norm_final)(\.|$)",
-)
+#: Top-level modules kept in high precision: each model family's patch/pos embeddings, timestep
+#: and caption embeddings and final layer, as its adapter lists them (``Adapter.quant_keep``).
+#: Anchored at the top level so FLUX's per-block ``proj_out`` is still quantized.
+DEFAULT_KEEP: tuple[str, ...] = quant_keep_patterns()
 
-WEIGHT_CHOICES = ("e2m1", "e1m2", "e3m0", "auto", "int4")
+#: ``weights``: a registered 4-bit format (``ditaccel.quant.formats.WEIGHT_FORMATS``) or "auto".
+WEIGHT_CHOICES = (*WEIGHT_FORMATS, "auto")
 #: How the kept (not 4-bit) tensors are stored: the model's own dtype, 16-bit floats, or
 #: 8-bit codes for kept Linear weights (power-of-two scale per output row) + 16-bit for the rest.
 KEPT_STORAGE_CHOICES = ("model", "float16", "bfloat16", "int8")
-ACT_CHOICES = ("e2m3", "e3m4", "e4m3", "int8", "int6", "none")
+ACT_CHOICES = (*ACT_FORMATS, "none")
 
 
 @dataclass
@@ -66,7 +64,8 @@ class FP4DiTConfig:
     acts: str = "e3m4"
     #: Format of the first FFN linear (before GELU): E3M0 in the paper. ``None`` = ``weights``.
     first_ffn_weights: str | None = "e3m0"
-    first_ffn_pattern: str = r"(^|\.)(net\.0\.proj|proj_mlp)$"
+    #: Names of first FFN linears; default: every family's (``Adapter.first_ffn_linears``).
+    first_ffn_pattern: str = field(default_factory=_family_ffn_pattern)
     adaround: bool = True
     iters: int = 2500
     lr: float = 1e-4
@@ -76,13 +75,15 @@ class FP4DiTConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     group_size: int = 128
-    keep: tuple[str, ...] = DEFAULT_KEEP
+    #: Name patterns of modules kept in high precision; default: every family's (``DEFAULT_KEEP``).
+    keep: tuple[str, ...] = field(default_factory=quant_keep_patterns)
     #: Linears whose *outputs* are Q, K and V: quantized per token when ``acts`` is set.
-    qkv_pattern: str = r"(^|\.)(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj)$"
+    #: Default: every family's (``Adapter.qkv_linears``).
+    qkv_pattern: str = field(default_factory=_family_qkv_pattern)
     quantize_qkv: bool = True
     #: ``weights="auto"``: per layer, the candidate with the lowest output error on the calibration
     #: inputs; FP and INT compete, so heavy-tailed layers get FP and light-tailed ones INT.
-    auto_candidates: tuple[str, ...] = ("e2m1", "e1m2", "e3m0", "int4")
+    auto_candidates: tuple[str, ...] = WEIGHT_FORMATS
     #: Storage of the layers kept out of 4-bit (see ``KEPT_STORAGE_CHOICES``). ``quantize_`` rounds
     #: them in memory to exactly what the file holds, so a reload reproduces outputs bitwise.
     kept_storage: str = "float16"

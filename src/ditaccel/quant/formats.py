@@ -40,6 +40,10 @@ __all__ = [
     "int8_multiplier",
     "int8_digits",
     "int_multiplier",
+    "WEIGHT_FORMATS",
+    "ACT_FORMATS",
+    "FORMAT_ALIASES",
+    "formats_help",
 ]
 
 
@@ -381,3 +385,23 @@ def quantize_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat | str) -> torc
     """
     levels, scale = per_token_levels(x, parse_format(fmt))
     return levels.mul_(scale).to(x.dtype)
+
+
+# -- the named formats ditaccel offers ---------------------------------------------------------
+# One registry: FP4DiTConfig's accepted values, ``weights="auto"``'s candidates and the CLI's
+# choices and help all read these. Any ExMy float or INTn integer already rounds through the code
+# above, so a new format of those kinds is one name here; another kind also needs its rounding.
+
+#: 4-bit weight formats, in the order ``weights="auto"`` tries them (FP and INT compete per layer).
+WEIGHT_FORMATS: tuple[str, ...] = ("e2m1", "e1m2", "e3m0", "int4")
+#: Activation formats (quantized online, per token). Any other <= 8-bit ExMy or INTn parses too;
+#: these are the ones offered and documented.
+ACT_FORMATS: tuple[str, ...] = ("e2m3", "e3m4", "e4m3", "int8", "int6")
+#: Shorthands (design.md): fp4 = E2M1 weights, fp8 = E3M4 (the paper's A8), fp6 = E2M3 (A6).
+FORMAT_ALIASES: dict[str, str] = {"fp4": "e2m1", "fp8": "e3m4", "fp6": "e2m3"}
+
+
+def formats_help(names: tuple[str, ...]) -> str:
+    """``"e2m1 (= fp4) | e1m2 | ..."``: choices for a help text, with their shorthands."""
+    alias = {v: k for k, v in FORMAT_ALIASES.items()}
+    return " | ".join(f"{n} (= {alias[n]})" if n in alias else n for n in names)

@@ -93,18 +93,9 @@ def load_by_spec(loader: str, args: Sequence[Any]) -> Any:
 def load_for_worker(model: str | None, device: str = "cpu", quantized: str | None = None,
                     compile: bool = False, dtype: Any = "auto") -> Any:
     """What ``ditaccel search --model M --device D --dtype T --quantized Q [--compile]`` loads, rebuilt in a Ray worker."""
-    from ditaccel.pipeline import load_pipeline
+    from ditaccel.cli_common import build_model
 
-    pipe = load_pipeline(model, device=device, dtype=dtype)
-    if quantized is not None:
-        from ditaccel.quant import load_quantized
-
-        load_quantized(quantized, pipe)
-    if compile:
-        from ditaccel.caching import compile_components
-
-        compile_components(pipe)
-    return pipe
+    return build_model(model, device, dtype, quantized, compile)
 
 
 class _Worker:

@@ -1,6 +1,6 @@
 """``ditaccel search`` and ``ditaccel frontier``: argument parsing over ``ditaccel.search``, output with rich.
 
-``ditaccel.cli`` registers them with ``add_parsers(subparsers)``.
+``ditaccel.cli`` registers them with ``add_parsers(subparsers)``; shared flags come from ``ditaccel.cli_common``.
 """
 
 from __future__ import annotations
@@ -14,37 +14,41 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ditaccel.cli_common import (
+    add_compile_arg,
+    add_metric_path_arg,
+    add_model_args,
+    check_out,
+    load_model,
+    metric_names_help,
+    non_negative_int,
+    number_type,
+    parse_metric_paths,
+    positive_int,
+)
 from ditaccel.errors import DitaccelError, Interrupted
 
 console = Console()
 
 
-def _metric_paths(items: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise DitaccelError(f"--metric-path {item!r} is not KEY=PATH (e.g. clip_path=/models/clip)")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def add_parsers(subparsers: Any) -> None:
     """Register the ``search`` and ``frontier`` subcommands."""
-    from ditaccel.cli import _add_model_args, add_compile_arg, non_negative_int, number_type, positive_int
+    _add_search_parser(subparsers)
+    _add_frontier_parser(subparsers)
 
+
+def _add_search_parser(subparsers: Any) -> None:
     s = subparsers.add_parser("search", help="learn a Pareto frontier of caching schedules (ECAD, NSGA-II)")
-    _add_model_args(s)
+    add_model_args(s)
     add_compile_arg(s)
     s.add_argument("--prompts", default=None,
                    help="prompt set or file (default: 12 of the bundled model's 36 calibration prompts, all 36 with "
                         "--strategy ecad; else parti[:32])")
     s.add_argument("--seeds", default="0", help="seeds per prompt, e.g. 0,1,2 or 0-9 (default 0)")
     s.add_argument("--metric", default=None,
-                   help="quality metric: adherence (default on the bundled model), psnr (default elsewhere), "
-                        "ssim, clip, imagereward, hpsv2, fid")
-    s.add_argument("--metric-path", action="append", metavar="KEY=PATH",
-                   help="local weights for the metric, e.g. clip_path=/models/clip (repeatable)")
+                   help=f"quality metric, one of {metric_names_help()} (default: adherence on the bundled model, "
+                        "psnr elsewhere)")
+    add_metric_path_arg(s)
     s.add_argument("--population", type=int, default=None,
                    help="NSGA-II population (default 72; 24 on the bundled model)")
     s.add_argument("--generations", type=positive_int, default=None, help="generations (default 12; 6 on the bundled model)")
@@ -70,6 +74,8 @@ def add_parsers(subparsers: Any) -> None:
                         "ecad: the paper's presets and operators. A resumed search keeps its own")
     s.set_defaults(func=cmd_search)
 
+
+def _add_frontier_parser(subparsers: Any) -> None:
     f = subparsers.add_parser("frontier", help="print a search's frontier, or write the schedule you pick")
     f.add_argument("dir", type=Path, help="folder written by `ditaccel search`")
     pick = f.add_mutually_exclusive_group()
@@ -83,26 +89,22 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ditaccel._io import check_out_dir
-    from ditaccel.cli import _load
     from ditaccel.search import SearchConfig, search
 
     if args.population is not None and args.population < 4:  # checked again by the library; here before the model loads
         raise DitaccelError(f"--population must be at least 4, got {args.population}")
     if args.ray_workers is not None and args.ray is None:
         raise DitaccelError("--ray-workers needs --ray")
-    check_out_dir(args.out)
+    check_out(args.out, "--resume", args.resume, to=" to continue it", what="already holds a search",
+              holds=lambda out: (out / "checkpoint").exists() or (out / "candidates.jsonl").exists())
     call_kwargs = {"num_inference_steps": args.steps} if args.steps else {}
-    paths = _metric_paths(args.metric_path)
+    paths = parse_metric_paths(args.metric_path, args.metric or "adherence")
     cfg = SearchConfig(prompts=args.prompts, seeds=args.seeds, metric=args.metric,
                        metric_paths=paths, population=args.population,
                        generations=args.generations, seed=args.seed, init=args.init,
                        out=args.out, resume=args.resume, batch_size=args.batch_size, call_kwargs=call_kwargs,
                        cost=args.cost, ray_address=args.ray, ray_workers=args.ray_workers, progress=True,
                        tiebreak=args.tiebreak, strategy=args.strategy)
-    from ditaccel.metrics import check_metric_paths
-
-    check_metric_paths(args.metric or "adherence", paths, flag="--metric-path")
     if args.metric:  # fail on an unknown metric or missing weights before loading the model
         from ditaccel.metrics import get_metric
 
@@ -110,17 +112,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ditaccel.search.engine import check_resumable, resolve_tiebreak
 
     resolve_tiebreak(args.tiebreak, args.metric or "adherence")  # an unknown tie-break, before loading the model
-    if args.out.exists() and not args.resume and ((args.out / "checkpoint").exists()
-                                                   or (args.out / "candidates.jsonl").exists()):
-        raise DitaccelError(f"--out {args.out} already holds a search; pass --resume to continue it or choose "
-                            f"another --out")
     if args.resume and not check_resumable(args.out):  # before the model loads
         console.print(f"--resume: {args.out} holds no search checkpoint; starting a new search there")
     if args.ray is not None:  # each worker loads the same model (and quantized weights) once
         cfg.loader = "ditaccel.search.backend:load_for_worker"
         cfg.loader_args = [args.model, args.device, None if args.quantized is None else str(args.quantized),
                            args.compile, str(args.dtype).removeprefix("torch.")]
-    pipe = _load(args)
+    pipe = load_model(args)
     try:
         frontier = search(pipe, cfg)
     except KeyboardInterrupt:

@@ -37,8 +37,8 @@ from ditaccel._io import (
 from ditaccel.caching import CacheSchedule, schedule_macs
 from ditaccel.errors import DitaccelError
 from ditaccel.metrics.fidelity import PSNR_CAP
-from ditaccel.models import get_adapter, get_transformer, image_size
-from ditaccel.pipeline import BUNDLED_DIR, pipeline_call_kwargs
+from ditaccel.models import get_adapter, image_size
+from ditaccel.pipeline import pipeline_call_kwargs, pipeline_info
 from ditaccel.search.frontier import Frontier, FrontierPoint, non_dominated, write_frontier
 from ditaccel.search.genome import (
     canonical,
@@ -109,11 +109,6 @@ class SearchConfig:
     strategy: str | None = None
 
 
-def _is_bundled(pipe: Any) -> bool:
-    src = getattr(pipe, "_ditaccel_source", None)
-    return src is not None and Path(src).resolve() == BUNDLED_DIR.resolve()
-
-
 @dataclass
 class _Plan:
     """Everything resolved and checked before any work starts."""
@@ -154,7 +149,7 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     from ditaccel.metrics import get_metric
     from ditaccel.prompts import load_prompts, parse_seeds
 
-    bundled = _is_bundled(pipe)
+    bundled = pipeline_info(pipe).bundled
     if cfg.population is None:
         cfg.population = BUNDLED_POPULATION if bundled else DEFAULT_POPULATION
     if cfg.generations is None:
@@ -196,7 +191,6 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     kw = pipeline_call_kwargs(pipe, **cfg.call_kwargs)
     params = inspect.signature(pipe.__call__).parameters
     steps = kw.get("num_inference_steps") or params["num_inference_steps"].default
-    t = get_transformer(pipe)
     height, width = image_size(pipe, kw)
     base = preset_population(pipe, steps) if cfg.strategy == "ecad" else structured_population(pipe, steps)
     if str(cfg.init) == "presets":
@@ -215,7 +209,7 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     json_kw = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool, type(None)))}
     fingerprint = {
         "family": a.family, "shape": list(shape), "components": list(a.component_names),
-        "model": str(getattr(pipe, "_ditaccel_source", type(t).__name__)),
+        "model": pipeline_info(pipe).name,
         "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16], "n_prompts": len(prompts),
         "seeds": seeds, "metric": metric, "population": cfg.population, "seed": cfg.seed, "init": init_id,
         "batch_size": cfg.batch_size, "call_kwargs": json_kw, "cost": cfg.cost, "resolution": [height, width],
@@ -488,7 +482,7 @@ def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
                 loader = cfg.loader or "ditaccel.pipeline:load_pipeline"
                 args = cfg.loader_args
                 if args is None:
-                    src = getattr(pipe, "_ditaccel_source", None)
+                    src = pipeline_info(pipe).source
                     if src is None:
                         raise DitaccelError("Ray workers must load the pipeline themselves; pass loader= and "
                                             "loader_args= (or load the pipe with ditaccel.load_pipeline)")

@@ -21,7 +21,6 @@ checks that. Block-component executions are counted from the runtime's counters:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,18 +30,13 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ditaccel.caching import CacheSchedule, apply_schedule
+from ditaccel.caching.schedule import effective_bits
+from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.errors import DitaccelError
 from ditaccel.models import get_adapter, get_transformer
 from ditaccel.pipeline import generate_images, pipeline_call_kwargs
 
 _MEMO_HOOK = "ditaccel_search_prefix"
-
-
-def effective_bits(bits: np.ndarray) -> np.ndarray:
-    """The bits the runtime actually follows: step 0 always computes (its cache is empty)."""
-    eff = np.array(bits, dtype=bool, copy=True)
-    eff[0] = True
-    return eff
 
 
 def common_steps(a: np.ndarray, b: np.ndarray) -> int:
@@ -112,8 +106,8 @@ class _PrefixMemo(ModelHook):
     def __init__(self, handle: Any, transformer: torch.nn.Module) -> None:
         super().__init__()
         self.handle = handle
-        params = list(inspect.signature(type(transformer).forward).parameters)
-        self._t_pos = params.index("timestep") - 1 if "timestep" in params else None
+        self._timestep = timestep_reader(transformer)
+        self.tracker = StepTracker()
         self.stack: list[_Node] = []
         self.begin(0, set())
 
@@ -121,27 +115,16 @@ class _PrefixMemo(ModelHook):
         """Before a candidate's pipeline call: it shares ``shared`` steps with the stored path."""
         self.shared = shared
         self.snapshot_steps = snapshot_steps
-        self.step, self.context, self.last_t = -1, 0, None
+        self.tracker.reset()
         self.live = False
         self.live_components = self.alone_components = self.live_calls = self.alone_calls = 0
 
-    def _where(self, t: float) -> tuple[int, int]:
-        if self.last_t is not None and t == self.last_t:
-            self.context += 1
-        elif self.last_t is not None and t < self.last_t:
-            self.step, self.context = self.step + 1, 0
-        else:
-            self.step, self.context = 0, 0
-        self.last_t = t
-        return self.step, self.context
-
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        t = kwargs.get("timestep")
-        if t is None and self._t_pos is not None and len(args) > self._t_pos:
-            t = args[self._t_pos]
+        t = self._timestep(args, kwargs)
         if t is None:
             raise DitaccelError(f"{type(module).__name__} was called without a timestep; cannot share prefixes")
-        s, c = self._where(float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t))
+        self.tracker.advance(t)
+        s, c = self.tracker.step, self.tracker.context
         if not self.live and s < self.shared and c < len(self.stack[s].outputs):
             node = self.stack[s]
             self.alone_components += node.counts[c]

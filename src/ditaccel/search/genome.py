@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ditaccel.caching import presets
+from ditaccel.caching.schedule import effective_bits
 from ditaccel.errors import DitaccelError
 from ditaccel.models import get_adapter
 from ditaccel.search.frontier import load_frontier
@@ -26,9 +27,7 @@ def unpack(text: str, shape: tuple[int, int, int]) -> np.ndarray:
 
 def canonical(bits: np.ndarray) -> np.ndarray:
     """Step 0 always recomputes at run time, so its bits are fixed to True in every genome."""
-    out = np.array(bits, dtype=bool, copy=True)
-    out[0] = True
-    return out
+    return effective_bits(bits)
 
 
 def preset_population(pipe: Any, steps: int) -> list[tuple[str, np.ndarray]]:

@@ -1,4 +1,8 @@
-"""Run the peers' caches on pipelines that were not written for them (PixArt first of all).
+"""Dynamic caches (deciding at run time): the peers' caches on pipelines not written for them.
+
+Each method here (and ``dynamic_teacache.py``, ditaccel's own) is one entry of the methods
+registry (``ditaccel.evaluate.methods.REGISTRY``: its knobs, checks, sweep grid and label); the
+knob defaults are in ``DEFAULTS`` below, beside the code that reads them.
 
 diffusers' caches (FirstBlockCache, PyramidAttentionBroadcast, FasterCache, TaylorSeer, MagCache)
 expect two things from the pipeline that PixArt's does not give:
@@ -38,6 +42,7 @@ fastercache   yes     no      no      no: its CFG-batch split / BCHW frequency f
 taylorseer    yes     yes     yes     yes
 magcache      yes     yes     yes     no: HunyuanDiTBlock not registered
 cachedit      yes     yes     yes     yes
+teacache      yes     no      no      no: ditaccel's own (dynamic_teacache.py), PixArt-style blocks only
 ============  ======  ======  ======  ===========================================================
 
 A method that cannot run becomes a skipped row whose reason is the first line of the error.
@@ -58,12 +63,14 @@ import torch
 
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.runtime import unregister_hook
+from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.errors import DitaccelError
+from ditaccel.models import get_adapter
 
 _CONTEXT_HOOK = "ditaccel_peer_context"
 
-#: name -> (diffusers config class, short description); the knobs, their defaults and sweep grids
-#: are in ``ditaccel.evaluate.methods.KNOBS``
+#: name -> (diffusers config class, short description); the knobs' labels, checks and sweep grids
+#: are in the methods registry, ``ditaccel.evaluate.methods.REGISTRY``
 DIFFUSERS_CACHES: dict[str, tuple[str, str]] = {
     "fbc": ("FirstBlockCacheConfig", "FirstBlockCache: skip all later blocks when block 0's residual "
             "changes less than a threshold"),
@@ -78,18 +85,26 @@ DIFFUSERS_CACHES: dict[str, tuple[str, str]] = {
 }
 
 
-def _defaults(name: str) -> dict[str, Any]:
-    from ditaccel.evaluate.methods import KNOBS
+#: each method's knob defaults, owned here beside the code that reads them (as diffusers' config
+#: classes own theirs); the methods registry (``ditaccel.evaluate.methods``) reads them from here
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "fbc": {"threshold": 0.05},
+    "pab": {"skip": 2},
+    "fastercache": {"skip": 2},
+    "taylorseer": {"interval": 3, "order": 1},
+    "magcache": {"threshold": 0.06},
+    "cachedit": {"threshold": 0.08, "warmup": 4, "fn": 1, "bn": 0},
+    "teacache": {"threshold": 0.1},   # caching/dynamic_teacache.py
+}
 
-    return {k.key: k.default for k in KNOBS[name].knobs}
+
+def knob_defaults(name: str) -> dict[str, Any]:
+    """A copy of dynamic method ``name``'s knob defaults."""
+    return dict(DEFAULTS[name])
 
 
 class PeerUnavailable(DitaccelError):
     """A peer method cannot run on this model or machine; the message says why."""
-
-
-def _timestep_value(t: Any) -> float:
-    return float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
 
 
 def _make_context_hook(num_steps: int | None) -> Any:
@@ -101,39 +116,27 @@ def _make_context_hook(num_steps: int | None) -> Any:
 
         def __init__(self) -> None:
             super().__init__()
-            self.step = -1
-            self.call_in_step = 0
-            self.last_t: float | None = None
+            self.tracker = StepTracker()
             self.timestep: float = 1000.0
             self.num_steps = num_steps
-            self._t_pos: int | None = None
+            self._read: Callable[[tuple, dict], float | None] = lambda a, k: None
 
         def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-            params = list(inspect.signature(type(module).forward).parameters)[1:]
-            self._t_pos = params.index("timestep") if "timestep" in params else None
+            self._read = timestep_reader(module)
             return module
 
         def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
-            t = kwargs.get("timestep")
-            if t is None and self._t_pos is not None and len(args) > self._t_pos:
-                t = args[self._t_pos]
-            if t is None:
+            value = self._read(args, kwargs)
+            if value is None:
                 raise PeerUnavailable(f"{type(module).__name__} was called without a timestep; "
                                       f"the peer caches need it to know the step")
-            value = _timestep_value(t)
-            if self.last_t is not None and value == self.last_t and self.step >= 0:
-                self.call_in_step += 1
-            elif self.last_t is not None and value < self.last_t and self.step >= 0:
-                self.step += 1
-                self.call_in_step = 0
-            else:  # a new generation: what CacheMixin pipelines do in maybe_free_model_hooks
+            if self.tracker.advance(value):  # a new generation: what CacheMixin pipelines do in maybe_free_model_hooks
                 module._diffusers_hook.reset_stateful_hooks(recurse=True)
-                self.step, self.call_in_step = 0, 0
-            self.last_t = value
             # FLUX passes t/1000; PAB/FasterCache ranges are on the 0..1000 scale.
             self.timestep = value * 1000.0 if value <= 1.0 else value
-            name = "cond_uncond" if self.call_in_step == 0 else f"call{self.call_in_step}"
-            _set_cache_context(module, CacheContext(name, step_index=self.step,
+            ctx = self.tracker.context
+            name = "cond_uncond" if ctx == 0 else f"call{ctx}"
+            _set_cache_context(module, CacheContext(name, step_index=self.tracker.step,
                                                     num_inference_steps=self.num_steps, timestep=value))
             return args, kwargs
 
@@ -154,6 +157,7 @@ class PeerHandle:
     transformer: torch.nn.Module
     notes: list[str] = field(default_factory=list)
     params_full: dict[str, Any] = field(default_factory=dict)
+    state: Any = None               # the method's run-time counters, where it has any (TeaCache's skips)
     _removers: list[Callable[[], None]] = field(default_factory=list)
 
     def remove(self) -> None:
@@ -168,7 +172,8 @@ class PeerHandle:
         self.remove()
 
 
-def _snapshot_hooks(root: torch.nn.Module) -> dict[int, tuple[torch.nn.Module, set[str], bool, bool]]:
+def snapshot_hooks(root: torch.nn.Module) -> dict[int, tuple[torch.nn.Module, set[str], bool, bool]]:
+    """Which diffusers hooks each module under ``root`` has now (``hooks_remover`` undoes what comes after)."""
     return {
         id(m): (m, set(m._diffusers_hook.hooks) if hasattr(m, "_diffusers_hook") else set(),
                 hasattr(m, "_diffusers_hook"), "forward" in m.__dict__)
@@ -176,7 +181,7 @@ def _snapshot_hooks(root: torch.nn.Module) -> dict[int, tuple[torch.nn.Module, s
     }
 
 
-def _remover(root: torch.nn.Module, before: dict[int, tuple[torch.nn.Module, set[str], bool, bool]]
+def hooks_remover(root: torch.nn.Module, before: dict[int, tuple[torch.nn.Module, set[str], bool, bool]]
              ) -> Callable[[], None]:
     """Undo every diffusers hook registered under ``root`` since ``before`` was taken."""
 
@@ -195,20 +200,12 @@ def _remover(root: torch.nn.Module, before: dict[int, tuple[torch.nn.Module, set
     return remove
 
 
-def _num_steps(pipe: Any, call_kwargs: dict[str, Any]) -> int:
+def pipeline_steps(pipe: Any, call_kwargs: dict[str, Any]) -> int:
+    """Denoising steps of a call with ``call_kwargs`` (the pipeline's default when not given)."""
     steps = call_kwargs.get("num_inference_steps")
     if steps is None:
         steps = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
     return int(steps)
-
-
-def _block_list_name(transformer: torch.nn.Module) -> str:
-    from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
-
-    for name, child in transformer.named_children():
-        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList):
-            return name
-    raise PeerUnavailable(f"{type(transformer).__name__} has no transformer block list diffusers' caches know")
 
 
 def _config(name: str, params: dict[str, Any], transformer: torch.nn.Module, steps: int,
@@ -230,12 +227,12 @@ def _config(name: str, params: dict[str, Any], transformer: torch.nn.Module, ste
             attention_weight_callback=lambda _: 0.3, current_timestep_callback=timestep_fn,
             tensor_format="BCHW", is_guidance_distilled=False)
     if name == "taylorseer":
-        blocks = _block_list_name(transformer)
         # TaylorSeer predicts attention and MLP features per layer; diffusers' default patterns
-        # ("^transformer_blocks.*attn" with fullmatch) match no PixArt module, so name them.
+        # ("^transformer_blocks.*attn" with fullmatch) match no PixArt module, so the adapter names
+        # the cacheable sub-modules of the first block list.
         return dh.TaylorSeerCacheConfig(
             cache_interval=int(params["interval"]), max_order=int(params["order"]), disable_cache_before_step=2,
-            cache_identifiers=[rf"^{blocks}\.\d+\.(attn1|attn2|ff|attn|ff_context)$"])
+            cache_identifiers=[get_adapter(transformer).component_pattern()])
     if name == "magcache":
         return dh.MagCacheConfig(threshold=float(params["threshold"]), num_inference_steps=steps,
                                  mag_ratios=params["mag_ratios"])
@@ -253,8 +250,8 @@ def calibrate_magcache(pipe: Any, prompts: list[str], seeds: list[int], call_kwa
     from ditaccel.pipeline import generate_images
 
     t = pipe.transformer
-    steps = _num_steps(pipe, call_kwargs)
-    before = _snapshot_hooks(t)
+    steps = pipeline_steps(pipe, call_kwargs)
+    before = snapshot_hooks(t)
     ctx_hook = _make_context_hook(steps)
     with beneath_offload_hook(t):
         dh.apply_mag_cache(t, dh.MagCacheConfig(calibrate=True, num_inference_steps=steps))
@@ -279,7 +276,7 @@ def calibrate_magcache(pipe: Any, prompts: list[str], seeds: list[int], call_kwa
         logger.removeHandler(h)
         logger.setLevel(old_level)
         logger.propagate = old_prop
-        _remover(t, before)()
+        hooks_remover(t, before)()
     for msg in records:
         m = re.search(r"\[([^\]]*)\]", msg)
         if "Calibration" in msg and m:
@@ -300,16 +297,16 @@ def apply_peer_cache(pipe: Any, name: str, call_kwargs: dict[str, Any] | None = 
         raise PeerUnavailable(f"unknown diffusers cache {name!r}; use one of {', '.join(DIFFUSERS_CACHES)}")
     call_kwargs = dict(call_kwargs or {})
     _, desc = DIFFUSERS_CACHES[name]
-    p = {**_defaults(name), **{k: v for k, v in params.items() if v is not None}}
+    p = {**knob_defaults(name), **{k: v for k, v in params.items() if v is not None}}
     t = pipe.transformer
-    steps = _num_steps(pipe, call_kwargs)
+    steps = pipeline_steps(pipe, call_kwargs)
     if name == "magcache" and "mag_ratios" not in p:
         p["mag_ratios"] = calibrate_magcache(pipe, calib_prompts or ["a photo"], [0], call_kwargs)
     ctx_hook = _make_context_hook(steps)
     cfg = _config(name, p, t, steps, lambda: ctx_hook.timestep)
-    before = _snapshot_hooks(t)
+    before = snapshot_hooks(t)
     handle = PeerHandle(name, desc, {k: v for k, v in p.items() if k != "mag_ratios"}, t, params_full=p)
-    handle._removers.append(_remover(t, before))
+    handle._removers.append(hooks_remover(t, before))
     try:
         apply = {"fbc": dh.apply_first_block_cache, "pab": dh.apply_pyramid_attention_broadcast,
                  "fastercache": dh.apply_faster_cache, "taylorseer": dh.apply_taylorseer_cache,
@@ -379,7 +376,7 @@ def apply_cachedit(pipe: Any, call_kwargs: dict[str, Any] | None = None, **param
         raise PeerUnavailable(why)
     import cache_dit
 
-    p = {**_defaults("cachedit"), **{k: v for k, v in params.items() if v is not None}}
+    p = {**knob_defaults("cachedit"), **{k: v for k, v in params.items() if v is not None}}
     threshold, warmup, fn, bn = float(p["threshold"]), int(p["warmup"]), int(p["fn"]), int(p["bn"])
     try:
         with _quiet_cachedit():
