@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ditaccel.caching import CacheSchedule, apply_schedule, presets, schedule_macs
-from ditaccel.caching.ecad_format import from_ecad_dict, to_ecad_dict
+from ditaccel.caching.ecad_format import to_ecad_dict
 from ditaccel.cli import main
 from ditaccel.errors import ScheduleError
 from ditaccel.testing.replicas import build_pipeline, build_transformer, call_kwargs
@@ -110,7 +110,7 @@ def test_ditaccel_schedule_exports_and_reimports(tmp_path):
 
 def test_imported_schedule_runs_like_the_same_bits():
     text, _ = _pixart_file()
-    imported = from_ecad_dict(json.loads(text))
+    imported = CacheSchedule.from_dict(json.loads(text))
     pipe = build_pipeline("pixart-alpha")
     kw = call_kwargs("pixart-alpha")
     mine = CacheSchedule(imported.bits, imported.components, "pixart")

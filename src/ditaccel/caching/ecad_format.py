@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ditaccel._io import atomic_write_text, read_json
-from ditaccel.caching.schedule import CacheSchedule
+from ditaccel._io import atomic_write_text
 from ditaccel.errors import ScheduleError
 from ditaccel.models.families import FluxAdapter, PixArtAdapter
+
+if TYPE_CHECKING:  # schedule.py imports this module to read ECAD files: no import back at run time
+    from ditaccel.caching.schedule import CacheSchedule
 
 PIXART = ("attn1", "attn2", "ff")
 FLUX_DOUBLE = ("full_attn", "full_ff", "full_ff_context")
@@ -83,8 +85,8 @@ def _step_bits(cells: Any, keys: list[tuple[str, tuple[str, ...]]], where: str) 
     return out
 
 
-def from_ecad_dict(d: Any, source: str = "schedule") -> CacheSchedule:
-    """A ``CacheSchedule`` from a parsed ECAD file; any mismatch raises a one-line ``ScheduleError``."""
+def ecad_schedule_fields(d: Any, source: str = "schedule") -> dict[str, Any]:
+    """``CacheSchedule``'s constructor fields from a parsed ECAD file; a mismatch is a one-line ``ScheduleError``."""
     if not is_ecad(d):
         raise ScheduleError(f"{source} is not an ECAD schedule (no cache_schedule object)")
     cs = d["cache_schedule"]
@@ -111,10 +113,10 @@ def from_ecad_dict(d: Any, source: str = "schedule") -> CacheSchedule:
     ecad.update(key_order=[k for k in cs], config=config, metrics=d.get("metrics") or {},
                 top_key_order=list(d))
     ours = d.get("ditaccel")  # written by to_ecad_dict for a schedule that did not come from ECAD
+    fields = {"bits": bits, "components": COMPONENTS[family], "family": family, "resolution": resolution}
     if isinstance(ours, dict):
-        return CacheSchedule(bits, COMPONENTS[family], family, resolution, dict(ours.get("metrics") or {}),
-                             dict(ours.get("meta") or {}))
-    return CacheSchedule(bits, COMPONENTS[family], family, resolution, {}, {"ecad": ecad})
+        return fields | {"metrics": dict(ours.get("metrics") or {}), "meta": dict(ours.get("meta") or {})}
+    return fields | {"metrics": {}, "meta": {"ecad": ecad}}
 
 
 def _flux_split(s: CacheSchedule, pipe_or_transformer: Any) -> int:
@@ -174,8 +176,3 @@ def save_ecad(s: CacheSchedule, path: str | os.PathLike, pipe_or_transformer: An
     """Write ECAD's JSON atomically, formatted as ECAD writes it (indent 4, no final newline)."""
     atomic_write_text(path, json.dumps(to_ecad_dict(s, pipe_or_transformer), indent=4))
 
-
-def load_ecad(path: str | os.PathLike) -> CacheSchedule:
-    """Read an ECAD schedule file (``CacheSchedule.load`` also reads them, detecting the format)."""
-    d = read_json(path, "schedule file", "pass an ECAD schedule file", ScheduleError)
-    return from_ecad_dict(d, source=os.fspath(path))

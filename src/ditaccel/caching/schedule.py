@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ditaccel._io import atomic_write_checked_json, read_json, verify_checksum
+from ditaccel.caching import ecad_format
 from ditaccel.errors import ScheduleError
 
 FORMAT = "ditaccel.cache_schedule"
@@ -147,10 +148,8 @@ class CacheSchedule:
     @classmethod
     def from_dict(cls, d: Any, source: str = "schedule") -> CacheSchedule:
         """Parse a dict made by ``to_dict`` or an ECAD file's (auto-detected); mismatches raise ``ScheduleError``."""
-        from ditaccel.caching.ecad_format import from_ecad_dict, is_ecad
-
-        if is_ecad(d):
-            return from_ecad_dict(d, source)
+        if ecad_format.is_ecad(d):
+            return cls(**ecad_format.ecad_schedule_fields(d, source))
         fix = "re-save it with CacheSchedule.save or pick it again with `ditaccel frontier --select`"
         d = verify_checksum(d, source, fix, ScheduleError)
         if not isinstance(d, dict) or d.get("format") != FORMAT:
@@ -211,15 +210,12 @@ class CacheSchedule:
     @classmethod
     def from_ecad(cls, path: str | os.PathLike) -> CacheSchedule:
         """Read one of ECAD's schedule files (github.com/AniAggarwal/ecad, ``schedules/``)."""
-        from ditaccel.caching.ecad_format import load_ecad
-
-        return load_ecad(path)
+        d = read_json(path, "schedule file", "pass an ECAD schedule file", ScheduleError)
+        return cls(**ecad_format.ecad_schedule_fields(d, os.fspath(path)))
 
     def to_ecad(self, path: str | os.PathLike, pipe_or_transformer: Any = None) -> None:
         """Write ECAD's JSON (PixArt/FLUX); a FLUX schedule not from FLUX.1 or ECAD needs the model."""
-        from ditaccel.caching.ecad_format import save_ecad
-
-        save_ecad(self, path, pipe_or_transformer)
+        ecad_format.save_ecad(self, path, pipe_or_transformer)
 
     @classmethod
     def for_model(cls, pipe_or_transformer: Any, bits: np.ndarray, **kw: Any) -> CacheSchedule:
