@@ -21,7 +21,7 @@ from torch import nn
 
 from ditaccel.errors import DitaccelError
 
-__all__ = ["COMPILED_KERNEL", "check_compiled", "compile_linears", "dequant_linear"]
+__all__ = ["COMPILED_KERNEL", "check_compiled", "compile_linears", "compiled_levels", "dequant_linear"]
 
 #: The kernel name ``FP4DiTConfig.kernel`` / ``load_quantized(kernel=...)`` use for this path.
 COMPILED_KERNEL = "compiled"
@@ -84,6 +84,16 @@ def compiled_per_token(backend: str = "inductor", mode: str | None = None) -> An
     key = ("per_token", backend, mode)
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(quantize_per_token, backend=backend, mode=mode, dynamic=True)
+    return _COMPILED[key]
+
+
+def compiled_levels(backend: str = "inductor", mode: str | None = None) -> Any:
+    """:func:`~ditaccel.quant.formats.per_token_levels` compiled, for the integer GEMM's activation levels."""
+    from ditaccel.quant.formats import per_token_levels
+
+    key = ("levels", backend, mode)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(per_token_levels, backend=backend, mode=mode, dynamic=True)
     return _COMPILED[key]
 
 
