@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -76,6 +77,11 @@ class LegacyPath:
 
 
 # ---- timing ---------------------------------------------------------------------------------
+#: The clock: wall time, or with ``--cpu-time`` this thread's CPU time (less disturbed while other
+#: jobs share the cores; the timed work runs on this one thread: ``torch.set_num_threads(1)``).
+CLOCK: Callable[[], float] = time.perf_counter
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds per call of each function, one call of each per round, rounds repeated."""
     for _ in range(warmup):
@@ -84,9 +90,9 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
-            t = time.perf_counter()
+            t = CLOCK()
             f()
-            times[k].append(time.perf_counter() - t)
+            times[k].append(CLOCK() - t)
     return times
 
 
@@ -342,9 +348,15 @@ def main() -> None:
     ap.add_argument("--skip-layers", action="store_true", help="skip the per-layer options table")
     ap.add_argument("--skip-models", action="store_true")
     ap.add_argument("--memory-only", action="store_true", help="only the weight-memory table (no timing)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with this thread's CPU time instead of the wall clock (for a shared machine)")
     ap.add_argument("--out", default=str(HERE / "results" / "quant_speed.md"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.thread_time
+    load0 = os.getloadavg()[0]
     t0 = time.time()
     if args.memory_only:
         print("\n".join(memory_lines(args.pixart_blocks)))
@@ -352,7 +364,9 @@ def main() -> None:
     lines = ["# Quantized forward speed vs full precision (CPU)", "",
              f"- Command: `OMP_NUM_THREADS=1 python bench/bench_quant_speed.py {' '.join(sys.argv[1:])}`",
              "- Ratios: each round calls every path once in turn; a ratio is fp32 time / path time within one round; "
-             "the median over rounds is shown with the min-max range in brackets."]
+             "the median over rounds is shown with the min-max range in brackets.",
+             f"- Clock: {'thread CPU time (time.thread_time)' if args.cpu_time else 'wall time (time.perf_counter)'}; "
+             f"load average {load0:.1f} at the start."]
     if not args.skip_models:
         for title, (t, call), reps in (
                 ("Bundled model, batch 2 (one image with CFG, 64 image tokens)", bundled(2), args.repeats),

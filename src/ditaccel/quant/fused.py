@@ -2,13 +2,15 @@
 
 Why: the torchao kernels re-express the weights in a hardware format (``torchao-fp8``
 keeps 8 bits per weight, twice the 4-bit footprint), while this path keeps exactly the
-``QuantLinear`` buffers (two codes per byte + group scales) between calls. Inductor
-turns the unpack + grid lookup + group-scale multiply into one generated kernel (C++ on
-the CPU, Triton on a GPU) feeding the matmul, and the per-token activation rounding
-into one reduction + one elementwise pass; with ``mode="max-autotune"`` on a GPU it
-may fuse the dequantization into the Triton matmul's prologue. The full-size weight
-exists only inside one call. Outputs are bit-identical to the portable path (same
-multiplications in the same order; checked in the tests).
+``QuantLinear`` buffers (two codes per byte + group scales) between calls. On a GPU,
+Inductor turns the unpack + grid lookup + group-scale multiply into one generated Triton
+kernel feeding the matmul (with ``mode="max-autotune"`` it may fuse the dequantization
+into the matmul's prologue); the full-size weight exists only inside one call. On the
+CPU the eager pair-table decode measured faster than the generated C++ one, so there
+only the per-token activation rounding is compiled (one reduction + one elementwise
+pass, for the float and the int8 GEMM paths). Outputs are bit-identical to the portable
+path (same operations in the same order; checked in the tests, the GPU form included:
+it is generated as C++ on the CPU there).
 """
 
 from __future__ import annotations
