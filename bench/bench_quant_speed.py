@@ -172,9 +172,10 @@ def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tenso
         fns = model_paths(q, call, compiled, int8=acts in ("int8", "e2m3", "e3m4"))
         fns = {"fp": lambda: call(t), **fns}
         with torch.no_grad():
-            ref = fns.get("current, float GEMM", fns["current"])()
-            same = torch.equal(fns["previous"](), ref) and (not compiled or torch.equal(fns["compiled"](), ref))
-            rel = float((fns["current"]() - ref).abs().max() / ref.abs().max())
+            ref, cur = fns.get("current, float GEMM", fns["current"])(), fns["current"]()
+            # previous == the float path; compiled == current (both take the int8 GEMM where it applies)
+            same = torch.equal(fns["previous"](), ref) and (not compiled or torch.equal(fns["compiled"](), cur))
+            rel = float((cur - ref).abs().max() / ref.abs().max())
             times = interleaved(fns, repeats)
         row: dict[str, object] = {"variant": label, "fp_ms": 1e3 * statistics.median(times["fp"]), "identical": same,
                                   "int8_rel": rel if "current, float GEMM" in fns else None}
@@ -312,7 +313,7 @@ def ecad_rows(repeats: int, images: int, compiled: bool, schedule_files: list[st
 def table(title: str, rows: list[dict[str, object]], compiled: bool) -> list[str]:
     cols = ["previous", "current", "current, float GEMM"] + (["compiled"] if compiled else [])
     out = [f"\n### {title}\n", "| variant | fp32 ms | " + " | ".join(f"{c}: ms, speed vs fp32" for c in cols)
-           + " | previous == current float path, bitwise | int8 GEMM max diff / max abs |",
+           + " | bitwise: previous == current float path (and compiled == current) | int8 GEMM max diff / max abs |",
            "|---" * (4 + len(cols)) + "|"]
     for r in rows:
         cells = " | ".join(f"{r[c + '_ms']:.1f}, {fmt_ratio(r[c])}" if c in r else "-" for c in cols)
