@@ -257,6 +257,34 @@ def layer_table(name: str, o: int, i: int, tokens: int, repeats: int, compiled: 
     return lines
 
 
+def profile_lines(batch: int, acts: str = "e3m4") -> list[str]:
+    """torch.profiler top operators (self CPU) of one quantized FFN-up layer and one whole block."""
+    from torch.profiler import profile
+
+    t, call = bundled(batch)
+    q = quantized(t, "e2m1")
+    set_activation_quant(q, acts)
+    x = torch.randn(batch * 64, 128, generator=torch.Generator().manual_seed(0))
+    layer = QuantLinear.from_linear(torch.nn.Linear(128, 512), "e2m1", 128, act_format=acts)
+    lines = []
+    for name, fn, n in ((f"one QuantLinear 128->512, {batch * 64} tokens, W4A8 ({acts})", lambda: layer(x), 50),
+                        (f"whole bundled forward, batch {batch}, W4A8 ({acts})",
+                         lambda: call(q), 3)):
+        with torch.no_grad():
+            for _ in range(3):
+                fn()
+            with profile() as p:
+                for _ in range(n):
+                    fn()
+        rows = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+        total = sum(e.self_cpu_time_total for e in p.key_averages())
+        lines += [f"\n{name}: {n} calls under torch.profiler (its overhead included), self CPU per call\n",
+                  "| operator | calls per call | self CPU us per call | share |", "|---|---|---|---|"]
+        lines += [f"| {e.key} | {e.count / n:.0f} | {e.self_cpu_time_total / n:.0f} | "
+                  f"{e.self_cpu_time_total / total:.0%} |" for e in rows]
+    return lines
+
+
 def ecad_rows(repeats: int, images: int, compiled: bool, schedule_files: list[str] | None = None) -> list[str]:
     """Bundled pipeline: baseline, a cache schedule, FP4 W4A8 and both, whole generation wall time."""
     from ditaccel.caching import apply_schedule, presets
@@ -349,6 +377,7 @@ def main() -> None:
     ap.add_argument("--skip-layers", action="store_true", help="skip the per-layer options table")
     ap.add_argument("--skip-models", action="store_true")
     ap.add_argument("--memory-only", action="store_true", help="only the weight-memory table (no timing)")
+    ap.add_argument("--profile", action="store_true", help="also a torch.profiler operator table (batch 16)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with this thread's CPU time instead of the wall clock (for a shared machine)")
     ap.add_argument("--out", default=str(HERE / "results" / "quant_speed.md"))
@@ -380,6 +409,8 @@ def main() -> None:
     if not args.skip_layers:
         lines += ["", "## Per-layer options (time relative to the fp32 linear, lower is better)"]
         lines += layer_rows(args.repeats * 3, args.compile)
+    if args.profile:
+        lines += ["", "## Where the time goes (torch.profiler, bundled model)"] + profile_lines(16)
     if args.ecad:
         lines += ["", "## FP4 W4A8 with a cache schedule (bundled pipeline, whole generation)"]
         lines += ecad_rows(max(3, args.repeats // 3), args.ecad_images, args.compile, args.ecad_schedule)

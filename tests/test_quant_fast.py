@@ -286,3 +286,20 @@ def test_compiled_kernel_rounds_int8_gemm_levels_like_the_portable_path():
     want = m(x)
     compile_linears(m)
     assert m._int8_ready(x) and torch.equal(m(x), want)
+
+
+def test_reused_input_buffer_never_serves_a_stale_rounding():
+    """Layer inputs round into one reused buffer: interleaved inputs, siblings and an in-place change
+    of a cached input all give the separately computed result."""
+    torch.manual_seed(0)
+    a, b = (QuantLinear.from_linear(nn.Linear(64, 32), "e2m1", 64, act_format="e3m4") for _ in range(2))
+    x1, x2 = torch.randn(4, 64), torch.randn(7, 64)
+
+    def ref(m, x):
+        return F.linear(quantize_per_token(x, "e3m4"), m.dequantize(), m.bias)
+
+    outs = [a(x1), b(x1), a(x2), b(x1), a(x1)]  # x1 again after x2 overwrote the buffer: recomputed
+    want = [ref(a, x1), ref(b, x1), ref(a, x2), ref(b, x1), ref(a, x1)]
+    assert all(torch.equal(o, w) for o, w in zip(outs, want, strict=True))
+    x1.mul_(3.0)
+    assert torch.equal(b(x1), ref(b, x1))

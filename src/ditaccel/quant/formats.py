@@ -332,34 +332,36 @@ def quantize_groups(w: torch.Tensor, fmt: FPFormat | IntFormat | str, group_size
     return decode(codes, fmt, scale, group_size, zero, dtype=w.dtype)
 
 
-def per_token_levels(x: torch.Tensor, fmt: FPFormat | IntFormat,
-                     inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def per_token_levels(x: torch.Tensor, fmt: FPFormat | IntFormat, inplace: bool = False,
+                     out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rounding as ``(levels, scale)``: the fake-quantized tensor is ``levels * scale``.
 
     Levels are grid values of the bias-0 FP grid (``|levels| <= int_max``) or the signed
     INT levels, float32 of ``x``'s shape; ``scale`` is float32 ``[..., 1]``, one per token.
     ``inplace=True``: ``x`` (float32, owned by the caller, e.g. a fresh layer output) becomes
-    the levels. Temporaries go to a per-thread scratch buffer (:func:`_scratch`); the values
-    are those of plain out-of-place ops.
+    the levels. ``out``: a float32 buffer of ``x``'s shape to receive the levels otherwise.
+    Temporaries go to a per-thread scratch buffer (:func:`_scratch`); the values are those of
+    plain out-of-place ops.
     """
     xf = x.float()
     own = (inplace or xf is not x) and not xf.requires_grad  # xf is a fresh copy unless x was float32
+    dest = xf if own else out if out is not None and not xf.requires_grad else None
     scratch = _scratch(xf)
     amax = (xf.abs() if scratch is None else torch.abs(xf, out=scratch)).amax(dim=-1, keepdim=True)
     safe = amax.masked_fill_(amax == 0, 1.0)
     if isinstance(fmt, FPFormat):
         # |y| <= int_max: x / absmax <= 1 in correctly rounded division
-        y = (torch.div(xf, safe, out=xf) if own else xf / safe).mul_(fmt.int_max)
+        y = (xf / safe if dest is None else torch.div(xf, safe, out=dest)).mul_(fmt.int_max)
         return _fp_round_normalised_(y, fmt, clamp=False, scratch=scratch), safe / fmt.int_max
     qmax = 2 ** (fmt.int_bits - 1) - 1  # activations: symmetric per token
     step = safe / qmax
-    return (torch.div(xf, step, out=xf) if own else xf / step).round_().clamp_(-qmax, qmax), step
+    return (xf / step if dest is None else torch.div(xf, step, out=dest)).round_().clamp_(-qmax, qmax), step
 
 
 class _Scratch(threading.local):
-    """One float32 buffer per thread and device, grown to the largest activation seen."""
+    """Float32 buffers per thread, device and slot, grown to the largest activation seen."""
 
-    bufs: dict[torch.device, torch.Tensor]
+    bufs: dict[tuple[torch.device, int], torch.Tensor]
 
     def __init__(self) -> None:
         self.bufs = {}
@@ -368,23 +370,24 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
-def _scratch(like: torch.Tensor) -> torch.Tensor | None:
+def _scratch(like: torch.Tensor, slot: int = 0) -> torch.Tensor | None:
     """A float32 CPU tensor shaped like ``like`` whose memory is reused across calls, or ``None``
     (GPU, gradients, tracing, non-contiguous input: plain allocation).
 
     Why: per-token rounding of a large activation writes two full-size temporaries; fresh
     multi-MiB allocations cost page faults on every call (CPU, one thread: 1024x512 float32
     rounding 1.06-1.33 ms with fresh temporaries, 0.44-0.50 ms with a reused buffer). The
-    buffer is activation-sized, never weight-sized, and holds nothing a caller reads.
+    buffer is activation-sized, never weight-sized. Slot 0 holds temporaries only; slot 1
+    holds a result its one reader consumes at once (see ``ditaccel.quant.linear``).
     """
     if not like.is_cpu or like.requires_grad or not like.is_contiguous() or torch.compiler.is_compiling():
         return None  # GPU allocators cache freed blocks: no page faults to avoid there
     n = like.numel()
-    buf = _SCRATCH.bufs.get(like.device)
+    buf = _SCRATCH.bufs.get((like.device, slot))
     if buf is None or buf.numel() < n:
         with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
             buf = torch.empty(n, dtype=torch.float32, device=like.device)
-        _SCRATCH.bufs[like.device] = buf
+        _SCRATCH.bufs[(like.device, slot)] = buf
     return buf.as_strided(like.shape, like.stride())  # one op: slice + view cost four times as much
 
 
@@ -420,12 +423,14 @@ def int8_digits(fmt: FPFormat | IntFormat) -> int | None:
     return 1 if top <= 127 else 2 if top <= 127 * 128 else None
 
 
-def quantize_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat | str, inplace: bool = False) -> torch.Tensor:
+def quantize_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat | str, inplace: bool = False,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
     """Online activation fake-quant: each token (last-dim vector) is scaled by its own absmax.
 
     Needs no calibration; DiT activation ranges differ strongly between tokens and steps.
     Computes in float32 and returns ``x``'s dtype. ``inplace=True`` may overwrite ``x`` (a
-    float32 tensor the caller owns and no longer needs): one full-size allocation fewer.
+    float32 tensor the caller owns and no longer needs): one full-size allocation fewer;
+    ``out`` (float32, ``x``'s shape) receives the result of a float32 ``x`` instead.
     """
-    levels, scale = per_token_levels(x, parse_format(fmt), inplace)
+    levels, scale = per_token_levels(x, parse_format(fmt), inplace, out)
     return levels.mul_(scale).to(x.dtype)
