@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -76,6 +77,11 @@ class LegacyPath:
 
 
 # ---- timing ---------------------------------------------------------------------------------
+#: The clock: wall time, or with ``--cpu-time`` this thread's CPU time (less disturbed while other
+#: jobs share the cores; the timed work runs on this one thread: ``torch.set_num_threads(1)``).
+CLOCK: Callable[[], float] = time.perf_counter
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds per call of each function, one call of each per round, rounds repeated."""
     for _ in range(warmup):
@@ -84,9 +90,9 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
-            t = time.perf_counter()
+            t = CLOCK()
             f()
-            times[k].append(time.perf_counter() - t)
+            times[k].append(CLOCK() - t)
     return times
 
 
@@ -166,9 +172,10 @@ def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tenso
         fns = model_paths(q, call, compiled, int8=acts in ("int8", "e2m3", "e3m4"))
         fns = {"fp": lambda: call(t), **fns}
         with torch.no_grad():
-            ref = fns.get("current, float GEMM", fns["current"])()
-            same = torch.equal(fns["previous"](), ref) and (not compiled or torch.equal(fns["compiled"](), ref))
-            rel = float((fns["current"]() - ref).abs().max() / ref.abs().max())
+            ref, cur = fns.get("current, float GEMM", fns["current"])(), fns["current"]()
+            # previous == the float path; compiled == current (both take the int8 GEMM where it applies)
+            same = torch.equal(fns["previous"](), ref) and (not compiled or torch.equal(fns["compiled"](), cur))
+            rel = float((cur - ref).abs().max() / ref.abs().max())
             times = interleaved(fns, repeats)
         row: dict[str, object] = {"variant": label, "fp_ms": 1e3 * statistics.median(times["fp"]), "identical": same,
                                   "int8_rel": rel if "current, float GEMM" in fns else None}
@@ -250,6 +257,35 @@ def layer_table(name: str, o: int, i: int, tokens: int, repeats: int, compiled: 
     return lines
 
 
+def profile_lines(batch: int, acts: str = "e3m4") -> list[str]:
+    """torch.profiler top operators (self CPU) of one quantized FFN-up layer and one whole block."""
+    from torch.profiler import profile
+
+    t, call = bundled(batch)
+    q = quantized(t, "e2m1")
+    set_activation_quant(q, acts)
+    # two inputs in turn: one input again would be served from the siblings' shared rounding
+    xs = list(torch.randn(2, batch * 64, 128, generator=torch.Generator().manual_seed(0)))
+    layer = QuantLinear.from_linear(torch.nn.Linear(128, 512), "e2m1", 128, act_format=acts)
+    lines = []
+    for name, fn, n in ((f"one QuantLinear 128->512, {batch * 64} tokens, W4A8 ({acts})", lambda: layer(xs.append(xs.pop(0)) or xs[0]), 50),
+                        (f"whole bundled forward, batch {batch}, W4A8 ({acts})",
+                         lambda: call(q), 3)):
+        with torch.no_grad():
+            for _ in range(3):
+                fn()
+            with profile() as p:
+                for _ in range(n):
+                    fn()
+        rows = sorted(p.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+        total = sum(e.self_cpu_time_total for e in p.key_averages())
+        lines += [f"\n{name}: {n} calls under torch.profiler (its overhead included), self CPU per call\n",
+                  "| operator | calls per call | self CPU us per call | share |", "|---|---|---|---|"]
+        lines += [f"| {e.key} | {e.count / n:.0f} | {e.self_cpu_time_total / n:.0f} | "
+                  f"{e.self_cpu_time_total / total:.0%} |" for e in rows]
+    return lines
+
+
 def ecad_rows(repeats: int, images: int, compiled: bool, schedule_files: list[str] | None = None) -> list[str]:
     """Bundled pipeline: baseline, a cache schedule, FP4 W4A8 and both, whole generation wall time."""
     from ditaccel.caching import apply_schedule, presets
@@ -306,7 +342,7 @@ def ecad_rows(repeats: int, images: int, compiled: bool, schedule_files: list[st
 def table(title: str, rows: list[dict[str, object]], compiled: bool) -> list[str]:
     cols = ["previous", "current", "current, float GEMM"] + (["compiled"] if compiled else [])
     out = [f"\n### {title}\n", "| variant | fp32 ms | " + " | ".join(f"{c}: ms, speed vs fp32" for c in cols)
-           + " | previous == current float path, bitwise | int8 GEMM max diff / max abs |",
+           + " | bitwise: previous == current float path (and compiled == current) | int8 GEMM max diff / max abs |",
            "|---" * (4 + len(cols)) + "|"]
     for r in rows:
         cells = " | ".join(f"{r[c + '_ms']:.1f}, {fmt_ratio(r[c])}" if c in r else "-" for c in cols)
@@ -342,9 +378,16 @@ def main() -> None:
     ap.add_argument("--skip-layers", action="store_true", help="skip the per-layer options table")
     ap.add_argument("--skip-models", action="store_true")
     ap.add_argument("--memory-only", action="store_true", help="only the weight-memory table (no timing)")
+    ap.add_argument("--profile", action="store_true", help="also a torch.profiler operator table (batch 16)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with this thread's CPU time instead of the wall clock (for a shared machine)")
     ap.add_argument("--out", default=str(HERE / "results" / "quant_speed.md"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.thread_time
+    load0 = os.getloadavg()[0]
     t0 = time.time()
     if args.memory_only:
         print("\n".join(memory_lines(args.pixart_blocks)))
@@ -352,7 +395,9 @@ def main() -> None:
     lines = ["# Quantized forward speed vs full precision (CPU)", "",
              f"- Command: `OMP_NUM_THREADS=1 python bench/bench_quant_speed.py {' '.join(sys.argv[1:])}`",
              "- Ratios: each round calls every path once in turn; a ratio is fp32 time / path time within one round; "
-             "the median over rounds is shown with the min-max range in brackets."]
+             "the median over rounds is shown with the min-max range in brackets.",
+             f"- Clock: {'thread CPU time (time.thread_time)' if args.cpu_time else 'wall time (time.perf_counter)'}; "
+             f"load average {load0:.1f} at the start."]
     if not args.skip_models:
         for title, (t, call), reps in (
                 ("Bundled model, batch 2 (one image with CFG, 64 image tokens)", bundled(2), args.repeats),
@@ -365,6 +410,8 @@ def main() -> None:
     if not args.skip_layers:
         lines += ["", "## Per-layer options (time relative to the fp32 linear, lower is better)"]
         lines += layer_rows(args.repeats * 3, args.compile)
+    if args.profile:
+        lines += ["", "## Where the time goes (torch.profiler, bundled model)"] + profile_lines(16)
     if args.ecad:
         lines += ["", "## FP4 W4A8 with a cache schedule (bundled pipeline, whole generation)"]
         lines += ecad_rows(max(3, args.repeats // 3), args.ecad_images, args.compile, args.ecad_schedule)

@@ -238,3 +238,68 @@ def test_activation_quantized_layer_runs_under_inference_mode(acts):
     expected = q(x)
     with torch.inference_mode():
         assert torch.equal(q(x.clone()), expected)
+
+
+@pytest.mark.parametrize("name", ["e3m4", "e2m3", "int8"])
+def test_per_token_scratch_and_inplace_rounding_equal_the_plain_ops(name):
+    """Reused scratch memory and in-place levels change no value, in any order of shapes."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(2, 40, 96), (5, 7), (3, 300, 64), (2, 40, 96)]  # grows, shrinks, grows: one buffer
+    xs = [torch.randn(*s, generator=g) * 20 for s in shapes]
+    want = [previous_per_token(x, name) for x in xs]
+    for x, w in zip(xs, want, strict=True):
+        keep = x.clone()
+        assert torch.equal(quantize_per_token(x, name), w) and torch.equal(x, keep)  # input untouched
+        out = quantize_per_token(x, name, inplace=True)
+        assert torch.equal(out, w) and out.data_ptr() == x.data_ptr()  # the caller's buffer, rounded
+    xb = torch.randn(4, 33, generator=g).to(torch.bfloat16)
+    keep = xb.clone()
+    assert torch.equal(quantize_per_token(xb, name), previous_per_token(xb, name)) and torch.equal(xb, keep)
+    xg = torch.randn(3, 16, generator=g, requires_grad=True)  # gradients: plain allocation, x untouched
+    assert torch.equal(quantize_per_token(xg, name, inplace=True), previous_per_token(xg.detach(), name))
+    with torch.inference_mode():
+        xi = torch.randn(6, 50, generator=g)
+        assert torch.equal(quantize_per_token(xi, name), previous_per_token(xi, name))
+
+
+def test_compiled_dequant_linear_for_gpus_is_bit_identical_on_the_cpu():
+    """The GPU weight-only kernel (generated dequant feeding the matmul), checked where no GPU is:
+    Inductor generates the same graph as C++ here, and its output equals the eager decode's."""
+    from ditaccel.quant.fused import code_values, compiled_fn
+
+    check_kernel("compiled")
+    torch.manual_seed(0)
+    for fmt in ("e2m1", "int4"):
+        m = QuantLinear.from_linear(nn.Linear(256, 48), fmt, 64)
+        zeros = m.zeros if m.zeros.numel() else None
+        x = torch.randn(2, 7, 256)
+        got = compiled_fn()(x, m.qweight, code_values(m), m.scales, zeros, m.bias.detach(), m.group_size)
+        assert torch.equal(got, F.linear(x, m.dequantize(), m.bias))
+
+
+def test_compiled_kernel_rounds_int8_gemm_levels_like_the_portable_path():
+    check_kernel("compiled")
+    torch.manual_seed(0)
+    m = QuantLinear.from_linear(nn.Linear(128, 64), "e2m1", 64, act_format="e2m3", out_act_format="e2m3")
+    x = torch.randn(INT_GEMM_MIN_ROWS, 128)
+    assert m._int8_ready(x)
+    want = m(x)
+    compile_linears(m)
+    assert m._int8_ready(x) and torch.equal(m(x), want)
+
+
+def test_reused_input_buffer_never_serves_a_stale_rounding():
+    """Layer inputs round into one reused buffer: interleaved inputs, siblings and an in-place change
+    of a cached input all give the separately computed result."""
+    torch.manual_seed(0)
+    a, b = (QuantLinear.from_linear(nn.Linear(64, 32), "e2m1", 64, act_format="e3m4") for _ in range(2))
+    x1, x2 = torch.randn(4, 64), torch.randn(7, 64)
+
+    def ref(m, x):
+        return F.linear(quantize_per_token(x, "e3m4"), m.dequantize(), m.bias)
+
+    outs = [a(x1), b(x1), a(x2), b(x1), a(x1)]  # x1 again after x2 overwrote the buffer: recomputed
+    want = [ref(a, x1), ref(b, x1), ref(a, x2), ref(b, x1), ref(a, x1)]
+    assert all(torch.equal(o, w) for o, w in zip(outs, want, strict=True))
+    x1.mul_(3.0)
+    assert torch.equal(b(x1), ref(b, x1))

@@ -2,13 +2,15 @@
 
 Why: the torchao kernels re-express the weights in a hardware format (``torchao-fp8``
 keeps 8 bits per weight, twice the 4-bit footprint), while this path keeps exactly the
-``QuantLinear`` buffers (two codes per byte + group scales) between calls. Inductor
-turns the unpack + grid lookup + group-scale multiply into one generated kernel (C++ on
-the CPU, Triton on a GPU) feeding the matmul, and the per-token activation rounding
-into one reduction + one elementwise pass; with ``mode="max-autotune"`` on a GPU it
-may fuse the dequantization into the Triton matmul's prologue. The full-size weight
-exists only inside one call. Outputs are bit-identical to the portable path (same
-multiplications in the same order; checked in the tests).
+``QuantLinear`` buffers (two codes per byte + group scales) between calls. On a GPU,
+Inductor turns the unpack + grid lookup + group-scale multiply into one generated Triton
+kernel feeding the matmul (with ``mode="max-autotune"`` it may fuse the dequantization
+into the matmul's prologue); the full-size weight exists only inside one call. On the
+CPU the eager pair-table decode measured faster than the generated C++ one, so there
+only the per-token activation rounding is compiled (one reduction + one elementwise
+pass, for the float and the int8 GEMM paths). Outputs are bit-identical to the portable
+path (same operations in the same order; checked in the tests, the GPU form included:
+it is generated as C++ on the CPU there).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from ditaccel.errors import DitaccelError
 
-__all__ = ["COMPILED_KERNEL", "check_compiled", "compile_linears", "dequant_linear"]
+__all__ = ["COMPILED_KERNEL", "check_compiled", "compile_linears", "compiled_levels", "dequant_linear"]
 
 #: The kernel name ``FP4DiTConfig.kernel`` / ``load_quantized(kernel=...)`` use for this path.
 COMPILED_KERNEL = "compiled"
@@ -84,6 +86,16 @@ def compiled_per_token(backend: str = "inductor", mode: str | None = None) -> An
     key = ("per_token", backend, mode)
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(quantize_per_token, backend=backend, mode=mode, dynamic=True)
+    return _COMPILED[key]
+
+
+def compiled_levels(backend: str = "inductor", mode: str | None = None) -> Any:
+    """:func:`~ditaccel.quant.formats.per_token_levels` compiled, for the integer GEMM's activation levels."""
+    from ditaccel.quant.formats import per_token_levels
+
+    key = ("levels", backend, mode)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(per_token_levels, backend=backend, mode=mode, dynamic=True)
     return _COMPILED[key]
 
 

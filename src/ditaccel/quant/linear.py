@@ -21,6 +21,7 @@ from ditaccel.errors import DitaccelError
 from ditaccel.quant.formats import (
     FPFormat,
     IntFormat,
+    _scratch,
     decode,
     encode,
     int8_digits,
@@ -183,37 +184,37 @@ class QuantLinear(nn.Module):
         return self.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        quant = quantize_per_token
+        quant, quant_owned = quantize_per_token, _quantize_owned
         if self.compiled is not None:
-            from ditaccel.quant.fused import code_values, compiled_fn, compiled_per_token
+            from ditaccel.quant.fused import code_values, compiled_fn, compiled_levels, compiled_per_token
 
-            quant = compiled_per_token(*self.compiled)
+            quant = quant_owned = compiled_per_token(*self.compiled)
         if self._int8_ready(x):
-            y = self._forward_int8(x)
-            return quant(y, self.out_act_format) if self.out_act_format is not None else y
+            y = self._forward_int8(x, None if self.compiled is None else compiled_levels(*self.compiled))
+            return quant_owned(y, self.out_act_format) if self.out_act_format is not None else y
         if self.act_format is not None:
             x = _shared_act_quant(x, self.act_format, quant)
         b = self.bias.to(x.dtype) if self.bias is not None else None
-        if self.compiled is not None:
+        if self.compiled is not None and x.device.type != "cpu":  # CPU: the eager decode measured faster
             zeros = self.zeros if self.zeros.numel() else None
             y = compiled_fn(*self.compiled)(x, self.qweight, code_values(self), self.scales, zeros,
                                             None if b is None else b.detach(), self.group_size)
         else:
             y = F.linear(x, self.dequantize(x.dtype), b)
         if self.out_act_format is not None:
-            y = quant(y, self.out_act_format)
+            y = quant_owned(y, self.out_act_format)  # y is this call's own output: rounded in place
         return y
 
     def _int8_ready(self, x: torch.Tensor) -> bool:
         """Whether this call can run as int8 x int8 GEMMs (``torch._int_mm``; CPU only: unmeasured on GPUs)."""
-        return (self.int_gemm and self.compiled is None and x.device.type == "cpu" and self.act_format is not None
+        return (self.int_gemm and x.numel() >= INT_GEMM_MIN_ROWS * self.in_features  # cheapest tests first
+                and x.is_cpu and self.act_format is not None
                 and self.packed and self.in_features % self.group_size == 0 and not x.requires_grad
                 and hasattr(torch, "_int_mm")
-                and x.numel() >= INT_GEMM_MIN_ROWS * self.in_features
                 and (int8_digits(parse_format(self.act_format)) or 99) <= INT_GEMM_MAX_DIGITS
                 and int8_multiplier(self.fmt) is not None)
 
-    def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_int8(self, x: torch.Tensor, levels: Callable[..., Any] | None = None) -> torch.Tensor:
         """``x @ W^T + b`` as exact int8 GEMMs per weight group, scaled in float32 afterwards.
 
         Activation levels (per token) and weight levels (per group) are integers (E2M1 in
@@ -221,8 +222,9 @@ class QuantLinear(nn.Module):
         base-128 digits, one GEMM each), so products and sums are exact in int32; float32
         rounding enters only in the scaling.
         The result is the portable path's up to float32 rounding (bounded in the tests).
+        ``levels``: a compiled :func:`per_token_levels` (``kernel="compiled"``).
         """
-        xi, xs = _shared_act_int8(x, self.act_format)
+        xi, xs = _shared_act_int8(x, self.act_format, levels or per_token_levels)
         xi, xs = xi.reshape(xi.shape[0], -1, self.in_features), xs.reshape(-1, 1)
         wi = _pair_table(self.fmt, self.qweight.device, int8=True).index_select(0, self.qweight.view(-1).to(torch.int32))
         wi = wi.view(torch.int8).view(self.out_features, -1, self.group_size)
@@ -315,6 +317,8 @@ def _shared_act_quant(x: torch.Tensor, fmt: str,
     version counter; tensors that need grad are never shared.
     """
     last = _LAST
+    if quant is quantize_per_token:  # eager: the result goes to a reused buffer (see _input_buffer)
+        quant = _into_input_buffer
     if x.requires_grad or x.is_inference():  # inference tensors have no version counter: not shared
         return quant(x, fmt)
     if last.ref is not None and last.ref() is x and last.version == x._version and last.fmt == fmt:
@@ -324,7 +328,8 @@ def _shared_act_quant(x: torch.Tensor, fmt: str,
     return out
 
 
-def _shared_act_int8(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _shared_act_int8(x: torch.Tensor, fmt: str,
+                     levels_fn: Callable[..., Any] = per_token_levels) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token int8 digits ``[digits, *x.shape]`` and float32 scales of ``x``, shared between
     siblings like :func:`_shared_act_quant`: ``(sum of digit * 128^k) * scale`` is
     ``quantize_per_token(x, fmt)``."""
@@ -334,7 +339,7 @@ def _shared_act_int8(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Ten
     share = not x.is_inference()  # inference tensors have no version counter
     if share and last.ref is not None and last.ref() is x and last.version == x._version and last.fmt == tag:
         return last.out  # type: ignore[return-value]
-    levels, scale = per_token_levels(x, f)
+    levels, scale = levels_fn(x, f)
     mult = int_multiplier(f)
     ints = levels.mul_(mult)  # exact: multiplying by a power of two
     if int8_digits(f) == 2:
@@ -346,6 +351,22 @@ def _shared_act_int8(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Ten
     if share:
         last.ref, last.version, last.fmt, last.out = weakref.ref(x), x._version, tag, out
     return out
+
+
+def _into_input_buffer(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """``quantize_per_token(x, fmt)`` written into a per-thread buffer reused by every layer's input.
+
+    Why: a fresh activation-sized result per layer costs page faults on the CPU (in a batch-16
+    bundled forward, the allocating division was 13 % of the profile). Safe because the
+    rounded input's only readers are this layer's matmul, run at once, and its siblings
+    through :func:`_shared_act_quant`'s cache, which is replaced whenever the buffer is rewritten.
+    """
+    return quantize_per_token(x, fmt, out=_scratch(x, slot=1) if x.dtype == torch.float32 else None)
+
+
+def _quantize_owned(y: torch.Tensor, fmt: str) -> torch.Tensor:
+    """``quantize_per_token(y, fmt)`` for a layer output nobody else holds yet: in place, no new buffer."""
+    return quantize_per_token(y, fmt, inplace=True)
 
 
 _TABLES: dict[tuple[str, str], torch.Tensor] = {}
