@@ -32,8 +32,7 @@ import torch
 from ditaccel._io import atomic_write_text
 from ditaccel._machine import machine_description
 from ditaccel.quant import FP4DiTConfig, quantize_, weight_bytes
-from ditaccel.quant.fused import compile_linears
-from ditaccel.quant.kernels import apply_kernel, kernel_available
+from ditaccel.quant.kernels import apply_kernel, compile_linears, kernel_available
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -33,7 +33,7 @@ from ditaccel._io import atomic_write_text
 from ditaccel._machine import machine_description
 from ditaccel.quant import FP4DiTConfig, QuantLinear, quantize_, set_activation_quant
 from ditaccel.quant.formats import quantize_per_token
-from ditaccel.quant.fused import compile_linears
+from ditaccel.quant.kernels import compile_linears
 from ditaccel.testing.quant_reference import previous_per_token
 
 HERE = Path(__file__).resolve().parent
@@ -49,9 +49,9 @@ VARIANTS = [  # (label, weights, acts)
 
 # ---- the previous portable path (commit 696bdd9), frozen here to measure against -------------
 def legacy_dequant(m: QuantLinear, dtype: torch.dtype) -> torch.Tensor:
-    from ditaccel.quant.linear import _pair_table
+    from ditaccel.quant.packing import pair_table
 
-    table = _pair_table(m.fmt, m.qweight.device).view(torch.float32).view(256, 2)
+    table = pair_table(m.fmt, m.qweight.device).view(torch.float32).view(256, 2)
     vals = F.embedding(m.qweight.long(), table).reshape(m.out_features, -1, m.group_size)
     if m.zeros.numel():
         vals = vals - m.zeros.unsqueeze(-1).float()

@@ -11,8 +11,7 @@ from ditaccel.quant import FP4DiTConfig, QuantLinear, collect_calibration, quant
 from ditaccel.quant import linear as linear_mod
 from ditaccel.quant.api import _auto_assignments, _auto_errors
 from ditaccel.quant.formats import FPFormat, _fp_round_normalised, decode, fp_step, int8_digits, parse_format
-from ditaccel.quant.fused import compile_linears
-from ditaccel.quant.kernels import apply_kernel, check_kernel
+from ditaccel.quant.kernels import apply_kernel, check_kernel, compile_linears
 from ditaccel.quant.linear import INT_GEMM_MIN_ROWS, _shared_act_quant, weight_bytes
 from ditaccel.testing.quant_reference import log2_round, log2_step, previous_per_token
 from ditaccel.testing.replicas import build_pipeline, call_kwargs

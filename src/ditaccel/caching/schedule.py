@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ditaccel._io import atomic_write_checked_json, read_json, verify_checksum
-from ditaccel.caching import ecad_format
+from ditaccel.caching.ecad_format import ecad_schedule_fields, is_ecad, save_ecad
 from ditaccel.errors import ScheduleError
 
 FORMAT = "ditaccel.cache_schedule"
@@ -148,8 +148,8 @@ class CacheSchedule:
     @classmethod
     def from_dict(cls, d: Any, source: str = "schedule") -> CacheSchedule:
         """Parse a dict made by ``to_dict`` or an ECAD file's (auto-detected); mismatches raise ``ScheduleError``."""
-        if ecad_format.is_ecad(d):
-            return cls(**ecad_format.ecad_schedule_fields(d, source))
+        if is_ecad(d):
+            return cls(**ecad_schedule_fields(d, source))
         fix = "re-save it with CacheSchedule.save or pick it again with `ditaccel frontier --select`"
         d = verify_checksum(d, source, fix, ScheduleError)
         if not isinstance(d, dict) or d.get("format") != FORMAT:
@@ -211,11 +211,11 @@ class CacheSchedule:
     def from_ecad(cls, path: str | os.PathLike) -> CacheSchedule:
         """Read one of ECAD's schedule files (github.com/AniAggarwal/ecad, ``schedules/``)."""
         d = read_json(path, "schedule file", "pass an ECAD schedule file", ScheduleError)
-        return cls(**ecad_format.ecad_schedule_fields(d, os.fspath(path)))
+        return cls(**ecad_schedule_fields(d, os.fspath(path)))
 
     def to_ecad(self, path: str | os.PathLike, pipe_or_transformer: Any = None) -> None:
         """Write ECAD's JSON (PixArt/FLUX); a FLUX schedule not from FLUX.1 or ECAD needs the model."""
-        ecad_format.save_ecad(self, path, pipe_or_transformer)
+        save_ecad(self, path, pipe_or_transformer)
 
     @classmethod
     def for_model(cls, pipe_or_transformer: Any, bits: np.ndarray, **kw: Any) -> CacheSchedule:

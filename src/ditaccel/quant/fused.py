@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ditaccel.errors import DitaccelError
+from ditaccel.quant.packing import pair_table
 
-__all__ = ["COMPILED_KERNEL", "check_compiled", "compile_linears", "compiled_levels", "dequant_linear"]
+__all__ = ["COMPILED_KERNEL", "check_compiled", "compiled_levels", "dequant_linear"]
 
 #: The kernel name ``FP4DiTConfig.kernel`` / ``load_quantized(kernel=...)`` use for this path.
 COMPILED_KERNEL = "compiled"
@@ -56,11 +57,9 @@ def dequant_linear(
 
 def code_values(module: nn.Module) -> torch.Tensor:
     """The 16 float32 values a layer's 4-bit codes stand for (cached per format and device)."""
-    from ditaccel.quant.linear import _pair_table
-
     key = (module.fmt.name, str(module.qweight.device))
     if key not in _CODE_VALUES:
-        pairs = _pair_table(module.fmt, module.qweight.device)[:16].view(torch.float32).view(16, 2)
+        pairs = pair_table(module.fmt, module.qweight.device)[:16].view(torch.float32).view(16, 2)
         _CODE_VALUES[key] = pairs[:, 0].contiguous()  # byte b < 16 has low nibble b, high nibble 0
     return _CODE_VALUES[key]
 
@@ -114,20 +113,3 @@ def check_compiled(device: torch.device | str | None = None) -> None:
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         raise DitaccelError("kernel 'compiled' on the CPU needs a C++ compiler (g++ or clang++) for torch.compile: "
                             "install one, or use kernel='portable'")
-
-
-def compile_linears(transformer: nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
-    """Route every packed ``QuantLinear`` of ``transformer`` through the compiled dequant-matmul.
-
-    The modules and their buffers stay as they are (saving still works); returns how many
-    layers were switched. Layers the fast form does not cover (odd widths, partial last
-    groups, 8-bit codes) keep the portable forward.
-    """
-    from ditaccel.quant.linear import QuantLinear
-
-    n = 0
-    for m in transformer.modules():
-        if isinstance(m, QuantLinear) and m.packed and m.in_features % m.group_size == 0:
-            m.compiled = (backend, mode)
-            n += 1
-    return n

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ditaccel.errors import DitaccelError
-from ditaccel.quant.fused import COMPILED_KERNEL, check_compiled, compile_linears
+from ditaccel.quant.fused import COMPILED_KERNEL, check_compiled
+from ditaccel.quant.linear import QuantLinear
 
 __all__ = ["KERNELS", "check_kernel", "apply_kernel", "kernel_available"]
 
@@ -82,8 +83,6 @@ def _config(kernel: str) -> Any:
 def apply_kernel(transformer: nn.Module, kernel: str) -> None:
     """Install ``kernel``: ``compiled`` compiles every ``QuantLinear`` in place (4-bit buffers kept);
     a torchao kernel swaps each for a torchao-quantized linear holding the same grid values."""
-    from ditaccel.quant.linear import QuantLinear
-
     check_kernel(kernel)
     if kernel == COMPILED_KERNEL:  # keeps the packed 4-bit buffers: no re-expression
         compile_linears(transformer)
@@ -102,3 +101,18 @@ def apply_kernel(transformer: nn.Module, kernel: str) -> None:
         ao_quantize_(lin, _config(kernel))
         parent, _, leaf = n.rpartition(".")
         setattr(transformer.get_submodule(parent) if parent else transformer, leaf, lin)
+
+
+def compile_linears(transformer: nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
+    """Route every packed ``QuantLinear`` of ``transformer`` through the compiled dequant-matmul.
+
+    The modules and their buffers stay as they are (saving still works); returns how many
+    layers were switched. Layers the fast form does not cover (odd widths, partial last
+    groups, 8-bit codes) keep the portable forward.
+    """
+    n = 0
+    for m in transformer.modules():
+        if isinstance(m, QuantLinear) and m.packed and m.in_features % m.group_size == 0:
+            m.compiled = (backend, mode)
+            n += 1
+    return n

@@ -31,7 +31,7 @@ from ditaccel.quant.formats import (
     per_token_levels,
     quantize_per_token,
 )
-from ditaccel.quant.packing import pack_nibbles, unpack_nibbles
+from ditaccel.quant.packing import pack_nibbles, pair_table, unpack_nibbles
 
 __all__ = ["INT_GEMM_MAX_DIGITS", "INT_GEMM_MIN_ROWS", "QuantLinear", "weight_bytes"]
 
@@ -87,7 +87,7 @@ class QuantLinear(nn.Module):
             "zeros",
             torch.zeros(out_features, n_groups if needs_zero else 0, dtype=torch.uint8, device=device),
         )
-        #: ``(backend, mode)`` once :func:`ditaccel.quant.fused.compile_linears` routed this layer
+        #: ``(backend, mode)`` once :func:`ditaccel.quant.kernels.compile_linears` routed this layer
         #: through the compiled dequant-matmul; ``None``: the eager portable forward.
         self.compiled: tuple[str, str | None] | None = None
         #: Integer GEMMs (``torch._int_mm``) when activations and weights have integer levels: see
@@ -171,7 +171,7 @@ class QuantLinear(nn.Module):
         zeros = self.zeros if self.zeros.numel() else None
         if self.packed and self.in_features % self.group_size == 0:
             idx = self.qweight.view(-1).to(torch.int32)
-            vals = _pair_table(self.fmt, self.qweight.device).index_select(0, idx).view(torch.float32)
+            vals = pair_table(self.fmt, self.qweight.device).index_select(0, idx).view(torch.float32)
             vals = vals.view(self.out_features, -1, self.group_size)  # [out, groups, group]: fresh, owned
             if zeros is not None:
                 vals.sub_(zeros.unsqueeze(-1))
@@ -226,7 +226,7 @@ class QuantLinear(nn.Module):
         """
         xi, xs = _shared_act_int8(x, self.act_format, levels or per_token_levels)
         xi, xs = xi.reshape(xi.shape[0], -1, self.in_features), xs.reshape(-1, 1)
-        wi = _pair_table(self.fmt, self.qweight.device, int8=True).index_select(0, self.qweight.view(-1).to(torch.int32))
+        wi = pair_table(self.fmt, self.qweight.device, int8=True).index_select(0, self.qweight.view(-1).to(torch.int32))
         wi = wi.view(torch.int8).view(self.out_features, -1, self.group_size)
         if self.zeros.numel():
             wi = wi - self.zeros.view(torch.int8).unsqueeze(-1)  # levels 0..15 minus zero point: [-15, 15]
@@ -367,35 +367,6 @@ def _into_input_buffer(x: torch.Tensor, fmt: str) -> torch.Tensor:
 def _quantize_owned(y: torch.Tensor, fmt: str) -> torch.Tensor:
     """``quantize_per_token(y, fmt)`` for a layer output nobody else holds yet: in place, no new buffer."""
     return quantize_per_token(y, fmt, inplace=True)
-
-
-_TABLES: dict[tuple[str, str], torch.Tensor] = {}
-
-
-def _pair_table(fmt: FPFormat | IntFormat, device: torch.device, int8: bool = False) -> torch.Tensor:
-    """For each byte, the values of its low and high nibble side by side: ``[256]`` int64 words of two float32.
-
-    A value is the grid value (FP), the signed level (symmetric INT) or the raw level (INT
-    with zero point). Gathering 8-byte words is one ``index_select`` of contiguous rows,
-    where a ``[256, 2]`` float table costs an embedding lookup of 2-wide rows. ``int8=True``:
-    ``[256]`` int16 words of two int8 integer levels (FP grid x ``int_max`` x ``2^(M-1)``).
-    """
-    key = (fmt.name + (":int8" if int8 else ""), str(device))
-    if key not in _TABLES:
-        codes = torch.arange(16)
-        if isinstance(fmt, FPFormat):
-            per_code = fmt.grid()[:16]
-            if int8:
-                per_code = (fmt.grid()[:16].double() * fmt.int_max * int8_multiplier(fmt)).round()
-        elif fmt.symmetric:
-            per_code = torch.where(codes >= 8, codes - 16, codes).float()
-        else:
-            per_code = codes.float()
-        b = torch.arange(256)
-        pairs = torch.stack([per_code[b & 15], per_code[b >> 4]], dim=-1)
-        pairs = pairs.to(torch.int8).contiguous().view(torch.int16) if int8 else pairs.float().contiguous().view(torch.int64)
-        _TABLES[key] = pairs.reshape(256).to(device)
-    return _TABLES[key]
 
 
 def weight_bytes(module: nn.Module) -> int:
