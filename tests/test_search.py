@@ -454,3 +454,20 @@ def test_structured_search_frontier_has_no_duplicates_and_resumes(pipe, full_run
     assert len(b.info["history"]) == 2 and a.info["evaluations"] < b.info["evaluations"]
     with pytest.raises(DitaccelError, match="unknown search strategy"):
         search(pipe, _cfg(tmp_path / "bad", strategy="random"))
+
+
+def test_resume_of_a_folder_written_before_the_candidate_dataclass(pipe, tmp_path):
+    """tests/data/search_v0 was written by the engine of commit b9174c4 (candidates as dicts, no gap
+    filling): 1 of 2 generations of ``_cfg``. Resumed now, it must finish as that engine did."""
+    import shutil
+
+    data = Path(__file__).parent / "data"
+    out = tmp_path / "v0"
+    shutil.copytree(data / "search_v0", out)
+    expected = json.loads((data / "search_v0_expected.json").read_text())
+    assert "fill" not in json.loads((out / "checkpoint").read_text())["fingerprint"]
+    resumed = search(pipe, _cfg(out, generations=expected["generations"], resume=True))
+    assert resumed.info["fill"] == 0.0
+    assert [[p.speedup, p.quality, pack(p.schedule.bits)] for p in resumed.points] == expected["points"]
+    assert [json.loads(x)["genome"] for x in (out / "candidates.jsonl").read_text().splitlines()] == \
+           expected["genomes"]
