@@ -107,6 +107,7 @@ class MethodResult:
     setup_seconds: float = 0.0
     group: str | None = None
     images: str | None = None
+    schedule_key: str | None = None           # a schedule row's bits (report.schedule_key): same key, same schedule
 
 
 @dataclass
@@ -498,6 +499,9 @@ def evaluate(cfg: EvalConfig, pipe: Any = None) -> EvalResult:
             r.cpu_speedup = median(cpu_times[base.label]) / r.cpu_seconds_per_image
         c = counted[m.label][0] / cfg.timing_images
         if m.schedule is not None:
+            from ditaccel.evaluate.report import schedule_key
+
+            r.schedule_key = schedule_key(m.schedule.bits)
             r.macs_per_image, r.macs_source = schedule_macs(pipe, m.schedule, h, w, batch=cfg_batch,
                                                             text_len=text_len), "schedule_macs"
             r.details["counted_macs_per_image"] = int(c)
