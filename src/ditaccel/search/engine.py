@@ -8,9 +8,18 @@ blocks (``operators.py``), ``strategy="ecad"`` keeps the paper's. What we add is
 
 - every genome is evaluated at most once (a cache keyed by its packed bits);
 - a generation's new genomes share their common schedule prefixes (``evaluate.py``);
+- under ``"structured"``, a share of each generation (``SearchConfig.fill``) goes to gap fillers:
+  interpolants of adjacent frontier points aimed inside the frontier's widest speed gaps
+  (``operators.gap_fill``), so the frontier is dense, not only spread;
+- the frontier is taken over every candidate ever evaluated (the archive), not the last population;
 - ``checkpoint`` is written atomically after every generation. ``resume`` replays the GA from
   the seed with the cached evaluations, which reproduces the uninterrupted run exactly and
   costs only milliseconds per replayed generation, with no pickle of pymoo's internals.
+
+Phases: ``_resolve`` checks every input and makes a ``_Plan``; ``_SearchRun`` restores or starts
+the archive of ``Candidate`` rows (``candidate.py``), then runs ``_generation`` after generation
+(ask, ``_fill``, ``_evaluate``, tell, ``_checkpoint``); ``_Pricer`` turns a genome into MACs and
+its price on the frontier's axis.
 """
 
 from __future__ import annotations
