@@ -70,8 +70,9 @@ def add_parsers(subparsers: Any) -> None:
                         "ecad: the paper's presets and operators. A resumed search keeps its own")
     s.add_argument("--fill", type=number_type(float, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
                    default=None, metavar="SHARE",
-                   help="share of each generation spent filling the frontier's widest speed gaps (default 0.25 "
-                        "under structured, 0 under ecad); a resumed search keeps its own")
+                   help="gap fillers per generation, as a share of the population: schedules aimed inside the "
+                        "frontier's widest speed gaps, on top of the GA's offspring (default 0.25 under "
+                        "structured, 0 under ecad); a resumed search keeps its own")
     s.set_defaults(func=cmd_search)
 
     f = subparsers.add_parser("frontier", help="print a search's frontier, or write the schedule you pick")

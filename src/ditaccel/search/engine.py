@@ -8,9 +8,9 @@ blocks (``operators.py``), ``strategy="ecad"`` keeps the paper's. What we add is
 
 - every genome is evaluated at most once (a cache keyed by its packed bits);
 - a generation's new genomes share their common schedule prefixes (``evaluate.py``);
-- under ``"structured"``, a share of each generation (``SearchConfig.fill``) goes to gap fillers:
-  interpolants of adjacent frontier points aimed inside the frontier's widest speed gaps
-  (``operators.gap_fill``), so the frontier is dense, not only spread;
+- under ``"structured"``, each generation also evaluates gap fillers (``SearchConfig.fill`` x the
+  population): interpolants of adjacent frontier points aimed inside the frontier's widest speed
+  gaps (``operators.gap_fill``), so the frontier is dense, not only spread;
 - the frontier is taken over every candidate ever evaluated (the archive), not the last population;
 - ``checkpoint`` is written atomically after every generation. ``resume`` replays the GA from
   the seed with the cached evaluations, which reproduces the uninterrupted run exactly and
@@ -111,9 +111,9 @@ class SearchConfig:
     #: (``search.operators``). ``"ecad"``: the paper's presets and operators, unchanged.
     #: None: a resumed search keeps its own, a new one gets ``"structured"``.
     strategy: str | None = None
-    #: Share of each generation after the first spent on gap filling: offspring interpolated between
-    #: adjacent frontier points around its largest speed gaps (``operators.gap_fill``), so the frontier
-    #: has a point every few percent of speedup. None: a resumed search keeps its own, a new one gets
+    #: Gap fillers per generation after the first, as a share of the population: schedules interpolated
+    #: between adjacent frontier points inside its widest speed gaps (``operators.gap_fill``), evaluated
+    #: on top of the GA's offspring, so the frontier has a point every few percent of speedup. None: a resumed search keeps its own, a new one gets
     #: ``DEFAULT_FILL`` under ``"structured"`` and 0 (the paper's GA, unchanged) under ``"ecad"``.
     fill: float | None = None
 
@@ -146,8 +146,8 @@ class _Plan:
 
 
 STRATEGIES = ("structured", "ecad")
-#: share of each generation (after the first) that the structured strategy spends on filling the
-#: frontier's largest speed gaps (``operators.gap_fill``); the paper's strategy spends none
+#: gap fillers per generation (after the first) under the structured strategy, as a share of the
+#: population (``operators.gap_fill``); the paper's strategy has none
 DEFAULT_FILL = 0.25
 
 
@@ -183,7 +183,7 @@ def _apply_defaults(cfg: SearchConfig, bundled: bool) -> None:
         saved = _saved(cfg, "fill", "0")
         cfg.fill = float(saved) if saved is not None else (DEFAULT_FILL if cfg.strategy == "structured" else 0.0)
     if not isinstance(cfg.fill, int | float) or not 0.0 <= cfg.fill <= 1.0:
-        raise DitaccelError(f"fill must be a share of each generation between 0 and 1, got {cfg.fill}")
+        raise DitaccelError(f"fill must be a share of the population between 0 and 1, got {cfg.fill}")
     if cfg.cost is None:
         cfg.cost = _saved(cfg, "cost", "macs") or LATENCY_MODEL
     if cfg.cost not in COSTS:
@@ -559,22 +559,22 @@ class _SearchRun:
         return frontier
 
     def _generation(self, gen: int, problem: Any, algorithm: Any, bar: _Progress) -> None:
-        """Ask the GA, swap a share of its offspring for gap fillers, evaluate the new genomes, tell the GA."""
+        """Ask the GA, add the gap fillers, evaluate the new genomes, tell the GA its offspring's scores."""
         from pymoo.core.evaluator import Evaluator
         from pymoo.problems.static import StaticProblem
 
         pop = algorithm.ask()
         X = np.asarray(pop.get("X"), dtype=bool)
-        X, filled = self._fill(gen, X)
-        pop.set("X", X)
         keys = [pack(x) for x in X]
         new: dict[str, np.ndarray] = {}
         for k, x in zip(keys, X, strict=True):
             if k not in self.archive and k not in new:
                 new[k] = x.reshape(self.plan.shape)
+        filled = self._fill(gen, set(keys))
+        new.update(filled)
         t0, c0 = time.perf_counter(), time.process_time()
         task = bar.start(gen, len(new), _best_label(self.archive))
-        fresh, stats = self._evaluate(new, gen, filled, bar, task)
+        fresh, stats = self._evaluate(new, gen, set(filled), bar, task)
         F = np.array([self.archive[k].objectives for k in keys], dtype=float)
         G = np.array([[self.archive[k].constraint] for k in keys], dtype=float)
         Evaluator().eval(StaticProblem(problem, F=F, G=G), pop)
@@ -584,28 +584,28 @@ class _SearchRun:
             append_candidates(self.plan.out / "candidates.jsonl", fresh)
         if gen < self.done_gens:
             return  # replayed from the checkpoint: its history entry is already there
-        self.history.append(self._entry(gen, keys, new, filled, stats, time.perf_counter() - t0,
+        self.history.append(self._entry(gen, keys, new, set(filled), stats, time.perf_counter() - t0,
                                         time.process_time() - c0))
         self._checkpoint(gen)
 
-    def _fill(self, gen: int, X: np.ndarray) -> tuple[np.ndarray, set[str]]:
-        """Replace the last ``fill`` share of the offspring by gap fillers aimed at the frontier of the
-        candidates evaluated before ``gen`` (so a resumed search replays the same choice)."""
+    def _fill(self, gen: int, proposed: set[str]) -> dict[str, np.ndarray]:
+        """Gap fillers (``fill`` x population of them) aimed at the frontier of the candidates evaluated
+        before ``gen`` (so a resumed search replays the same choice).
+
+        They join the archive, and so the frontier, but the GA is not told of them: its trajectory is
+        the one without filling, so the filled frontier dominates-or-equals the unfilled one, at the
+        price of the extra evaluations.
+        """
         from ditaccel.search.operators import gap_fill
 
-        n = int(round(self.plan.fill * len(X))) if gen > 0 else 0
+        n = int(round(self.plan.fill * int(self.cfg.population))) if gen > 0 else 0
         if n == 0:
-            return X, set()
+            return {}
         before = [c for c in self.archive.values() if c.generation < gen]
         points = [(c.speedup, unpack(c.genome, self.plan.shape)) for c in self._front(before)]
-        known = {c.genome for c in before} | {pack(x) for x in X[: len(X) - n]}
-        rng = np.random.default_rng([self.cfg.seed, gen])
-        kids = gap_fill(points, n, self.pricer.speedup, known, rng)
-        if not kids:
-            return X, set()
-        X = X.copy()
-        X[len(X) - len(kids):] = np.stack([k.reshape(-1) for k in kids])
-        return X, {pack(k) for k in kids}
+        known = {c.genome for c in before} | proposed
+        kids = gap_fill(points, n, self.pricer.speedup, known, np.random.default_rng([self.cfg.seed, gen]))
+        return {pack(k): k for k in kids}
 
     def _evaluate(self, new: dict[str, np.ndarray], gen: int, filled: set[str], bar: _Progress, task: Any,
                   ) -> tuple[list[Candidate], Any]:
