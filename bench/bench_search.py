@@ -30,14 +30,14 @@ sys.path.insert(0, str(HERE))
 
 
 
-def density(frontier: Any, lo: float = 1.05, hi: float = 3.2) -> str:
-    """How evenly the frontier covers [lo, hi]x: its points there and the widest step between neighbours."""
-    xs = sorted(p.speedup for p in frontier.points)
-    inside = [x for x in xs if lo <= x <= hi]
-    ends = [max([x for x in xs if x < lo], default=1.0), *inside, min([x for x in xs if x > hi], default=hi)]
-    widest = max(zip(ends, ends[1:], strict=False), key=lambda ab: ab[1] / ab[0])
-    return (f"{len(inside)} frontier points in {lo:.2f}x-{hi:.2f}x; widest step between neighbours "
-            f"{(widest[1] / widest[0] - 1) * 100:.0f}% ({widest[0]:.2f}x -> {widest[1]:.2f}x)")
+def density(frontier: Any) -> str:
+    """How evenly the frontier covers bench_fill.BAND: its points there and the widest step between neighbours."""
+    from bench_fill import BAND
+    from bench_fill import density as band_density
+
+    n, widest, (lo, hi) = band_density([p.speedup for p in frontier.points])
+    return (f"{n} frontier points in {BAND[0]:.2f}x-{BAND[1]:.2f}x; widest step between neighbours "
+            f"{widest * 100:.0f}% ({lo:.2f}x -> {hi:.2f}x)")
 
 
 def main() -> int:
