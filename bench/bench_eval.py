@@ -227,7 +227,9 @@ def curve_summary(doms: list, speed: str) -> list[str]:
     out = ["| peer curve | points dominated | measured speed range |", "|---|---|---|"]
     for c, ds in by.items():
         sp = [getattr(d.peer, speed) for d in ds]
-        out.append(f"| {c} | {sum(d.dominated for d in ds)} of {len(ds)} | {min(sp):.2f}x-{max(sp):.2f}x |")
+        same = sum(d.matched is not None for d in ds)
+        out.append(f"| {c} | {sum(d.dominated for d in ds)} of {len(ds)}{f' ({same} matched)' if same else ''} | "
+                   f"{min(sp):.2f}x-{max(sp):.2f}x |")
     return out
 
 

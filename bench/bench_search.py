@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ditaccel._io import atomic_write_text
 from ditaccel._machine import machine_description
@@ -29,12 +30,23 @@ sys.path.insert(0, str(HERE))
 
 
 
+def density(frontier: Any) -> str:
+    """How evenly the frontier covers bench_fill.BAND: its points there and the widest step between neighbours."""
+    from bench_fill import BAND
+    from bench_fill import density as band_density
+
+    n, widest, (lo, hi) = band_density([p.speedup for p in frontier.points])
+    return (f"{n} frontier points in {BAND[0]:.2f}x-{BAND[1]:.2f}x; widest step between neighbours "
+            f"{widest * 100:.0f}% ({lo:.2f}x -> {hi:.2f}x)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("runs/bench-search"))
     ap.add_argument("--ray", action="store_true", help="local Ray with 2 workers instead of in-process")
     ap.add_argument("--generations", type=int, default=None)
     ap.add_argument("--population", type=int, default=None)
+    ap.add_argument("--fill", type=float, default=None, help="gap-filling share of each generation (default: the engine's)")
     ap.add_argument("--results", type=Path, default=HERE / "results" / "search.md")
     args = ap.parse_args()
     if args.out.exists():
@@ -44,6 +56,8 @@ def main() -> int:
         cfg.generations = args.generations
     if args.population:
         cfg.population = args.population
+    if args.fill is not None:
+        cfg.fill = args.fill
     if args.ray:
         cfg.ray_address, cfg.ray_workers = "local", 2
     t0, c0 = time.perf_counter(), time.process_time()
@@ -60,14 +74,15 @@ def main() -> int:
     bce = frontier.info["block_component_evaluations"]
     cmd = "python bench/bench_search.py" + (" --ray" if args.ray else "") + \
           (f" --generations {args.generations}" if args.generations else "") + \
-          (f" --population {args.population}" if args.population else "")
+          (f" --population {args.population}" if args.population else "") + \
+          (f" --fill {args.fill}" if args.fill is not None else "")
     lines = [
         "# ECAD search on the bundled model: time, frontier, prefix-sharing saving",
         "",
         f"- Machine: {machine_description()}.",
         f"- Command: `{cmd}` (= `ditaccel search --out {args.out}` with every default: "
         f"population {frontier.info['population']}, {frontier.info['generations']} generations, seed {cfg.seed}, presets init, "
-        f"strategy {frontier.info.get('strategy', 'ecad')}, metric adherence on {frontier.info['n_images']} calibration "
+        f"strategy {frontier.info.get('strategy', 'ecad')}, gap-fill share {frontier.info.get('fill', 0)}, metric adherence on {frontier.info['n_images']} calibration "
         f"prompts x seed 0, 20 steps, {frontier.info.get('cost', 'macs')} cost, "
         f"{'local Ray, 2 workers' if args.ray else 'in-process'}).",
         f"- Wall-clock: {total:.0f} s in all ({t_load:.1f} s loading the model, "
@@ -78,6 +93,7 @@ def main() -> int:
         f"- Evaluated schedules: {frontier.info['evaluations']}; frontier points: {len(frontier.points)}.",
         f"- Block-component evaluations: {bce['done']:,} done vs {bce['separately']:,} if each schedule were "
         f"generated separately: saving {bce['saving']:.2f}x over the whole search.",
+        f"- Density: {density(frontier)}.",
     ]
     if fastest_ok is not None:
         lines.append(f"- Target (>= 2.5x {speedup_label(frontier)} within 1 point of the uncached adherence): **reached**: "
@@ -91,12 +107,12 @@ def main() -> int:
     lines += ["", "## Per generation", "",
               "Saving = block-component evaluations if each new schedule were generated separately / done. "
               "Generation saving also counts offspring already evaluated earlier (served from the cache).", "",
-              "| gen | offspring | new (not cached) | seconds | CPU s | block-comp. done | new ones separately "
+              "| gen | offspring | new (not cached) (gap fillers) | seconds | CPU s | block-comp. done | new ones separately "
               "| saving | whole generation separately | generation saving |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for h in hist:
         gs = h.get("saving_generation")
-        lines.append(f"| {h['generation']} | {h['offspring']} | {h['new']} | {h['seconds']:.1f} | "
+        lines.append(f"| {h['generation']} | {h['offspring']} | {h['new']} ({h.get('gap_fill', 0)}) | {h['seconds']:.1f} | "
                      f"{h.get('cpu_seconds_here', 0):.1f} | {h.get('components_live', 0):,} | "
                      f"{h.get('components_alone', 0):,} | {h.get('saving', 1.0):.2f}x | "
                      f"{h.get('components_generation_alone', 0):,} | {'n/a' if gs is None else f'{gs:.2f}x'} |")

@@ -454,3 +454,59 @@ def test_structured_search_frontier_has_no_duplicates_and_resumes(pipe, full_run
     assert len(b.info["history"]) == 2 and a.info["evaluations"] < b.info["evaluations"]
     with pytest.raises(DitaccelError, match="unknown search strategy"):
         search(pipe, _cfg(tmp_path / "bad", strategy="random"))
+
+
+def test_resume_of_a_folder_written_before_the_candidate_dataclass(pipe, tmp_path):
+    """tests/data/search_v0 was written by the engine of commit b9174c4 (candidates as dicts, no gap
+    filling): 1 of 2 generations of ``_cfg``. Resumed now, it must finish as that engine did."""
+    import shutil
+
+    data = Path(__file__).parent / "data"
+    out = tmp_path / "v0"
+    shutil.copytree(data / "search_v0", out)
+    expected = json.loads((data / "search_v0_expected.json").read_text())
+    assert "fill" not in json.loads((out / "checkpoint").read_text())["fingerprint"]
+    resumed = search(pipe, _cfg(out, generations=expected["generations"], resume=True))
+    assert resumed.info["fill"] == 0.0
+    assert [[p.speedup, p.quality, pack(p.schedule.bits)] for p in resumed.points] == expected["points"]
+    assert [json.loads(x)["genome"] for x in (out / "candidates.jsonl").read_text().splitlines()] == \
+           expected["genomes"]
+
+
+def test_gap_fill_aims_inside_the_widest_gaps(shape):
+    from ditaccel.search.operators import gap_fill
+
+    def speed(bits):  # a stand-in price: 1 / share of computed bits
+        return bits.size / max(1, int(bits.sum()))
+
+    full = np.ones(shape, dtype=bool)
+    half = full.copy()
+    half[1::2] = False  # FORA(2)-like
+    light = full.copy()
+    light[1, 0, 0] = False
+    points = [(speed(full), full), (speed(light), light), (speed(half), half)]
+    known = {pack(b) for _, b in points}
+    small = speed(light) / speed(full) + 1e-6  # the narrow gap counts as none
+    assert speed(half) / speed(light) > 1.5 * small
+    kids = gap_fill(points, 5, speed, known, np.random.default_rng(0), max_gap=small)
+    assert 1 <= len(kids) <= 5
+    assert len({pack(k) for k in kids}) == len(kids) and not {pack(k) for k in kids} & known
+    lo, hi = speed(light), speed(half)
+    assert all(lo < speed(k) < hi for k in kids)  # all in the wide gap, none in the narrow one
+    assert all(k[0].all() for k in kids)  # step 0 stays computed
+    xs = sorted([lo, *map(speed, kids), hi])
+    assert max(b / a for a, b in zip(xs, xs[1:], strict=False)) < hi / lo  # the widest gap shrank
+    assert gap_fill(points[:2], 5, speed, known, np.random.default_rng(0), max_gap=small) == []
+
+
+def test_search_spends_its_fill_share_on_gap_fillers_and_the_paper_strategy_none(full_run, pipe, tmp_path):
+    out, frontier = full_run
+    assert frontier.info["fill"] == 0.25
+    fills = [h.get("gap_fill", 0) for h in frontier.info["history"]]
+    assert fills[0] == 0 and all(0 < f <= 2 for f in fills[1:])  # round(0.25 * 6) of each later generation
+    names = [json.loads(x)["name"] for x in (out / "candidates.jsonl").read_text().splitlines()]
+    assert names.count("gapfill") >= 1
+    ecad = search(pipe, _cfg(tmp_path / "ecad", generations=2, strategy="ecad"))
+    assert ecad.info["fill"] == 0.0 and not any("gap_fill" in h for h in ecad.info["history"])
+    with pytest.raises(DitaccelError, match="fill must be"):
+        search(pipe, _cfg(tmp_path / "bad", fill=1.5))

@@ -62,7 +62,7 @@ class PipelineInfo:
 
     @property
     def name(self) -> str:
-        """``source``, or ``(in-memory pipeline)``: what results and fingerprints record as the model."""
+        """``source``, or ``(in-memory pipeline)``: what results record as the model."""
         return self.source if self.source is not None else "(in-memory pipeline)"
 
 

@@ -207,11 +207,24 @@ def write_plot(result: Any, path: Any, speed: str = "speedup") -> list[str]:
 QUALITY_COLUMNS = ("adherence", "psnr")
 
 
+def schedule_key(bits: Any) -> str:
+    """Shape and packed bits of a schedule, step 0 as computed (the runtime always computes it).
+
+    Two rows with the same key run the same schedule, so their speed difference is noise.
+    """
+    b = np.array(bits, dtype=bool, copy=True)
+    if b.ndim and len(b):
+        b[0] = True
+    return "x".join(map(str, b.shape)) + ":" + np.packbits(b.reshape(-1)).tobytes().hex()
+
+
 @dataclass
 class Dominance:
     """One peer point against an ECAD frontier, on measured speed and every quality column.
 
-    ``by``: the fastest ECAD point at least as fast and at least as good on every column (None if
+    ``matched``: an ECAD point with the very same schedule bits (a schedule peer such as FORA can
+    coincide with a frontier point); such a peer is neither dominated nor not dominated, since any
+    speed difference between the two is measurement noise. ``by``: the fastest ECAD point at least as fast and at least as good on every column (None if
     there is none). Otherwise the gaps: ``speed_ratio`` = speed of the fastest ECAD point that is at
     least as good on every column / the peer's speed (< 1: ECAD needs to be slower to match it), and
     ``quality_gap`` = per column, the best ECAD value among points at least as fast minus the peer's
@@ -222,6 +235,7 @@ class Dominance:
     by: Any = None
     speed_ratio: float | None = None
     quality_gap: dict[str, float | None] = field(default_factory=dict)
+    matched: Any = None
 
     @property
     def dominated(self) -> bool:
@@ -246,8 +260,13 @@ def dominance(rows: list[Any], speed: str = "speedup", columns: tuple[str, ...] 
     def good(e: Any, p: Any) -> bool:
         return all(e.metrics[c] >= p.metrics[c] for c in cols)
 
+    same = {e.schedule_key: e for e in ecad if getattr(e, "schedule_key", None)}
     out = []
     for p in sorted(peers, key=lambda r: (r.curve or r.name or r.label, getattr(r, speed))):
+        key = getattr(p, "schedule_key", None)
+        if key and key in same:
+            out.append(Dominance(p, matched=same[key]))
+            continue
         sp = getattr(p, speed)
         fast = [e for e in ecad if getattr(e, speed) >= sp]
         winners = [e for e in fast if good(e, p)]
@@ -274,7 +293,9 @@ def dominance_markdown(doms: list[Dominance], speed: str = "speedup",
     lines = ["| peer point | speedup | quality | verdict |", "|---|---|---|---|"]
     for d in doms:
         p = d.peer
-        if d.dominated:
+        if d.matched is not None:
+            verdict = f"**matched**: the frontier holds this same schedule ({d.matched.name or d.matched.label})"
+        elif d.dominated:
             e = d.by
             verdict = (f"dominated by **{e.name or e.label}**: {getattr(e, speed):.2f}x, {_q(e, cols)}")
         else:
@@ -292,8 +313,10 @@ def dominance_markdown(doms: list[Dominance], speed: str = "speedup",
                     if v is not None and not math.isnan(v)))
             verdict = "**not dominated**: " + "; ".join(gaps)
         lines.append(f"| {p.name or p.label} | {getattr(p, speed):.2f}x | {_q(p, cols)} | {verdict} |")
-    n = sum(d.dominated for d in doms)
-    lines += ["", f"{n} of {len(doms)} peer points dominated."]
+    n, same = sum(d.dominated for d in doms), sum(d.matched is not None for d in doms)
+    lines += ["", f"{n} of {len(doms)} peer points dominated" + (
+        f"; {same} matched (the frontier holds the same schedule, so only noise separates their speeds)"
+        if same else "") + "."]
     return "\n".join(lines) + "\n"
 
 

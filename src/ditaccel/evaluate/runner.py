@@ -109,6 +109,7 @@ class MethodResult:
     setup_seconds: float = 0.0
     group: str | None = None
     images: str | None = None
+    schedule_key: str | None = None           # a schedule row's bits (report.schedule_key): same key, same schedule
 
 
 @dataclass
@@ -557,6 +558,9 @@ def _rows(run: _Run, t: _Timing, scored: dict[str, tuple[dict[str, float], dict[
             r.cpu_speedup = median(t.cpu[base.label]) / r.cpu_seconds_per_image
         c = t.counted[m.label][0] / cfg.timing_images
         if m.schedule is not None:
+            from ditaccel.evaluate.report import schedule_key
+
+            r.schedule_key = schedule_key(m.schedule.bits)
             r.macs_per_image, r.macs_source = schedule_macs(pipe, m.schedule, h, w, batch=cfg_batch,
                                                             text_len=text_len), "schedule_macs"
             r.details["counted_macs_per_image"] = int(c)

@@ -72,6 +72,11 @@ def _add_search_parser(subparsers: Any) -> None:
     s.add_argument("--strategy", choices=("structured", "ecad"), default=None,
                    help="structured (default for a new search): dynamic-like presets and step/block operators; "
                         "ecad: the paper's presets and operators. A resumed search keeps its own")
+    s.add_argument("--fill", type=number_type(float, lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
+                   default=None, metavar="SHARE",
+                   help="gap fillers per generation, as a share of the population: schedules aimed inside the "
+                        "frontier's widest speed gaps, on top of the GA's offspring (default 0.25 under "
+                        "structured, 0 under ecad); a resumed search keeps its own")
     s.set_defaults(func=cmd_search)
 
 
@@ -104,7 +109,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                        generations=args.generations, seed=args.seed, init=args.init,
                        out=args.out, resume=args.resume, batch_size=args.batch_size, call_kwargs=call_kwargs,
                        cost=args.cost, ray_address=args.ray, ray_workers=args.ray_workers, progress=True,
-                       tiebreak=args.tiebreak, strategy=args.strategy)
+                       tiebreak=args.tiebreak, strategy=args.strategy, fill=args.fill)
     if args.metric:  # fail on an unknown metric or missing weights before loading the model
         from ditaccel.metrics import get_metric
 

@@ -8,9 +8,18 @@ blocks (``operators.py``), ``strategy="ecad"`` keeps the paper's. What we add is
 
 - every genome is evaluated at most once (a cache keyed by its packed bits);
 - a generation's new genomes share their common schedule prefixes (``evaluate.py``);
+- under ``"structured"``, each generation also evaluates gap fillers (``SearchConfig.fill`` x the
+  population): interpolants of adjacent frontier points aimed inside the frontier's widest speed
+  gaps (``operators.gap_fill``), so the frontier is dense, not only spread;
+- the frontier is taken over every candidate ever evaluated (the archive), not the last population;
 - ``checkpoint`` is written atomically after every generation. ``resume`` replays the GA from
   the seed with the cached evaluations, which reproduces the uninterrupted run exactly and
   costs only milliseconds per replayed generation, with no pickle of pymoo's internals.
+
+Phases: ``_resolve`` checks every input and makes a ``_Plan``; ``_SearchRun`` restores or starts
+the archive of ``Candidate`` rows (``candidate.py``), then runs ``_generation`` after generation
+(ask, ``_fill``, ``_evaluate``, tell, ``_checkpoint``); ``_Pricer`` turns a genome into MACs and
+its price on the frontier's axis.
 """
 
 from __future__ import annotations
@@ -27,18 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from ditaccel._io import (
-    atomic_write_checked_json,
-    atomic_write_text,
-    checked_jsonl_line,
-    read_checked_jsonl,
-    read_json,
-)
+from ditaccel._io import atomic_write_checked_json, atomic_write_text, read_json
 from ditaccel.caching import CacheSchedule, schedule_macs
 from ditaccel.errors import DitaccelError
 from ditaccel.metrics.fidelity import PSNR_CAP
-from ditaccel.models import get_adapter, image_size
+from ditaccel.models import get_adapter, get_transformer, image_size
 from ditaccel.pipeline import pipeline_call_kwargs, pipeline_info
+from ditaccel.search.candidate import UNNAMED, Candidate, append_candidates, jsonl, read_candidates
 from ditaccel.search.frontier import Frontier, FrontierPoint, non_dominated, write_frontier
 from ditaccel.search.genome import (
     canonical,
@@ -107,6 +111,11 @@ class SearchConfig:
     #: (``search.operators``). ``"ecad"``: the paper's presets and operators, unchanged.
     #: None: a resumed search keeps its own, a new one gets ``"structured"``.
     strategy: str | None = None
+    #: Gap fillers per generation after the first, as a share of the population: schedules interpolated
+    #: between adjacent frontier points inside its widest speed gaps (``operators.gap_fill``), evaluated
+    #: on top of the GA's offspring, so the frontier has a point every few percent of speedup. None: a resumed search keeps its own, a new one gets
+    #: ``DEFAULT_FILL`` under ``"structured"`` and 0 (the paper's GA, unchanged) under ``"ecad"``.
+    fill: float | None = None
 
 
 @dataclass
@@ -128,9 +137,13 @@ class _Plan:
     needs_reference: bool = False
     tiebreak: str | None = None
     strategy: str = "ecad"
+    fill: float = 0.0
 
 
 STRATEGIES = ("structured", "ecad")
+#: gap fillers per generation (after the first) under the structured strategy, as a share of the
+#: population (``operators.gap_fill``); the paper's strategy has none
+DEFAULT_FILL = 0.25
 
 
 def _saved(cfg: SearchConfig, key: str, before: str) -> str | None:
@@ -145,11 +158,8 @@ def _saved(cfg: SearchConfig, key: str, before: str) -> str | None:
         return None  # _check_out reports the corrupt checkpoint
 
 
-def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
-    from ditaccel.metrics import get_metric
-    from ditaccel.prompts import load_prompts, parse_seeds
-
-    bundled = pipeline_info(pipe).bundled
+def _apply_defaults(cfg: SearchConfig, bundled: bool) -> None:
+    """Fill ``cfg``'s unset sizes, strategy, fill share and cost (a resumed search keeps its own) and check them."""
     if cfg.population is None:
         cfg.population = BUNDLED_POPULATION if bundled else DEFAULT_POPULATION
     if cfg.generations is None:
@@ -164,13 +174,26 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         cfg.strategy = _saved(cfg, "strategy", "ecad") or "structured"
     if cfg.strategy not in STRATEGIES:
         raise DitaccelError(f"unknown search strategy {cfg.strategy!r}; use {' or '.join(STRATEGIES)}")
+    if cfg.fill is None:
+        saved = _saved(cfg, "fill", "0")
+        cfg.fill = float(saved) if saved is not None else (DEFAULT_FILL if cfg.strategy == "structured" else 0.0)
+    if not isinstance(cfg.fill, int | float) or not 0.0 <= cfg.fill <= 1.0:
+        raise DitaccelError(f"fill must be a share of the population between 0 and 1, got {cfg.fill}")
     if cfg.cost is None:
         cfg.cost = _saved(cfg, "cost", "macs") or LATENCY_MODEL
     if cfg.cost not in COSTS:
         raise DitaccelError(f"unknown cost {cfg.cost!r}; use {', '.join(COSTS)}")
-    a = get_adapter(pipe)
-    metric = cfg.metric or ("adherence" if bundled else "psnr")
-    m = get_metric(metric, **cfg.metric_paths)  # unknown metric / missing weights: one line, now
+    if cfg.ray_address is not None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise DitaccelError("--ray needs Ray; pip install 'ray[default]>=2.9'") from None
+
+
+def _calibration_prompts(cfg: SearchConfig, metric: str, bundled: bool) -> list[str]:
+    """The prompts to score candidates on (the defaults depend on the model, metric and strategy)."""
+    from ditaccel.prompts import load_prompts
+
     if cfg.prompts is None and bundled and metric == "adherence" and cfg.strategy == "structured":
         prompts = load_prompts("calibration")[::STRUCTURED_PROMPT_STRIDE]
     elif cfg.prompts is None:
@@ -181,6 +204,30 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         prompts = [str(p) for p in cfg.prompts]
     if not prompts:
         raise DitaccelError("no prompts to calibrate on; pass prompts")
+    return prompts
+
+
+def _named_start(pipe: Any, cfg: SearchConfig, steps: int) -> tuple[list[tuple[str, np.ndarray]], str]:
+    """The named genomes of the initial population and their id in the fingerprint."""
+    base = preset_population(pipe, steps) if cfg.strategy == "ecad" else structured_population(pipe, steps)
+    if str(cfg.init) == "presets":
+        return base, "presets"
+    named = frontier_population(pipe, cfg.init, steps)
+    named = [base[0], *named, *base[1:]]
+    return named, "frontier:" + hashlib.sha256("".join(pack(b) for _, b in named).encode()).hexdigest()[:16]
+
+
+def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
+    """Check every input and derive the plan (prompts x seeds, steps, named start, fingerprint, resume state)."""
+    from ditaccel.metrics import get_metric
+    from ditaccel.prompts import parse_seeds
+
+    bundled = pipeline_info(pipe).bundled
+    _apply_defaults(cfg, bundled)
+    a = get_adapter(pipe)
+    metric = cfg.metric or ("adherence" if bundled else "psnr")
+    m = get_metric(metric, **cfg.metric_paths)  # unknown metric / missing weights: one line, now
+    prompts = _calibration_prompts(cfg, metric, bundled)
     seeds = parse_seeds(cfg.seeds) if isinstance(cfg.seeds, str) else [int(s) for s in (cfg.seeds or [0])]
     pairs_p = [p for p in prompts for _ in seeds]
     pairs_s = [s for _ in prompts for s in seeds]
@@ -191,25 +238,14 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     kw = pipeline_call_kwargs(pipe, **cfg.call_kwargs)
     params = inspect.signature(pipe.__call__).parameters
     steps = kw.get("num_inference_steps") or params["num_inference_steps"].default
+    t = get_transformer(pipe)
     height, width = image_size(pipe, kw)
-    base = preset_population(pipe, steps) if cfg.strategy == "ecad" else structured_population(pipe, steps)
-    if str(cfg.init) == "presets":
-        named = base
-        init_id = "presets"
-    else:
-        named = frontier_population(pipe, cfg.init, steps)
-        named = [base[0], *named, *base[1:]]
-        init_id = "frontier:" + hashlib.sha256("".join(pack(b) for _, b in named).encode()).hexdigest()[:16]
-    if cfg.ray_address is not None:
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise DitaccelError("--ray needs Ray; pip install 'ray[default]>=2.9'") from None
+    named, init_id = _named_start(pipe, cfg, steps)
     shape = (steps, a.num_blocks, len(a.component_names))
     json_kw = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool, type(None)))}
     fingerprint = {
         "family": a.family, "shape": list(shape), "components": list(a.component_names),
-        "model": pipeline_info(pipe).name,
+        "model": str(pipeline_info(pipe).source or type(t).__name__),  # as fingerprinted before PipelineInfo
         "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16], "n_prompts": len(prompts),
         "seeds": seeds, "metric": metric, "population": cfg.population, "seed": cfg.seed, "init": init_id,
         "batch_size": cfg.batch_size, "call_kwargs": json_kw, "cost": cfg.cost, "resolution": [height, width],
@@ -218,10 +254,12 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         fingerprint["tiebreak"] = tiebreak
     if cfg.strategy != "ecad":  # likewise: absent for the paper's strategy
         fingerprint["strategy"] = cfg.strategy
+    if cfg.fill:  # likewise: absent when off (and in searches from before gap filling)
+        fingerprint["fill"] = float(cfg.fill)
     out = Path(cfg.out) if cfg.out is not None else None
     resume_state = _check_out(out, fingerprint, cfg.resume)
     return _Plan(pairs_p, pairs_s, metric, steps, height, width, kw, named, shape, fingerprint, out, resume_state,
-                 m.needs_reference, tiebreak, cfg.strategy)
+                 m.needs_reference, tiebreak, cfg.strategy, float(cfg.fill))
 
 
 TIEBREAK_METRICS = {"psnr": PSNR_CAP, "ssim": 1.0}  # metric -> its value for identical images
@@ -335,37 +373,6 @@ def _check_out(out: Path | None, fingerprint: dict[str, Any], resume: bool) -> d
     return state
 
 
-def _read_candidates(out: Path, n: int, shape: tuple[int, int, int]) -> list[dict[str, Any]]:
-    path = out / "candidates.jsonl"
-    fix = f"remove {out} (or pick another --out) and start again"
-    rows = read_checked_jsonl(path, "candidates file", fix, limit=n) if path.exists() else []
-    if len(rows) < n:
-        raise DitaccelError(f"{path} has {len(rows)} candidates but the checkpoint counts {n}; {fix}")
-    hex_len = 2 * -(-int(np.prod(shape)) // 8)
-    bad = next((i for i, r in enumerate(rows) if not _valid_candidate(r) or len(r["genome"]) != hex_len
-                or set(r["genome"]) - set("0123456789abcdef")), None)
-    if bad is not None:
-        raise DitaccelError(f"{path} candidate {bad + 1} is malformed; {fix}")
-    return rows
-
-
-_NUM = (int, float)
-_CANDIDATE_FIELDS = {"genome": str, "generation": int, "name": str, "quality": _NUM, "macs": int, "speedup": _NUM,
-                     "constraint": _NUM, "feasible": bool, "cost": dict}
-
-
-def _valid_candidate(r: dict[str, Any]) -> bool:
-    """The fields a resumed search reads, with their types (rows written before checksums have no other guard)."""
-    def num(v: Any) -> bool:
-        return isinstance(v, _NUM) and not isinstance(v, bool)
-
-    return (all(isinstance(r.get(k), t) and (t is bool or not isinstance(r.get(k), bool))
-                for k, t in _CANDIDATE_FIELDS.items())
-            and isinstance(r.get("objectives"), list) and len(r["objectives"]) == 2 and all(map(num, r["objectives"]))
-            and all(num(r["cost"].get(k)) for k in ("components", "components_alone"))
-            and isinstance(r.get("details", {}), dict) and num(r.get("tiebreak", 0.0)) and r["macs"] > 0)
-
-
 class _Progress:
     """A rich progress bar per generation whose label shows the current best points."""
 
@@ -436,149 +443,275 @@ def build_algorithm(shape: tuple[int, int, int], population: int, x0: np.ndarray
     return problem, algorithm
 
 
-def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
-    """Run the ECAD search on ``pipe`` and return the frontier (also written to ``config.out``)."""
-    from pymoo.core.evaluator import Evaluator
-    from pymoo.problems.static import StaticProblem
+class _Pricer:
+    """A schedule's MACs and its price on the search's cost axis (latency model or MACs)."""
 
-    cfg = replace(config) if config is not None else SearchConfig()
-    plan = _resolve(pipe, cfg)
-    a = get_adapter(pipe)
-    shape = plan.shape
+    def __init__(self, pipe: Any, plan: _Plan, cost: str) -> None:
+        self.pipe, self.plan, self.cost = pipe, plan, cost
+        self.adapter = get_adapter(pipe)
+        full = np.ones(plan.shape, dtype=bool)
+        self.full_macs = self.macs(full)
+        self.latency = _latency_model(pipe, plan) if cost == LATENCY_MODEL else None
+        self.full_s = self.latency.predict(full) if self.latency is not None else None
 
-    def macs_of(bits: np.ndarray) -> int:
-        return schedule_macs(pipe, CacheSchedule(bits, a.component_names, a.family), plan.height, plan.width, batch=2)
+    def macs(self, bits: np.ndarray) -> int:
+        a = self.adapter
+        return schedule_macs(self.pipe, CacheSchedule(bits, a.component_names, a.family), self.plan.height,
+                             self.plan.width, batch=2)
 
-    full_macs = macs_of(np.ones(shape, dtype=bool))
-    latency = _latency_model(pipe, plan) if cfg.cost == LATENCY_MODEL else None
-    full_s = latency.predict(np.ones(shape, dtype=bool)) if latency is not None else None
+    def speedup(self, bits: np.ndarray) -> float:
+        """Speedup over all-recompute on the frontier's x axis (predicted wall clock, else MACs)."""
+        if self.latency is not None:
+            return float(self.full_s / self.latency.predict(bits))
+        return self.full_macs / self.macs(bits)
 
-    # -- evaluation cache (and resume) -----------------------------------------------------
-    cache: dict[str, dict[str, Any]] = {}
-    history: list[dict[str, Any]] = []
-    done_gens = 0
-    if plan.resume_state is not None:
-        rows = _read_candidates(plan.out, int(plan.resume_state["candidates"]), plan.shape)  # type: ignore[arg-type]
-        cache = {r["genome"]: r for r in rows}
-        history = list(plan.resume_state.get("history", []))
-        done_gens = int(plan.resume_state["generations_done"])
-        atomic_write_text(plan.out / "candidates.jsonl",  # type: ignore[operator]
-                          "".join(checked_jsonl_line(r) for r in rows))
-    elif plan.out is not None:
-        plan.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(plan.out / "candidates.jsonl", "")
-
-    backend: Any = None
-
-    def get_backend() -> Any:
-        nonlocal backend
-        if backend is None:
-            kwargs = dict(prompts=plan.prompts, seeds=plan.seeds, batch_size=cfg.batch_size,
-                          call_kwargs=dict(cfg.call_kwargs), metric=plan.metric, metric_paths=dict(cfg.metric_paths),
-                          steps=plan.steps, cost=cfg.cost, share=cfg.share_prefixes, tiebreak=plan.tiebreak)
-            if cfg.ray_address is not None:
-                from ditaccel.search.backend import RayBackend
-
-                loader = cfg.loader or "ditaccel.pipeline:load_pipeline"
-                args = cfg.loader_args
-                if args is None:
-                    src = pipeline_info(pipe).source
-                    if src is None:
-                        raise DitaccelError("Ray workers must load the pipeline themselves; pass loader= and "
-                                            "loader_args= (or load the pipe with ditaccel.load_pipeline)")
-                    args = [src]
-                backend = RayBackend(cfg.ray_address, cfg.ray_workers, loader, list(args), kwargs)
-            else:
-                from ditaccel.search.backend import LocalBackend
-
-                backend = LocalBackend(pipe, **kwargs)
-        return backend
-
-    names = {pack(b): n for n, b in plan.named}
-
-    def record(key: str, bits: np.ndarray, res: dict[str, Any], gen: int) -> dict[str, Any]:
-        macs = macs_of(bits)
-        speedup, priced = full_macs / macs, {}
-        if latency is not None:  # the frontier's x axis becomes the predicted wall-clock speedup
-            cost = latency.predict(bits)
-            speedup, priced = full_s / cost, {"predicted_s": cost, "speedup_macs": full_macs / macs}
+    def candidate(self, key: str, bits: np.ndarray, res: dict[str, Any], gen: int, name: str) -> Candidate:
+        """The record of one evaluated genome: quality and tie-break from ``res``, its prices, the GA's objectives."""
+        plan = self.plan
+        macs = self.macs(bits)
+        speedup, predicted_s, speedup_macs = self.full_macs / macs, None, None
+        if self.latency is not None:  # the frontier's x axis becomes the predicted wall-clock speedup
+            cost = predicted_s = self.latency.predict(bits)
+            speedup, speedup_macs = self.full_s / cost, self.full_macs / macs
         else:
-            cost = res["latency_s"] if cfg.cost == "latency" else macs / 1e9
+            cost = res["latency_s"] if self.cost == "latency" else macs / 1e9
         reuse = int((~canonical(bits)).sum())
         loss = 1.0 - res["quality"]
         if plan.tiebreak is not None:
             loss += tiebreak_weight(len(plan.prompts)) * (1.0 - tiebreak_unit(plan.tiebreak, res["tiebreak"]))
-        return {"genome": key, "generation": gen, "name": names.get(key, "offspring" if gen else "mutant"),
-                "quality": res["quality"], "macs": macs, "speedup": speedup, **priced,
-                **({"tiebreak": res["tiebreak"]} if plan.tiebreak is not None else {}),
-                "objectives": [loss, cost], "constraint": 0.5 - reuse, "feasible": reuse > 0,
-                "cost": {"components": res["components"], "components_alone": res["components_alone"]},
-                "details": res.get("details", {}), **({"latency_s": res["latency_s"]} if "latency_s" in res else {})}
+        return Candidate(key, gen, name, res["quality"], macs, speedup, [loss, cost], 0.5 - reuse, reuse > 0,
+                         {"components": res["components"], "components_alone": res["components_alone"]},
+                         res.get("details", {}), predicted_s, speedup_macs,
+                         res["tiebreak"] if plan.tiebreak is not None else None, res.get("latency_s"))
 
-    # -- the GA -----------------------------------------------------------------------------
-    x0, _ = initial_population(plan.named, cfg.population, np.random.default_rng(cfg.seed))
-    problem, algorithm = build_algorithm(shape, cfg.population, x0, cfg.generations, cfg.seed, plan.strategy)
 
-    bar = _Progress(cfg.progress, cfg.generations)
-    frontier: Frontier | None = None
-    try:
-        for gen in range(cfg.generations):
-            pop = algorithm.ask()
-            X = np.asarray(pop.get("X"), dtype=bool)
-            keys = [pack(x) for x in X]
-            new: dict[str, np.ndarray] = {}
-            for k, x in zip(keys, X, strict=True):
-                if k not in cache and k not in new:
-                    new[k] = x.reshape(shape)
-            t0, c0 = time.perf_counter(), time.process_time()
-            task = bar.start(gen, len(new), _best_label(cache, plan.metric))
-            fresh = []
-            gen_stats = None
-            if new:
-                results, gen_stats = get_backend().evaluate(list(new.values()),
-                                                            on_done=lambda n, t=task: bar.advance(t, n))
-                for (k, bits), res in zip(new.items(), results, strict=True):
-                    cache[k] = record(k, bits, res, gen)
-                    fresh.append(cache[k])
-            F = np.array([cache[k]["objectives"] for k in keys], dtype=float)
-            G = np.array([[cache[k]["constraint"]] for k in keys], dtype=float)
-            Evaluator().eval(StaticProblem(problem, F=F, G=G), pop)
-            algorithm.tell(infills=pop)
-            frontier = _frontier(cache, a, shape, plan, full_macs)
-            bar.finish(task, len(new), _best_label(cache, plan.metric))
-            if plan.out is not None and fresh:
-                _append(plan.out / "candidates.jsonl", fresh)
-            if gen < done_gens:
-                continue  # replayed from the checkpoint: its history entry is already there
-            entry = {"generation": gen, "offspring": len(keys), "new": len(new),
-                     "seconds": round(time.perf_counter() - t0, 3),
-                     "cpu_seconds_here": round(time.process_time() - c0, 3)}
-            if gen_stats is not None:
-                entry.update({"components_live": gen_stats.components_live,
-                              "components_alone": gen_stats.components_alone,
-                              "saving": round(gen_stats.saving, 4)})
-            # the whole generation (re-proposed genomes included) evaluated separately, vs what was done
-            everything = sum(cache[k]["cost"]["components_alone"] for k in set(keys))
-            done = gen_stats.components_live if gen_stats is not None else 0
-            entry["components_generation_alone"] = everything
-            entry["saving_generation"] = round(everything / done, 4) if done else None
-            history.append(entry)
-            if plan.out is not None:
-                frontier.info.update(_summary(history, cache, plan))
-                write_frontier(frontier, plan.out, plot=False)
-                atomic_write_checked_json(plan.out / "checkpoint", {
-                    "format": CHECKPOINT_FORMAT, "version": 1, "fingerprint": plan.fingerprint,
-                    "generations_done": gen + 1, "candidates": len(cache), "history": history,
-                    "config": {k: v for k, v in asdict(cfg).items() if _jsonable(v)}})
-    finally:
-        bar.stop()
-        if backend is not None:
-            backend.close()
-    assert frontier is not None
-    frontier.info.update(_summary(history, cache, plan))
-    if plan.out is not None:
-        write_frontier(frontier, plan.out, plot=True)
-    return frontier
+def _make_backend(pipe: Any, cfg: SearchConfig, plan: _Plan) -> Any:
+    """In-process evaluation, or Ray workers that load the pipeline themselves."""
+    kwargs = dict(prompts=plan.prompts, seeds=plan.seeds, batch_size=cfg.batch_size,
+                  call_kwargs=dict(cfg.call_kwargs), metric=plan.metric, metric_paths=dict(cfg.metric_paths),
+                  steps=plan.steps, cost=cfg.cost, share=cfg.share_prefixes, tiebreak=plan.tiebreak)
+    if cfg.ray_address is None:
+        from ditaccel.search.backend import LocalBackend
+
+        return LocalBackend(pipe, **kwargs)
+    from ditaccel.search.backend import RayBackend
+
+    loader = cfg.loader or "ditaccel.pipeline:load_pipeline"
+    args = cfg.loader_args
+    if args is None:
+        src = pipeline_info(pipe).source
+        if src is None:
+            raise DitaccelError("Ray workers must load the pipeline themselves; pass loader= and "
+                                "loader_args= (or load the pipe with ditaccel.load_pipeline)")
+        args = [src]
+    return RayBackend(cfg.ray_address, cfg.ray_workers, loader, list(args), kwargs)
+
+
+class _SearchRun:
+    """One search: the archive of evaluated candidates (restored on resume), the GA, and the files.
+
+    Phases: ``__init__`` restores or starts the archive; ``run`` does one ``_generation`` after
+    another (propose, fill gaps, evaluate what is new, tell the GA), each followed by
+    ``_checkpoint``; the frontier is always taken over the whole archive.
+    """
+
+    def __init__(self, pipe: Any, cfg: SearchConfig, plan: _Plan) -> None:
+        self.pipe, self.cfg, self.plan = pipe, cfg, plan
+        self.adapter = get_adapter(pipe)
+        self.pricer = _Pricer(pipe, plan, str(cfg.cost))
+        self.archive: dict[str, Candidate] = {}
+        self.history: list[dict[str, Any]] = []
+        self.done_gens = 0
+        self.backend: Any = None
+        self.names = {pack(b): n for n, b in plan.named}
+        if plan.resume_state is not None:
+            rows = read_candidates(plan.out, int(plan.resume_state["candidates"]), plan.shape)  # type: ignore[arg-type]
+            self.archive = {c.genome: c for c in rows}
+            self.history = list(plan.resume_state.get("history", []))
+            self.done_gens = int(plan.resume_state["generations_done"])
+            atomic_write_text(plan.out / "candidates.jsonl", jsonl(rows))  # type: ignore[operator]  # drop a torn tail
+        elif plan.out is not None:
+            plan.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(plan.out / "candidates.jsonl", "")
+
+    def run(self) -> Frontier:
+        cfg = self.cfg
+        x0, _ = initial_population(self.plan.named, int(cfg.population), np.random.default_rng(cfg.seed))
+        problem, algorithm = build_algorithm(self.plan.shape, int(cfg.population), x0, int(cfg.generations),
+                                             cfg.seed, self.plan.strategy)
+        bar = _Progress(cfg.progress, int(cfg.generations))
+        try:
+            for gen in range(int(cfg.generations)):
+                self._generation(gen, problem, algorithm, bar)
+        finally:
+            bar.stop()
+            if self.backend is not None:
+                self.backend.close()
+        frontier = self.frontier()
+        frontier.info.update(self._summary())
+        if self.plan.out is not None:
+            write_frontier(frontier, self.plan.out, plot=True)
+        return frontier
+
+    def _generation(self, gen: int, problem: Any, algorithm: Any, bar: _Progress) -> None:
+        """Ask the GA, add the gap fillers, evaluate the new genomes, tell the GA its offspring's scores."""
+        from pymoo.core.evaluator import Evaluator
+        from pymoo.problems.static import StaticProblem
+
+        pop = algorithm.ask()
+        X = np.asarray(pop.get("X"), dtype=bool)
+        keys = [pack(x) for x in X]
+        new: dict[str, np.ndarray] = {}
+        for k, x in zip(keys, X, strict=True):
+            if k not in self.archive and k not in new:
+                new[k] = x.reshape(self.plan.shape)
+        filled = self._fill(gen, set(keys))
+        new.update(filled)
+        t0, c0 = time.perf_counter(), time.process_time()
+        task = bar.start(gen, len(new), _best_label(self.archive))
+        fresh, stats = self._evaluate(new, gen, set(filled), bar, task)
+        F = np.array([self.archive[k].objectives for k in keys], dtype=float)
+        G = np.array([[self.archive[k].constraint] for k in keys], dtype=float)
+        Evaluator().eval(StaticProblem(problem, F=F, G=G), pop)
+        algorithm.tell(infills=pop)
+        bar.finish(task, len(new), _best_label(self.archive))
+        if self.plan.out is not None and fresh:
+            append_candidates(self.plan.out / "candidates.jsonl", fresh)
+        if gen < self.done_gens:
+            return  # replayed from the checkpoint: its history entry is already there
+        self.history.append(self._entry(gen, keys, new, set(filled), stats, time.perf_counter() - t0,
+                                        time.process_time() - c0))
+        self._checkpoint(gen)
+
+    def _fill(self, gen: int, proposed: set[str]) -> dict[str, np.ndarray]:
+        """Gap fillers (``fill`` x population of them) aimed at the frontier of the candidates evaluated
+        before ``gen`` (so a resumed search replays the same choice).
+
+        They join the archive, and so the frontier, but the GA is not told of them: its trajectory is
+        the one without filling, so the filled frontier dominates-or-equals the unfilled one, at the
+        price of the extra evaluations.
+        """
+        from ditaccel.search.operators import gap_fill
+
+        n = int(round(self.plan.fill * int(self.cfg.population))) if gen > 0 else 0
+        if n == 0:
+            return {}
+        before = [c for c in self.archive.values() if c.generation < gen]
+        points = [(c.speedup, unpack(c.genome, self.plan.shape)) for c in self._front(before)]
+        known = {c.genome for c in before} | proposed
+        kids = gap_fill(points, n, self.pricer.speedup, known, np.random.default_rng([self.cfg.seed, gen]))
+        return {pack(k): k for k in kids}
+
+    def _evaluate(self, new: dict[str, np.ndarray], gen: int, filled: set[str], bar: _Progress, task: Any,
+                  ) -> tuple[list[Candidate], Any]:
+        """Score the genomes not in the archive (one backend call, prefixes shared) and archive them."""
+        if not new:
+            return [], None
+        if self.backend is None:
+            self.backend = _make_backend(self.pipe, self.cfg, self.plan)
+        results, stats = self.backend.evaluate(list(new.values()), on_done=lambda n, t=task: bar.advance(t, n))
+        fresh = []
+        for (k, bits), res in zip(new.items(), results, strict=True):
+            name = self.names.get(k, "gapfill" if k in filled else "offspring" if gen else "mutant")
+            self.archive[k] = self.pricer.candidate(k, bits, res, gen, name)
+            fresh.append(self.archive[k])
+        return fresh, stats
+
+    def _entry(self, gen: int, keys: list[str], new: dict[str, np.ndarray], filled: set[str], stats: Any,
+               seconds: float, cpu: float) -> dict[str, Any]:
+        """The generation's line in the checkpoint's history (its cost, and what prefix sharing saved)."""
+        entry: dict[str, Any] = {"generation": gen, "offspring": len(keys), "new": len(new),
+                                 "seconds": round(seconds, 3), "cpu_seconds_here": round(cpu, 3)}
+        if filled:
+            entry["gap_fill"] = len(filled)
+        if stats is not None:
+            entry.update({"components_live": stats.components_live, "components_alone": stats.components_alone,
+                          "saving": round(stats.saving, 4)})
+        # the whole generation (re-proposed genomes included) evaluated separately, vs what was done
+        everything = sum(self.archive[k].cost["components_alone"] for k in set(keys))
+        done = stats.components_live if stats is not None else 0
+        entry["components_generation_alone"] = everything
+        entry["saving_generation"] = round(everything / done, 4) if done else None
+        return entry
+
+    def _checkpoint(self, gen: int) -> None:
+        """The frontier so far and the checkpoint, each written atomically, after every generation."""
+        plan = self.plan
+        if plan.out is None:
+            return
+        frontier = self.frontier()
+        frontier.info.update(self._summary())
+        write_frontier(frontier, plan.out, plot=False)
+        atomic_write_checked_json(plan.out / "checkpoint", {
+            "format": CHECKPOINT_FORMAT, "version": 1, "fingerprint": plan.fingerprint,
+            "generations_done": gen + 1, "candidates": len(self.archive), "history": self.history,
+            "config": {k: v for k, v in asdict(self.cfg).items() if _jsonable(v)}})
+
+    def _front(self, rows: list[Candidate]) -> list[Candidate]:
+        """The feasible non-dominated ``rows`` on the GA's own objectives, slowest first.
+
+        With a tie-break, equal-quality points trade fidelity for speed; points a reader cannot tell
+        apart (same speedup to 0.5 %, same quality to its resolution) are kept once.
+        """
+        plan = self.plan
+        feasible = [r for r in rows if r.feasible]
+        keep = non_dominated([(r.price, -r.loss) for r in feasible],
+                             min_gain=quality_resolution(plan.metric, plan.tiebreak, len(plan.prompts)),
+                             min_cost_gain=FRONTIER_COST_RESOLUTION)
+        return sorted((feasible[i] for i in keep), key=lambda r: (r.speedup, r.quality))
+
+    def frontier(self) -> Frontier:
+        """The frontier over every candidate evaluated so far, with the baseline and the named presets."""
+        plan, a = self.plan, self.adapter
+        rows = list(self.archive.values())
+        points = []
+        for i, r in enumerate(self._front(rows)):
+            sched = CacheSchedule(unpack(r.genome, plan.shape), a.component_names, a.family, (plan.height, plan.width),
+                                  metrics={plan.metric: r.quality, "macs": r.macs,
+                                           "speedup_macs": r.speedup_macs if r.speedup_macs is not None else r.speedup,
+                                           **({"speedup_predicted": r.speedup, "predicted_s": r.predicted_s}
+                                              if r.predicted_s is not None else {})},
+                                  meta={"searched_by": "ditaccel.search", "generation": r.generation,
+                                        "model": plan.fingerprint["model"],
+                                        "call_kwargs": plan.fingerprint["call_kwargs"]})
+            details = dict(r.details)
+            if r.tiebreak is not None:
+                details[plan.tiebreak] = r.tiebreak
+            points.append(FrontierPoint(f"p{i:02d}_{r.speedup:.2f}x", r.speedup, r.quality, sched, r.macs,
+                                        r.generation, details))
+        base = next((r for r in rows if r.name == "none"), None)
+        if plan.needs_reference:  # the uncached images are the reference itself: no meaningful baseline score
+            baseline = {"quality": None, "macs": self.pricer.full_macs,
+                        "note": f"{plan.metric} is measured against this model"}
+        else:
+            baseline = {"quality": base.quality if base else None, "macs": self.pricer.full_macs,
+                        "details": base.details if base else {}}
+        presets_pts = [{"name": r.name, "speedup": r.speedup, "quality": r.quality,
+                        **({plan.tiebreak: r.tiebreak} if r.tiebreak is not None else {})}
+                       for r in rows if r.name not in UNNAMED and not r.name.startswith("init:")]
+        return Frontier(points, a.family, plan.metric, baseline, presets_pts,
+                        {"tiebreak": plan.tiebreak} if plan.tiebreak else {})
+
+    def _summary(self) -> dict[str, Any]:
+        plan, history = self.plan, self.history
+        live = sum(h.get("components_live", 0) for h in history)
+        alone = sum(h.get("components_alone", 0) for h in history)
+        return {"tiebreak": plan.tiebreak, "strategy": plan.strategy, "fill": plan.fill,
+                "cost": plan.fingerprint["cost"], "steps": plan.steps, "blocks": plan.shape[1],
+                "components": list(plan.fingerprint["components"]), "resolution": [plan.height, plan.width],
+                "model": plan.fingerprint["model"], "n_images": len(plan.prompts), "seeds": plan.fingerprint["seeds"],
+                "evaluations": len(self.archive), "generations": len(history),
+                "population": plan.fingerprint["population"],
+                "block_component_evaluations": {"done": live, "separately": alone,
+                                                "saving": round(alone / live, 4) if live else 1.0},
+                "history": history}
+
+
+def search(pipe: Any, config: SearchConfig | None = None) -> Frontier:
+    """Run the ECAD search on ``pipe`` and return the frontier (also written to ``config.out``)."""
+    cfg = replace(config) if config is not None else SearchConfig()
+    plan = _resolve(pipe, cfg)
+    return _SearchRun(pipe, cfg, plan).run()
 
 
 def _jsonable(v: Any) -> bool:
@@ -589,69 +722,11 @@ def _jsonable(v: Any) -> bool:
         return False
 
 
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(checked_jsonl_line(r))
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _frontier(cache: dict[str, dict[str, Any]], a: Any, shape: tuple[int, int, int], plan: _Plan,
-              full_macs: int) -> Frontier:
-    rows = list(cache.values())
-    feasible = [r for r in rows if r["feasible"]]
-    # on the GA's own objective: with a tie-break, equal-quality points trade fidelity for speed;
-    # points a reader cannot tell apart (same speedup to 0.5 %, same quality to its resolution) once
-    keep = non_dominated([(r["objectives"][1], -r["objectives"][0]) for r in feasible],
-                         min_gain=quality_resolution(plan.metric, plan.tiebreak, len(plan.prompts)),
-                         min_cost_gain=FRONTIER_COST_RESOLUTION)
-    pts = sorted((feasible[i] for i in keep), key=lambda r: (r["speedup"], r["quality"]))
-    points = []
-    for i, r in enumerate(pts):
-        bits = unpack(r["genome"], shape)
-        name = f"p{i:02d}_{r['speedup']:.2f}x"
-        sched = CacheSchedule(bits, a.component_names, a.family, (plan.height, plan.width),
-                              metrics={plan.metric: r["quality"], "macs": r["macs"],
-                                       "speedup_macs": r.get("speedup_macs", r["speedup"]),
-                                       **({"speedup_predicted": r["speedup"], "predicted_s": r["predicted_s"]}
-                                          if "predicted_s" in r else {})},
-                              meta={"searched_by": "ditaccel.search", "generation": r["generation"],
-                                    "model": plan.fingerprint["model"], "call_kwargs": plan.fingerprint["call_kwargs"]})
-        details = dict(r.get("details", {}))
-        if "tiebreak" in r:
-            details[plan.tiebreak] = r["tiebreak"]
-        points.append(FrontierPoint(name, r["speedup"], r["quality"], sched, r["macs"], r["generation"], details))
-    base = next((r for r in rows if r["name"] == "none"), None)
-    if plan.needs_reference:  # the uncached images are the reference itself: no meaningful baseline score
-        baseline = {"quality": None, "macs": full_macs, "note": f"{plan.metric} is measured against this model"}
-    else:
-        baseline = {"quality": base["quality"] if base else None, "macs": full_macs,
-                    "details": base.get("details", {}) if base else {}}
-    presets_pts = [{"name": r["name"], "speedup": r["speedup"], "quality": r["quality"],
-                    **({plan.tiebreak: r["tiebreak"]} if "tiebreak" in r else {})}
-                   for r in rows if r["name"] not in ("none", "mutant", "offspring") and not r["name"].startswith("init:")]
-    return Frontier(points, a.family, plan.metric, baseline, presets_pts,
-                    {"tiebreak": plan.tiebreak} if plan.tiebreak else {})
-
-
-def _summary(history: list[dict[str, Any]], cache: dict[str, dict[str, Any]], plan: _Plan) -> dict[str, Any]:
-    live = sum(h.get("components_live", 0) for h in history)
-    alone = sum(h.get("components_alone", 0) for h in history)
-    return {"tiebreak": plan.tiebreak, "strategy": plan.strategy, "cost": plan.fingerprint["cost"], "steps": plan.steps, "blocks": plan.shape[1], "components": list(plan.fingerprint["components"]),
-            "resolution": [plan.height, plan.width], "model": plan.fingerprint["model"],
-            "n_images": len(plan.prompts), "seeds": plan.fingerprint["seeds"], "evaluations": len(cache),
-            "generations": len(history), "population": plan.fingerprint["population"],
-            "block_component_evaluations": {"done": live, "separately": alone,
-                                            "saving": round(alone / live, 4) if live else 1.0},
-            "history": history}
-
-
-def _best_label(cache: dict[str, dict[str, Any]], metric: str) -> str:
-    feasible = [r for r in cache.values() if r["feasible"]]
+def _best_label(archive: dict[str, Candidate]) -> str:
+    feasible = [r for r in archive.values() if r.feasible]
     if not feasible:
         return ""
-    keep = non_dominated([(r["objectives"][1], r["quality"]) for r in feasible])
-    pts = sorted((feasible[i] for i in keep), key=lambda r: r["speedup"])
+    keep = non_dominated([(r.price, r.quality) for r in feasible])
+    pts = sorted((feasible[i] for i in keep), key=lambda r: r.speedup)
     picks = pts if len(pts) <= 4 else [pts[int(round(j * (len(pts) - 1) / 3))] for j in range(4)]
-    return f"{len(pts)} pts " + " ".join(f"{r['speedup']:.1f}x:{r['quality']:.3g}" for r in picks)
+    return f"{len(pts)} pts " + " ".join(f"{r.speedup:.1f}x:{r.quality:.3g}" for r in picks)

@@ -13,12 +13,17 @@ schedule they produce is an ordinary ECAD bit schedule:
 - ``StructuredMutation``: one move per child, drawn from: the paper's bit flip; set a whole step
   to compute or to reuse; shift a reused step to its neighbour; copy a step's row to another
   step; set one block's row at one step; set one component over a run of steps in a block.
+- ``gap_fill``: children aimed inside the widest speed gaps of the current frontier, interpolated
+  between the two points around each gap (the engine spends ``SearchConfig.fill`` of each
+  generation on them).
 
 Genomes are step-major flattened bits ``[steps, blocks, components]`` (``genome.pack``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,3 +117,68 @@ def apply_move(name: str, g: np.ndarray, rng: np.random.Generator) -> None:
         g[s:end, b, c] = not g[s:end, b, c].mean() >= 0.5
     else:
         raise ValueError(f"unknown move {name!r}")
+
+
+#: adjacent frontier points closer in speedup than this ratio count as no gap
+FILL_MAX_GAP = 1.04
+#: gap filling aims no higher than this predicted speedup: past it the bundled model's schedules
+#: have lost adherence (bench/results/search.md), and points there are not worth a filler each
+FILL_MAX_SPEEDUP = 4.0
+
+
+def gap_fill(points: Sequence[tuple[float, np.ndarray]], n: int, speedup_of: Callable[[np.ndarray], float],
+             known: set[str], rng: np.random.Generator, max_gap: float = FILL_MAX_GAP,
+             max_speedup: float = FILL_MAX_SPEEDUP, samples: int = 48) -> list[np.ndarray]:
+    """Up to ``n`` new genomes aimed inside the widest speed gaps between adjacent frontier ``points``.
+
+    Why: NSGA-II's crowding keeps a spread, but in a budget of a few generations the frontier still
+    has holes (e.g. 1.63x -> 1.90x), and a peer that lands in one is not dominated. ``points`` are
+    (speedup, bits ``[steps, blocks, components]``). Targets split each gap evenly in log-speed,
+    the widest remaining sub-gap first, until no sub-gap exceeds ``max_gap``. For each target the
+    child is the interpolant of the gap's two ends (``interpolants``) whose predicted speedup
+    (``speedup_of``, cheap: latency model or MACs) is nearest the target and whose packed genome is
+    not in ``known``. Every child is an ordinary bit schedule.
+    """
+    pts = sorted(points, key=lambda p: p[0])
+    gaps = [(a, b) for a, b in zip(pts, pts[1:], strict=False) if a[0] < max_speedup and b[0] > a[0] * max_gap]
+    fills = [0] * len(gaps)
+    for _ in range(max(n, 0) if gaps else 0):
+        widths = [math.log(b[0] / a[0]) / (k + 1) for (a, b), k in zip(gaps, fills, strict=True)]
+        i = int(np.argmax(widths))
+        if widths[i] <= math.log(max_gap):
+            break
+        fills[i] += 1
+    out: list[np.ndarray] = []
+    seen = set(known)
+    for (a, b), k in zip(gaps, fills, strict=True):
+        for j in range(1, k + 1):
+            target = math.log(a[0]) + math.log(b[0] / a[0]) * j / (k + 1)
+            best, best_d = None, math.inf
+            for child in interpolants(a[1], b[1], rng, samples):
+                key = np.packbits(child.reshape(-1)).tobytes().hex()
+                d = abs(math.log(speedup_of(child)) - target)
+                if key not in seen and d < best_d:
+                    best, best_d = child, d
+            if best is not None:
+                seen.add(np.packbits(best.reshape(-1)).tobytes().hex())
+                out.append(best)
+    return out
+
+
+def interpolants(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, samples: int = 48) -> list[np.ndarray]:
+    """Schedules between ``a`` and ``b`` (bit arrays ``[steps, blocks, components]``): ``a`` up to a
+    cut step then ``b`` (and the reverse), whole step rows of ``b`` put into ``a`` at random, and a
+    random share of the bits where they differ; step 0 is left as the parents have it."""
+    steps = a.shape[0]
+    out = []
+    for c in range(1, steps):
+        for first, second in ((a, b), (b, a)):
+            child = first.copy()
+            child[c:] = second[c:]
+            out.append(child)
+    diff = a != b
+    for f in rng.random(samples):
+        rows = (rng.random(steps) < f)[:, None, None]
+        out.append(np.where(rows, b, a))
+        out.append(np.where(diff & (rng.random(a.shape) < f), b, a))
+    return out
