@@ -189,7 +189,7 @@ def test_user_compile_default_compiles_the_components(setup, monkeypatch):
     with apply_schedule(t, fora):
         _assert_same(_generate(torch.compile(t, backend="aot_eager"), inputs), expected)
         assert made and made[0] == {}  # torch.compile's defaults (inductor) outside this test
-        assert compile_mod.is_compiled_forward(compile_mod._Slot(t.transformer_blocks[0].ff).get())
+        assert compile_mod.is_compiled_forward(compile_mod.Slot(t.transformer_blocks[0].ff).get())
     assert "forward" not in t.transformer_blocks[0].ff.__dict__
 
 

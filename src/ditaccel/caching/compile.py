@@ -53,12 +53,13 @@ def is_compiled_forward(fn: Any) -> bool:
 def components_compiled(pipe_or_transformer: Any) -> bool:
     """Whether ``compile_components`` is active on this model (a latency profile must not mix the two)."""
     adapter = get_adapter(pipe_or_transformer)
-    return any(is_compiled_forward(_Slot(adapter.component_module(b, c)).get())
+    return any(is_compiled_forward(Slot(adapter.component_module(b, c)).get())
                for b, c, _ in adapter.component_paths())
 
 
-class _Slot:
-    """Where a module's innermost forward lives: its first diffusers hook, else ``module.forward``."""
+class Slot:
+    """Where a module's innermost forward lives: its first diffusers hook, else ``module.forward``
+    (the runtime's block fast path is installed there too)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module
@@ -87,7 +88,7 @@ class CompiledComponents:
         self._installed: list[tuple[torch.nn.Module, Any]] = []
         for b, c, path in adapter.component_paths():
             module = adapter.component_module(b, c)
-            slot = _Slot(module)
+            slot = Slot(module)
             prev = slot.get()
             if is_compiled_forward(prev):
                 continue  # compiled already (by another handle); that handle owns it
@@ -109,7 +110,7 @@ class CompiledComponents:
     def remove(self) -> None:
         """Restore the eager forward of every component this handle compiled (others untouched)."""
         for module, prev in reversed(self._installed):
-            slot = _Slot(module)
+            slot = Slot(module)
             cur = slot.get()
             if is_compiled_forward(cur) and cur.args[0] is module:
                 slot.set(prev)

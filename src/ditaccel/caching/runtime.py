@@ -9,7 +9,13 @@ How it works
   call, larger timestep) starts a new generation and drops all caches.
 - One ``ModelHook`` with a ``new_forward`` on each cacheable sub-module (from the adapter)
   either runs the original forward and stores its raw output, or returns the stored output.
-  Norms, adaLN modulation, gates and residual adds stay in the block and always run.
+  Norms, adaLN modulation, gates and residual adds stay in the block and always run, except:
+- Block fast path: where the adapter has a ``cached_block_forward`` (PixArt's
+  ``BasicTransformerBlock``), each block's innermost forward (beneath any diffusers or offload
+  hook) is a ``_FastBlock``. When some of the block's components are cached at this step it runs
+  the adapter's forward, which skips the norm and modulation that feed only cached components
+  (bit-identical outputs); components that recompute still go through their hooks (store,
+  count). ``apply_schedule(..., fast_path=False)`` keeps the component hooks only.
 - Step 0 always computes (the cache is empty). A context's cache is freed right after its call
   at the schedule's last step, and every new generation starts empty.
 - Under ``torch.compile`` the decisions stay in Python and the components are what gets compiled
@@ -52,7 +58,7 @@ import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from ditaccel.caching.compile import CompiledComponents, compile_components, is_compiled_forward
+from ditaccel.caching.compile import CompiledComponents, Slot, compile_components, is_compiled_forward
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.schedule import CacheSchedule
 from ditaccel.errors import ScheduleError
@@ -174,6 +180,48 @@ class _ComponentHook(ModelHook):
         return cache[self.key]
 
 
+class _FastBlock:
+    """A block's innermost forward under a schedule: the adapter's cached-block forward when some of
+    its components are cached at this step, else the block's own forward (see the module docstring)."""
+
+    def __init__(self, rt: _Runtime, index: int, module: torch.nn.Module, fn: Callable[..., Any],
+                 prev: Callable[..., Any]) -> None:
+        self.rt, self.index, self.module, self.fn, self.prev = rt, index, module, fn, prev
+        self.slots = range(len(rt.adapter.component_names))
+        self.__wrapped__ = prev  # inspect.signature sees the block's own
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rt = self.rt
+        if not rt.in_call or torch.compiler.is_compiling():  # compiled regions keep today's path
+            return self.prev(*args, **kwargs)
+        cache, bits, b = rt.caches[rt.context], rt.bits[rt.step, self.index], self.index
+        cached = tuple(None if bits[c] else cache.get((b, c)) for c in self.slots)
+        if all(x is None for x in cached):
+            return self.prev(*args, **kwargs)
+        return self.fn(self.module, cached, *args, **kwargs)
+
+
+def _install_fast_blocks(rt: _Runtime) -> list[tuple[torch.nn.Module, Callable[..., Any]]]:
+    """Put a ``_FastBlock`` beneath the hooks of every block whose adapter has a cached-block forward."""
+    installed = []
+    for b, spec in enumerate(rt.adapter.blocks):
+        fn = rt.adapter.cached_block_forward(spec)
+        if fn is None:
+            continue
+        slot = Slot(spec.module)
+        prev = slot.get()
+        slot.set(_FastBlock(rt, b, spec.module, fn, prev))
+        installed.append((spec.module, prev))
+    return installed
+
+
+def _remove_fast_blocks(installed: list[tuple[torch.nn.Module, Callable[..., Any]]]) -> None:
+    for module, prev in reversed(installed):
+        slot = Slot(module)
+        if isinstance(slot.get(), _FastBlock):
+            slot.set(prev)
+
+
 @torch.compiler.disable
 def _escape_user_compile(hook: _StepHook, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
     """Run a scheduled transformer call that the user's ``torch.compile`` is tracing.
@@ -228,11 +276,13 @@ def unregister_hook(module: torch.nn.Module, name: str, had_registry: bool, had_
 class CacheHandle:
     """What ``apply_schedule`` returns: remove it (or leave its ``with`` block) to restore the model."""
 
-    def __init__(self, adapter: Adapter, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None) -> None:
+    def __init__(self, adapter: Adapter, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None,
+                 fast_path: bool = True) -> None:
         self.adapter = adapter
         self.schedule = schedule
         self._rt = _Runtime(adapter, schedule)
         self._installed: list[tuple[torch.nn.Module, str, bool, bool]] = []
+        self._fast_blocks: list[tuple[torch.nn.Module, Callable[..., Any]]] = []
         self._compiled: CompiledComponents | None = None
         self._compile_options = compile if isinstance(compile, dict) else {}
         if compile is None:
@@ -245,6 +295,8 @@ class CacheHandle:
                 mod = adapter.component_module(b, c)
                 m, reg, fwd = _register(mod, _ComponentHook(self._rt, b, c), HOOK_NAME)
                 self._installed.append((m, HOOK_NAME, reg, fwd))
+            if fast_path:
+                self._fast_blocks = _install_fast_blocks(self._rt)
             self._invalidate()
             if compile is not None and compile is not False:
                 self.compile_components()
@@ -263,6 +315,8 @@ class CacheHandle:
         if self._compiled is not None:
             self._compiled.remove()
             self._compiled = None
+        _remove_fast_blocks(self._fast_blocks)
+        self._fast_blocks = []
         for module, name, had_registry, had_forward in reversed(self._installed):
             unregister_hook(module, name, had_registry, had_forward)
         self._installed = []
@@ -332,7 +386,8 @@ class CacheHandle:
 
 
 def apply_schedule(
-    pipe_or_transformer: Any, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None
+    pipe_or_transformer: Any, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None,
+    fast_path: bool = True,
 ) -> CacheHandle:
     """Install ``schedule`` on a pipeline's transformer (or a bare one) and return the handle.
 
@@ -340,6 +395,8 @@ def apply_schedule(
     ``compile``: True (or a dict of ``torch.compile`` options) compiles the cacheable components
     now (``ditaccel.caching.compile``); None (default) does so when the user's
     ``torch.compile(transformer)`` first traces a scheduled call; False never does.
+    ``fast_path``: use the adapter's cached-block forward where it has one (same outputs, less
+    work); False hooks the components only.
     """
     if not isinstance(schedule, CacheSchedule):
         raise ScheduleError(
@@ -347,4 +404,4 @@ def apply_schedule(
             f"use CacheSchedule.load(path) or ditaccel.presets"
         )
     schedule.validate_for(pipe_or_transformer)
-    return CacheHandle(get_adapter(pipe_or_transformer), schedule, compile)
+    return CacheHandle(get_adapter(pipe_or_transformer), schedule, compile, fast_path)
