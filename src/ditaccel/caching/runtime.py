@@ -58,7 +58,14 @@ import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from ditaccel.caching.compile import CompiledComponents, Slot, compile_components, is_compiled_forward
+from ditaccel.caching.compile import (
+    BlockVariants,
+    CompiledComponents,
+    Slot,
+    compile_components,
+    is_compiled_forward,
+    plain_component,
+)
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.schedule import CacheSchedule
 from ditaccel.errors import ScheduleError
@@ -92,6 +99,13 @@ class _Runtime:
         self.caches: list[dict[tuple[int, int], Any]] = []
         self.in_call = False
         self.on_user_compile: Callable[[], None] | None = None
+        self.variants: BlockVariants | None = None  # compiled block variants (``CacheHandle.compile_components``)
+
+    def computed(self, block: int, slot: int, out: Any) -> None:
+        """A component ran at this step: keep its output for later steps (unless none follows) and count it."""
+        if self.step < self.steps - 1:
+            self.caches[self.context][(block, slot)] = out
+        self.counts[block, slot] += 1
 
     def reset(self) -> None:
         self.step, self.context, self.last_t, self.caches = -1, 0, None, []
@@ -173,9 +187,7 @@ class _ComponentHook(ModelHook):
         b, c = self.key
         if rt.bits[rt.step, b, c] or self.key not in cache:
             out = self.fn_ref.original_forward(*args, **kwargs)
-            if rt.step < rt.steps - 1:
-                cache[self.key] = out
-            rt.counts[b, c] += 1
+            rt.computed(b, c, out)
             return out
         return cache[self.key]
 
@@ -188,6 +200,8 @@ class _FastBlock:
                  prev: Callable[..., Any]) -> None:
         self.rt, self.index, self.module, self.fn, self.prev = rt, index, module, fn, prev
         self.slots = range(len(rt.adapter.component_names))
+        self.components = [rt.adapter.component_module(index, c) for c in self.slots]
+        self.forwards = tuple(None if m is None else type(m).forward for m in self.components)
         self.__wrapped__ = prev  # inspect.signature sees the block's own
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -196,9 +210,19 @@ class _FastBlock:
             return self.prev(*args, **kwargs)
         cache, bits, b = rt.caches[rt.context], rt.bits[rt.step, self.index], self.index
         cached = tuple(None if bits[c] else cache.get((b, c)) for c in self.slots)
+        if rt.variants is not None and all(plain_component(m, HOOK_NAME) for m in self.components):
+            out, outs = rt.variants.run(self.fn, self.module, cached, self.forwards, args, kwargs)
+            for c, o in outs.items():
+                rt.computed(b, c, o)
+            return out
         if all(x is None for x in cached):
             return self.prev(*args, **kwargs)
-        return self.fn(self.module, cached, *args, **kwargs)
+        return self.fn(self.module, cached, _call_module, *args, **kwargs)
+
+
+def _call_module(slot: int, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """How the eager fast path runs a component: as a module, so its cache hook stores and counts."""
+    return module(*args, **kwargs)
 
 
 def _install_fast_blocks(rt: _Runtime) -> list[tuple[torch.nn.Module, Callable[..., Any]]]:
@@ -305,9 +329,12 @@ class CacheHandle:
             raise
 
     def compile_components(self) -> None:
-        """Compile the cacheable components (``ditaccel.caching.compile``) until ``remove()``; idempotent."""
+        """Compile the cacheable components (``ditaccel.caching.compile``) and, where blocks have the
+        fast path, one whole-block graph per cache pattern (``BlockVariants``), until ``remove()``; idempotent."""
         if self._compiled is None:
             self._compiled = compile_components(self.adapter.transformer, **self._compile_options)
+            if self._fast_blocks:
+                self._rt.variants = BlockVariants(self._compile_options)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def remove(self) -> None:
@@ -315,6 +342,7 @@ class CacheHandle:
         if self._compiled is not None:
             self._compiled.remove()
             self._compiled = None
+        self._rt.variants = None
         _remove_fast_blocks(self._fast_blocks)
         self._fast_blocks = []
         for module, name, had_registry, had_forward in reversed(self._installed):

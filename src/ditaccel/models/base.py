@@ -152,9 +152,10 @@ class Adapter:
         """A forward for block ``spec`` that takes some components' outputs from the cache, or None.
 
         Why: hooking a component skips only the component; the block still computes the norm and
-        modulation that feed it. The returned ``fn(block, cached, *args, **kwargs)`` (``cached[slot]``
-        is a tensor to use instead of calling that slot, or None to call it) skips that work too and
-        must give bit-identical outputs. None (the default): the runtime uses component hooks only.
+        modulation that feed it. The returned ``fn(block, cached, call, *args, **kwargs)``
+        (``cached[slot]`` is a tensor to use instead of running that slot, or None to run it as
+        ``call(slot, module, *a, **kw)``) skips that work too and must give bit-identical outputs.
+        None (the default): the runtime uses component hooks only.
         """
         return None
 

@@ -58,14 +58,15 @@ class PixArtAdapter(Adapter):
 
 
 def _pixart_block_with_cache(
-    block: nn.Module, cached: tuple[torch.Tensor | None, ...], hidden_states: torch.Tensor,
+    block: nn.Module, cached: tuple[torch.Tensor | None, ...], call: Callable[..., Any], hidden_states: torch.Tensor,
     attention_mask: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
     encoder_attention_mask: torch.Tensor | None = None, timestep: torch.Tensor | None = None,
     cross_attention_kwargs: dict[str, Any] | None = None, class_labels: Any = None,
     added_cond_kwargs: Any = None,
 ) -> torch.Tensor:
     """``BasicTransformerBlock.forward`` (diffusers 0.42, ``ada_norm_single``, no pos_embed, no chunking)
-    with ``cached[slot]`` used in place of attn1 / attn2 / ff where given.
+    with ``cached[slot]`` used in place of attn1 / attn2 / ff where given; the others run as
+    ``call(slot, module, *args, **kwargs)``.
 
     Skips norm1 + modulation when attn1 is cached and norm2 + modulation when ff is cached; every
     other op is the block's own, in its order, so the output is bit-identical to the hooked block.
@@ -85,21 +86,21 @@ def _pixart_block_with_cache(
     if a1 is None:
         norm_hidden_states = block.norm1(hidden_states)
         norm_hidden_states = norm_hidden_states * (1 + scale_msa) + shift_msa
-        a1 = block.attn1(norm_hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
-                         **cross_attention_kwargs)
+        a1 = call(0, block.attn1, norm_hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
+                  **cross_attention_kwargs)
     hidden_states = gate_msa * a1 + hidden_states
     if hidden_states.ndim == 4:
         hidden_states = hidden_states.squeeze(1)
     if gligen_kwargs is not None:
         hidden_states = block.fuser(hidden_states, gligen_kwargs["objs"])
     if a2 is None:
-        a2 = block.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
-                         attention_mask=encoder_attention_mask, **cross_attention_kwargs)
+        a2 = call(1, block.attn2, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                  attention_mask=encoder_attention_mask, **cross_attention_kwargs)
     hidden_states = a2 + hidden_states
     if ff is None:
         norm_hidden_states = block.norm2(hidden_states)
         norm_hidden_states = norm_hidden_states * (1 + scale_mlp) + shift_mlp
-        ff = block.ff(norm_hidden_states)
+        ff = call(2, block.ff, norm_hidden_states)
     hidden_states = gate_mlp * ff + hidden_states
     if hidden_states.ndim == 4:
         hidden_states = hidden_states.squeeze(1)
