@@ -28,9 +28,11 @@ TIMESTEPS = (900.0, 700.0, 500.0, 300.0)
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()
+    compile_mod._WARM.clear()
     counters.clear()
     yield
     torch._dynamo.reset()
+    compile_mod._WARM.clear()
 
 
 @pytest.fixture()

@@ -159,6 +159,9 @@ def _variant(fn: Callable[..., Any], mask: int) -> Callable[..., Any]:
 
 
 _VARIANTS: dict[tuple[Callable[..., Any], int], Callable[..., Any]] = {}
+#: (forward, options, input layouts) whose every pattern is compiled. After ``torch._dynamo.reset()``
+#: clear it too, or new patterns compile on first use instead of at warm-up (first compiles, not recompiles).
+_WARM: set[tuple] = set()
 
 
 class BlockVariants:
@@ -174,7 +177,6 @@ class BlockVariants:
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = dict(options)
-        self._warm: set[tuple] = set()
 
     def _fn(self, fn: Callable[..., Any], mask: int) -> Callable[..., Any]:
         if (fn, mask) not in _VARIANTS:
@@ -184,9 +186,9 @@ class BlockVariants:
     def run(self, fn: Callable[..., Any], block: torch.nn.Module, cached: tuple, forwards: tuple, args: tuple,
             kwargs: dict) -> tuple[Any, dict]:
         """``fn``'s compiled variant for the pattern of ``cached``: (block output, computed component outputs)."""
-        key = (fn, _layout(args), _layout(tuple(kwargs.values())))
-        if key not in self._warm:  # e.g. the first block's input is a transposed view, the others' are not
-            self._warm.add(key)
+        key = (fn, _options_key(self.options), _layout(args), _layout(tuple(kwargs.values())))
+        if key not in _WARM:  # e.g. the first block's input is a transposed view, the others' are not
+            _WARM.add(key)
             self._warm_up(fn, block, forwards, args, kwargs)
         mask = sum(1 << i for i, x in enumerate(cached) if x is not None)
         return self._fn(fn, mask)(block, cached, forwards, *args, **kwargs)
