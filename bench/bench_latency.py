@@ -203,7 +203,7 @@ def report(args: argparse.Namespace, pipe: object, prof: object, prof_cpu: float
            + f" --batch {args.batch} --repeats {args.repeats} --profile-rounds {args.profile_rounds}"
            + (" --quick" if args.quick else "")
            + (f" --frontier {args.frontier} --frontier-points {args.frontier_points}" if args.frontier else ""))
-    what = ("the bundled model (12 blocks, hidden 128, 128 px)" if args.model == "bundled" else
+    what = (f"the bundled model (12 blocks, hidden 128, {hw[0]} px)" if args.model == "bundled" else
             "PixArt-alpha 256 geometry (28 blocks, hidden 1152, 256 image + 120 text tokens), random weights, "
             "with bench_speed.py's 1-layer T5 and 4-level random VAE")
     return "\n".join([

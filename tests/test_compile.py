@@ -28,9 +28,11 @@ TIMESTEPS = (900.0, 700.0, 500.0, 300.0)
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()
+    compile_mod._WARM.clear()
     counters.clear()
     yield
     torch._dynamo.reset()
+    compile_mod._WARM.clear()
 
 
 @pytest.fixture()
@@ -189,7 +191,7 @@ def test_user_compile_default_compiles_the_components(setup, monkeypatch):
     with apply_schedule(t, fora):
         _assert_same(_generate(torch.compile(t, backend="aot_eager"), inputs), expected)
         assert made and made[0] == {}  # torch.compile's defaults (inductor) outside this test
-        assert compile_mod.is_compiled_forward(compile_mod._Slot(t.transformer_blocks[0].ff).get())
+        assert compile_mod.is_compiled_forward(compile_mod.Slot(t.transformer_blocks[0].ff).get())
     assert "forward" not in t.transformer_blocks[0].ff.__dict__
 
 
@@ -234,3 +236,38 @@ def test_compiled_blocks_no_recompiles(setup):
     reasons = [r for r in counters["graph_break"] if counters["graph_break"][r]]
     assert reasons and all("_decide_outside_graph" in r for r in reasons)
     h.remove()
+
+
+def test_block_variants_compile_the_glue_without_breaks_or_recompiles(setup):
+    """A handle that compiles (apply_schedule(compile=...)) runs each PixArt block as one compiled graph per
+    cache pattern (norms, modulation, gates and residuals included): all patterns made at warm-up, none after,
+    whatever patterns later schedules use; outputs and counts bitwise those of eager."""
+    t, inputs = setup
+    whole = presets.none(t, steps=4)
+    whole.bits[1:, ::2] = False
+    schedules = [presets.fora(t, 2, steps=4), _mixed(t), presets.fora(t, 3, steps=4), whole]
+    expected = [_eager(t, inputs, s) for s in schedules]
+    made = []
+    real = compile_mod.BlockVariants.run
+    with apply_schedule(t, schedules[0], compile={**AOT, "fullgraph": True}) as h:  # a break would raise
+        assert h._rt.variants is not None
+        compile_mod.BlockVariants.run = lambda self, *a: made.append(1) or real(self, *a)
+        try:
+            _assert_same(_generate(t, inputs), expected[0][0])  # warm-up: only two patterns used
+        finally:
+            compile_mod.BlockVariants.run = real
+        assert made  # the variants ran
+        graphs = counters["stats"]["unique_graphs"]
+        # one whole-block graph per cache pattern, shared by every block, for each of the two input
+        # layouts (the first block gets the patch embedding's transposed view, the others contiguous tensors)
+        assert graphs == 2 * 8
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for i in (1, 3, 2, 0):
+                h.set_schedule(schedules[i])
+                h.reset_counts()
+                _assert_same(_generate(t, inputs), expected[i][0])
+                assert np.array_equal(h.counts, expected[i][1])
+        assert counters["stats"]["unique_graphs"] == graphs
+        assert _graph_breaks() == 0
+    assert h._rt.variants is None
+    assert all("forward" not in blk.__dict__ for blk in t.transformer_blocks)

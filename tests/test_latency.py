@@ -56,6 +56,28 @@ def test_fit_recovers_an_exact_device():
     assert prof.predict(other) == pytest.approx(fixed + STEPS * step_s + 1.3 * float((eff * comp[None]).sum()))
 
 
+def test_fit_shares_the_fast_paths_skipped_glue_among_slots():
+    """A block that skips glue (norms, modulation) when cached: its saving beyond its components goes to
+    the slots ``glue`` names, so a schedule that caches only those slots is priced with it."""
+    comp, hit, step_s, fixed = _truth()
+    glue_s = np.linspace(1e-3, 2e-3, B)  # per block, skipped only when its slots 0 and 2 are cached
+    glue = np.tile([0.5, 0.0, 0.5], (B, 1))
+    true_comp = comp + glue_s[:, None] * glue
+    runs = _runs(true_comp, hit, step_s, fixed)
+    gates = 4e-4  # what an all-cached block still runs
+    for r in runs[:2]:
+        r["comp"] = np.broadcast_to(comp + hit if r["kind"] == "none" else np.zeros((B, C)), (STEPS, B, C))
+        per_block = (comp + hit).sum(axis=1) + glue_s + gates if r["kind"] == "none" else np.full(B, gates)
+        r["blocks"] = np.broadcast_to(per_block, (STEPS, B))
+    prof = lat.fit_profile(runs, KEY, STEPS, glue)
+    assert np.allclose(prof.component_s, true_comp + hit)  # a fast-path cache hit is not called at all
+    assert prof.scale == pytest.approx(1.0, abs=0.05)
+    without = lat.fit_profile(runs, KEY, STEPS)  # no glue weights: the components alone
+    assert np.allclose(without.component_s, comp + hit)
+    assert lat.glue_weights(lat.get_adapter(build_pipeline("pixart-alpha")))[0].tolist() == [0.5, 0.0, 0.5]
+    assert not lat.glue_weights(lat.get_adapter(build_pipeline("flux"))).any()
+
+
 def test_fit_needs_both_part_timings():
     comp, hit, step_s, fixed = _truth()
     runs = [r for r in _runs(comp, hit, step_s, fixed) if r["kind"] != "cached" or "comp" not in r]

@@ -53,12 +53,13 @@ def is_compiled_forward(fn: Any) -> bool:
 def components_compiled(pipe_or_transformer: Any) -> bool:
     """Whether ``compile_components`` is active on this model (a latency profile must not mix the two)."""
     adapter = get_adapter(pipe_or_transformer)
-    return any(is_compiled_forward(_Slot(adapter.component_module(b, c)).get())
+    return any(is_compiled_forward(Slot(adapter.component_module(b, c)).get())
                for b, c, _ in adapter.component_paths())
 
 
-class _Slot:
-    """Where a module's innermost forward lives: its first diffusers hook, else ``module.forward``."""
+class Slot:
+    """Where a module's innermost forward lives: its first diffusers hook, else ``module.forward``
+    (the runtime's block fast path is installed there too)."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module
@@ -87,7 +88,7 @@ class CompiledComponents:
         self._installed: list[tuple[torch.nn.Module, Any]] = []
         for b, c, path in adapter.component_paths():
             module = adapter.component_module(b, c)
-            slot = _Slot(module)
+            slot = Slot(module)
             prev = slot.get()
             if is_compiled_forward(prev):
                 continue  # compiled already (by another handle); that handle owns it
@@ -109,7 +110,7 @@ class CompiledComponents:
     def remove(self) -> None:
         """Restore the eager forward of every component this handle compiled (others untouched)."""
         for module, prev in reversed(self._installed):
-            slot = _Slot(module)
+            slot = Slot(module)
             cur = slot.get()
             if is_compiled_forward(cur) and cur.args[0] is module:
                 slot.set(prev)
@@ -130,3 +131,90 @@ def compile_components(pipe_or_transformer: Any, **options: Any) -> CompiledComp
     ``remove()`` restores the eager forwards.
     """
     return CompiledComponents(pipe_or_transformer, options)
+
+
+# -- compiled block variants: the glue compiled too -----------------------------------------------
+
+
+def _variant(fn: Callable[..., Any], mask: int) -> Callable[..., Any]:
+    """``fn`` (an adapter's ``cached_block_forward``) for one cache pattern, running its components'
+    class forwards ``forwards[slot]`` (beneath their hooks: the caller stores what they return) and returning
+    ``(block output, {slot: component output})``.
+
+    Each pattern gets its own code object, so dynamo keeps one cache entry per pattern: a new
+    pattern is a first compile, never a recompile of another pattern's graph.
+    """
+    def block_variant(block: torch.nn.Module, cached: tuple, forwards: tuple, *args: Any,
+                      **kwargs: Any) -> tuple[Any, dict]:
+        outs: dict[int, Any] = {}
+
+        def call(slot: int, module: torch.nn.Module, *a: Any, **kw: Any) -> Any:
+            outs[slot] = forwards[slot](module, *a, **kw)
+            return outs[slot]
+
+        return fn(block, cached, call, *args, **kwargs), outs
+
+    code = block_variant.__code__.replace(co_name=f"block_variant_{mask}")
+    return types.FunctionType(code, block_variant.__globals__, code.co_name, None, block_variant.__closure__)
+
+
+_VARIANTS: dict[tuple[Callable[..., Any], int], Callable[..., Any]] = {}
+#: (forward, options, input layouts) whose every pattern is compiled. After ``torch._dynamo.reset()``
+#: clear it too, or new patterns compile on first use instead of at warm-up (first compiles, not recompiles).
+_WARM: set[tuple] = set()
+
+
+class BlockVariants:
+    """The compiled variants of adapters' cached-block forwards, one per (forward, cache pattern, options).
+
+    Why: with a schedule, compiling components leaves the glue (norms, modulation, gates, residual
+    adds) eager; a whole-block graph per pattern (at most 2**slots) compiles it too, while the
+    choice of pattern stays in Python. Dynamo inlines modules, so every block of a class shares
+    each pattern's graph. ``run`` compiles every pattern of a forward on its first use (warm-up),
+    so a schedule that later uses new patterns compiles nothing; inputs of a new shape or layout
+    (dynamo guards on both) warm up again.
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = dict(options)
+
+    def _fn(self, fn: Callable[..., Any], mask: int) -> Callable[..., Any]:
+        if (fn, mask) not in _VARIANTS:
+            _VARIANTS[(fn, mask)] = _variant(fn, mask)
+        return compiled_function(_VARIANTS[(fn, mask)], self.options)
+
+    def run(self, fn: Callable[..., Any], block: torch.nn.Module, cached: tuple, forwards: tuple, args: tuple,
+            kwargs: dict) -> tuple[Any, dict]:
+        """``fn``'s compiled variant for the pattern of ``cached``: (block output, computed component outputs)."""
+        key = (fn, _options_key(self.options), _layout(args), _layout(tuple(kwargs.values())))
+        if key not in _WARM:  # e.g. the first block's input is a transposed view, the others' are not
+            _WARM.add(key)
+            self._warm_up(fn, block, forwards, args, kwargs)
+        mask = sum(1 << i for i, x in enumerate(cached) if x is not None)
+        return self._fn(fn, mask)(block, cached, forwards, *args, **kwargs)
+
+    def _warm_up(self, fn: Callable[..., Any], block: torch.nn.Module, forwards: tuple, args: tuple,
+                 kwargs: dict) -> None:
+        """Compile every pattern now, on these inputs (results discarded; nothing is stored)."""
+        slots = len(forwards)
+        _, outs = self._fn(fn, 0)(block, (None,) * slots, forwards, *args, **kwargs)
+        for mask in range(1, 1 << slots):
+            if all(i in outs for i in range(slots) if mask >> i & 1):
+                cached = tuple(outs[i] if mask >> i & 1 else None for i in range(slots))
+                self._fn(fn, mask)(block, cached, forwards, *args, **kwargs)
+
+
+def _layout(values: tuple) -> tuple:
+    return tuple((tuple(v.shape), v.stride(), v.dtype) if isinstance(v, torch.Tensor) else type(v) for v in values)
+
+
+def plain_component(module: torch.nn.Module | None, hook_name: str) -> bool:
+    """Whether ``module`` runs nothing but the ditaccel cache hook ``hook_name`` around its own forward
+    (no torch hooks, no other diffusers or accelerate hook), so a block variant may call its forward directly."""
+    if module is None:
+        return True
+    reg = getattr(module, "_diffusers_hook", None)
+    return (reg is not None and list(reg.hooks) == [hook_name] and not module._forward_hooks
+            and not module._forward_pre_hooks and getattr(module, "_hf_hook", None) is None
+            and not torch.nn.modules.module._global_forward_hooks
+            and not torch.nn.modules.module._global_forward_pre_hooks)

@@ -12,7 +12,10 @@ The model::
 
 - ``component_s[b, c]``: seconds one (block, slot) adds when it recomputes instead of reusing its
   cached output (its timed forward in an all-recompute call minus its cache-hit path in an
-  all-cached call; medians over steps and calls).
+  all-cached call; medians over steps and calls), plus, where the block has the runtime's fast
+  path (``Adapter.cached_block_forward``), its share (``Adapter.fast_block_glue``) of the block
+  work that the fast path skips when everything is cached (norms, adaLN modulation): the block's
+  timed saving minus its components' savings.
 - ``step_s``: one step that recomputes nothing (transformer call with every component cached, the
   scheduler step, the pipeline's loop), timed between step starts of an all-cached call.
 - ``fixed_s`` and ``scale``: a least-squares line through the whole calls timed while profiling
@@ -46,7 +49,7 @@ from ditaccel.errors import DitaccelError, ScheduleError
 from ditaccel.models import get_adapter, get_transformer, image_size
 
 FORMAT = "ditaccel.latency_profile"
-VERSION = 1
+VERSION = 2  # 2: components priced with the block fast path's skipped glue
 CACHE_ENV = "DITACCEL_LATENCY_CACHE"
 PROFILE_PROMPT = "a red fox sitting in a green field"
 
@@ -189,6 +192,8 @@ class _Recorder:
         self.clock = clock
         self.calls: list[tuple[float, float, int, np.ndarray]] = []
         self._cur = np.zeros((self.a.num_blocks, len(self.a.component_names)))
+        self._blk = np.zeros(self.a.num_blocks)
+        self.block_calls: list[tuple[int, np.ndarray]] = []
         self._t0 = 0.0
         self._hooks: list[Any] = []
 
@@ -202,25 +207,33 @@ class _Recorder:
 
         def call_pre(*_: Any) -> None:
             self._cur = np.zeros_like(self._cur)
+            self._blk = np.zeros_like(self._blk)
             self._t0 = self._now()
 
         def call_post(*_: Any) -> None:
             self.calls.append((self._t0, self._now(), self.handle.step, self._cur))
+            self.block_calls.append((self.handle.step, self._blk))
 
         self._hooks += [t.register_forward_pre_hook(call_pre), t.register_forward_hook(call_post)]
         for b, c, _ in self.a.component_paths():
-            start: list[float] = [0.0]
-
-            def pre(*_: Any, start: list[float] = start) -> None:
-                start[0] = self._now()
-
-            def post(*_: Any, start: list[float] = start, b: int = b, c: int = c) -> None:
-                self._cur[b, c] += self._now() - start[0]
-
-            mod = self.a.component_module(b, c)
-            self._hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+            self._time(self.a.component_module(b, c), lambda dt, b=b, c=c: self._cur.__setitem__(
+                (b, c), self._cur[b, c] + dt))
+        for b, spec in enumerate(self.a.blocks):
+            self._time(spec.module, lambda dt, b=b: self._blk.__setitem__(b, self._blk[b] + dt))
         self._time_outer()
         return self
+
+    def _time(self, mod: torch.nn.Module, add: Any) -> None:
+        """Time every forward of ``mod`` (torch hooks, outside every diffusers hook) and ``add(seconds)``."""
+        start: list[float] = [0.0]
+
+        def pre(*_: Any) -> None:
+            start[0] = self._now()
+
+        def post(*_: Any) -> None:
+            add(self._now() - start[0])
+
+        self._hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
 
     def _time_outer(self) -> None:
         """Per-call parts outside the transformer, for the report: text encoders and the VAE decoder."""
@@ -229,17 +242,8 @@ class _Recorder:
                                                                            "text_encoder_3")]
         mods.append(("vae_decode_s", getattr(vae, "decoder", None)))
         for key, mod in mods:
-            if not isinstance(mod, torch.nn.Module):
-                continue
-            start: list[float] = [0.0]
-
-            def pre(*_: Any, start: list[float] = start) -> None:
-                start[0] = self._now()
-
-            def post(*_: Any, start: list[float] = start, key: str = key) -> None:
-                self.outer[key] += self._now() - start[0]
-
-            self._hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+            if isinstance(mod, torch.nn.Module):
+                self._time(mod, lambda dt, key=key: self.outer.__setitem__(key, self.outer[key] + dt))
 
     def __exit__(self, *exc: object) -> None:
         for h in self._hooks:
@@ -247,10 +251,14 @@ class _Recorder:
         self._hooks = []
 
     def per_step(self, steps: int) -> dict[str, Any]:
-        """``comp``: component seconds per step [steps, blocks, slots]; ``starts``: each step's first
-        call start; ``parts``: per-call seconds of the text encoders and the VAE decoder, and the
-        median transformer seconds of a step after the first."""
+        """``comp``: component seconds per step [steps, blocks, slots]; ``blocks``: block seconds per
+        step [steps, blocks]; ``starts``: each step's first call start; ``parts``: per-call seconds of
+        the text encoders and the VAE decoder, and the median transformer seconds of a step after the first."""
         comp = np.zeros((steps, *self._cur.shape))
+        blocks = np.zeros((steps, len(self._blk)))
+        for step, blk in self.block_calls:
+            if 0 <= step < steps:
+                blocks[step] += blk
         starts: list[float] = [float("nan")] * steps
         calls = np.zeros(steps)
         for t0, t1, step, cur in self.calls:
@@ -259,7 +267,7 @@ class _Recorder:
                 calls[step] += t1 - t0
                 starts[step] = t0 if np.isnan(starts[step]) else min(starts[step], t0)
         parts = {**self.outer, "transformer_step_s": float(np.median(calls[1:])) if steps > 1 else float(calls[0])}
-        return {"comp": comp, "starts": starts, "parts": parts}
+        return {"comp": comp, "blocks": blocks, "starts": starts, "parts": parts}
 
 
 def clock_for(device: str) -> tuple[str, Any]:
@@ -330,25 +338,42 @@ def profile_latency(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch:
         for kind, bits in plan[r % 3:] + plan[:r % 3]:  # rotate the order: drifts hit every kind alike
             res = timed_call(pipe, kw, batch, CacheSchedule.for_model(pipe, bits), False, sync, clock)
             runs.append({"kind": kind, "bits": bits, **res})
-    profile = fit_profile(runs, key, steps)
+    profile = fit_profile(runs, key, steps, glue_weights(a))
     profile.seconds = time.perf_counter() - start
     return profile
 
 
-def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int) -> LatencyProfile:
+def glue_weights(adapter: Any) -> np.ndarray:
+    """[blocks, slots]: each slot's share of the block work the runtime's fast path skips (0 where none)."""
+    w = np.zeros((adapter.num_blocks, len(adapter.component_names)))
+    share = np.asarray(adapter.fast_block_glue, dtype=float)
+    if share.size and share.sum() > 0:
+        for b, spec in enumerate(adapter.blocks):
+            if adapter.cached_block_forward(spec) is not None:
+                w[b] = share / share.sum()
+    return w
+
+
+def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int,
+                glue: np.ndarray | None = None) -> LatencyProfile:
     """Turn timed runs into a profile (see the module docstring); pure, so it is tested on exact data.
 
     ``runs``: dicts with ``kind`` (none / cached / other), ``bits`` and ``total_s``. Runs timed per
-    part also carry ``comp`` [steps, blocks, slots] and ``starts`` (each step's start) and give the
-    parts; the other (plain) runs give the line.
+    part also carry ``comp`` [steps, blocks, slots], ``starts`` (each step's start) and optionally
+    ``blocks`` [steps, blocks], and give the parts; the other (plain) runs give the line. ``glue``
+    (``glue_weights``) shares each block's skipped glue among its slots.
     """
-    def med(kind: str) -> np.ndarray:
-        stack = [r["comp"][1:] for r in runs if r["kind"] == kind and "comp" in r]
+    def med(kind: str, part: str = "comp") -> np.ndarray:
+        stack = [r[part][1:] for r in runs if r["kind"] == kind and part in r]
         if not stack or steps < 2:
             raise DitaccelError("a latency profile needs at least 2 steps and a timed none and cached run")
         return np.median(np.concatenate(stack), axis=0)
 
-    comp = np.clip(med("none") - med("cached"), 0.0, None)
+    saved = med("none") - med("cached")
+    comp = np.clip(saved, 0.0, None)
+    if glue is not None and glue.any() and any("blocks" in r for r in runs):
+        skipped = np.clip(med("none", "blocks") - med("cached", "blocks") - saved.sum(axis=1), 0.0, None)
+        comp = comp + skipped[:, None] * glue
     gaps = [g for r in runs if r["kind"] == "cached" and "starts" in r
             for g in np.diff(np.asarray(r["starts"][1:], dtype=float))]
     step_s = float(statistics.median(gaps)) if gaps else 0.0

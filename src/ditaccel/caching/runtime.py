@@ -9,13 +9,21 @@ How it works
   call, larger timestep) starts a new generation and drops all caches.
 - One ``ModelHook`` with a ``new_forward`` on each cacheable sub-module (from the adapter)
   either runs the original forward and stores its raw output, or returns the stored output.
-  Norms, adaLN modulation, gates and residual adds stay in the block and always run.
+  Norms, adaLN modulation, gates and residual adds stay in the block and always run, except:
+- Block fast path: where the adapter has a ``cached_block_forward`` (PixArt's
+  ``BasicTransformerBlock``), each block's innermost forward (beneath any diffusers or offload
+  hook) is a ``_FastBlock``. When some of the block's components are cached at this step it runs
+  the adapter's forward, which skips the norm and modulation that feed only cached components
+  (bit-identical outputs); components that recompute still go through their hooks (store,
+  count). ``apply_schedule(..., fast_path=False)`` keeps the component hooks only.
 - Step 0 always computes (the cache is empty). A context's cache is freed right after its call
   at the schedule's last step, and every new generation starts empty.
 - Under ``torch.compile`` the decisions stay in Python and the components are what gets compiled
   (``ditaccel.caching.compile``): ``apply_schedule(..., compile=True)`` or ``compile_components``
   compile them; when the user's ``torch.compile(transformer)`` traces a scheduled call, the step
   hook leaves the graph (one graph break, before any compute) and compiles the components itself.
+  A handle that compiles (those two cases) also runs fast-path blocks as compiled block variants:
+  one whole-block graph per cache pattern, glue included (``BlockVariants``), all made at warm-up.
   No schedule bit, step or cache reaches compiled code, so schedule changes never recompile.
 - ``handle.remove()`` (or leaving the ``with`` block) unregisters the hooks and deletes every
   attribute they added, so the module is exactly as before. No weight is touched.
@@ -51,7 +59,14 @@ import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from ditaccel.caching.compile import CompiledComponents, compile_components, is_compiled_forward
+from ditaccel.caching.compile import (
+    BlockVariants,
+    CompiledComponents,
+    Slot,
+    compile_components,
+    is_compiled_forward,
+    plain_component,
+)
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.schedule import CacheSchedule
 from ditaccel.caching.steps import StepTracker, timestep_reader
@@ -84,6 +99,13 @@ class _Runtime:
         self.caches: list[dict[tuple[int, int], Any]] = []
         self.in_call = False
         self.on_user_compile: Callable[[], None] | None = None
+        self.variants: BlockVariants | None = None  # compiled block variants (``CacheHandle.compile_components``)
+
+    def computed(self, block: int, slot: int, out: Any) -> None:
+        """A component ran at this step: keep its output for later steps (unless none follows) and count it."""
+        if self.step < self.steps - 1:
+            self.caches[self.context][(block, slot)] = out
+        self.counts[block, slot] += 1
 
     @property
     def step(self) -> int:
@@ -163,11 +185,63 @@ class _ComponentHook(ModelHook):
         b, c = self.key
         if rt.bits[rt.step, b, c] or self.key not in cache:
             out = self.fn_ref.original_forward(*args, **kwargs)
-            if rt.step < rt.steps - 1:
-                cache[self.key] = out
-            rt.counts[b, c] += 1
+            rt.computed(b, c, out)
             return out
         return cache[self.key]
+
+
+class _FastBlock:
+    """A block's innermost forward under a schedule: the adapter's cached-block forward when some of
+    its components are cached at this step, else the block's own forward (see the module docstring)."""
+
+    def __init__(self, rt: _Runtime, index: int, module: torch.nn.Module, fn: Callable[..., Any],
+                 prev: Callable[..., Any]) -> None:
+        self.rt, self.index, self.module, self.fn, self.prev = rt, index, module, fn, prev
+        self.slots = range(len(rt.adapter.component_names))
+        self.components = [rt.adapter.component_module(index, c) for c in self.slots]
+        self.forwards = tuple(None if m is None else type(m).forward for m in self.components)
+        self.__wrapped__ = prev  # inspect.signature sees the block's own
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rt = self.rt
+        if not rt.in_call or torch.compiler.is_compiling():  # compiled regions keep today's path
+            return self.prev(*args, **kwargs)
+        cache, bits, b = rt.caches[rt.context], rt.bits[rt.step, self.index], self.index
+        cached = tuple(None if bits[c] else cache.get((b, c)) for c in self.slots)
+        if rt.variants is not None and all(plain_component(m, HOOK_NAME) for m in self.components):
+            out, outs = rt.variants.run(self.fn, self.module, cached, self.forwards, args, kwargs)
+            for c, o in outs.items():
+                rt.computed(b, c, o)
+            return out
+        if all(x is None for x in cached):
+            return self.prev(*args, **kwargs)
+        return self.fn(self.module, cached, _call_module, *args, **kwargs)
+
+
+def _call_module(slot: int, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """How the eager fast path runs a component: as a module, so its cache hook stores and counts."""
+    return module(*args, **kwargs)
+
+
+def _install_fast_blocks(rt: _Runtime) -> list[tuple[torch.nn.Module, Callable[..., Any]]]:
+    """Put a ``_FastBlock`` beneath the hooks of every block whose adapter has a cached-block forward."""
+    installed = []
+    for b, spec in enumerate(rt.adapter.blocks):
+        fn = rt.adapter.cached_block_forward(spec)
+        if fn is None:
+            continue
+        slot = Slot(spec.module)
+        prev = slot.get()
+        slot.set(_FastBlock(rt, b, spec.module, fn, prev))
+        installed.append((spec.module, prev))
+    return installed
+
+
+def _remove_fast_blocks(installed: list[tuple[torch.nn.Module, Callable[..., Any]]]) -> None:
+    for module, prev in reversed(installed):
+        slot = Slot(module)
+        if isinstance(slot.get(), _FastBlock):
+            slot.set(prev)
 
 
 @torch.compiler.disable
@@ -224,11 +298,13 @@ def unregister_hook(module: torch.nn.Module, name: str, had_registry: bool, had_
 class CacheHandle:
     """What ``apply_schedule`` returns: remove it (or leave its ``with`` block) to restore the model."""
 
-    def __init__(self, adapter: Adapter, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None) -> None:
+    def __init__(self, adapter: Adapter, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None,
+                 fast_path: bool = True) -> None:
         self.adapter = adapter
         self.schedule = schedule
         self._rt = _Runtime(adapter, schedule)
         self._installed: list[tuple[torch.nn.Module, str, bool, bool]] = []
+        self._fast_blocks: list[tuple[torch.nn.Module, Callable[..., Any]]] = []
         self._compiled: CompiledComponents | None = None
         self._compile_options = compile if isinstance(compile, dict) else {}
         if compile is None:
@@ -241,6 +317,8 @@ class CacheHandle:
                 mod = adapter.component_module(b, c)
                 m, reg, fwd = _register(mod, _ComponentHook(self._rt, b, c), HOOK_NAME)
                 self._installed.append((m, HOOK_NAME, reg, fwd))
+            if fast_path:
+                self._fast_blocks = _install_fast_blocks(self._rt)
             self._invalidate()
             if compile is not None and compile is not False:
                 self.compile_components()
@@ -249,9 +327,12 @@ class CacheHandle:
             raise
 
     def compile_components(self) -> None:
-        """Compile the cacheable components (``ditaccel.caching.compile``) until ``remove()``; idempotent."""
+        """Compile the cacheable components (``ditaccel.caching.compile``) and, where blocks have the
+        fast path, one whole-block graph per cache pattern (``BlockVariants``), until ``remove()``; idempotent."""
         if self._compiled is None:
             self._compiled = compile_components(self.adapter.transformer, **self._compile_options)
+            if self._fast_blocks:
+                self._rt.variants = BlockVariants(self._compile_options)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def remove(self) -> None:
@@ -259,6 +340,9 @@ class CacheHandle:
         if self._compiled is not None:
             self._compiled.remove()
             self._compiled = None
+        self._rt.variants = None
+        _remove_fast_blocks(self._fast_blocks)
+        self._fast_blocks = []
         for module, name, had_registry, had_forward in reversed(self._installed):
             unregister_hook(module, name, had_registry, had_forward)
         self._installed = []
@@ -328,7 +412,8 @@ class CacheHandle:
 
 
 def apply_schedule(
-    pipe_or_transformer: Any, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None
+    pipe_or_transformer: Any, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None,
+    fast_path: bool = True,
 ) -> CacheHandle:
     """Install ``schedule`` on a pipeline's transformer (or a bare one) and return the handle.
 
@@ -336,6 +421,8 @@ def apply_schedule(
     ``compile``: True (or a dict of ``torch.compile`` options) compiles the cacheable components
     now (``ditaccel.caching.compile``); None (default) does so when the user's
     ``torch.compile(transformer)`` first traces a scheduled call; False never does.
+    ``fast_path``: use the adapter's cached-block forward where it has one (same outputs, less
+    work); False hooks the components only.
     """
     if not isinstance(schedule, CacheSchedule):
         raise ScheduleError(
@@ -343,4 +430,4 @@ def apply_schedule(
             f"use CacheSchedule.load(path) or ditaccel.presets"
         )
     schedule.validate_for(pipe_or_transformer)
-    return CacheHandle(get_adapter(pipe_or_transformer), schedule, compile)
+    return CacheHandle(get_adapter(pipe_or_transformer), schedule, compile, fast_path)

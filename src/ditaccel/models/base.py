@@ -12,6 +12,7 @@ elementwise work (norms, activations, gates), as FLOP counters do.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,6 +211,22 @@ class Adapter:
         raise ScheduleError(
             f"unknown component {name!r} for {self.family}; use one of: {', '.join(self.component_names)}"
         )
+
+    # -- fast path for cached work -----------------------------------------------------------
+    #: Per slot, the share of a block's skippable glue (norms, adaLN modulation) that only feeds that
+    #: slot, for the latency model; empty where the family has no ``cached_block_forward``.
+    fast_block_glue: tuple[float, ...] = ()
+
+    def cached_block_forward(self, spec: BlockSpec) -> Callable[..., Any] | None:
+        """A forward for block ``spec`` that takes some components' outputs from the cache, or None.
+
+        Why: hooking a component skips only the component; the block still computes the norm and
+        modulation that feed it. The returned ``fn(block, cached, call, *args, **kwargs)``
+        (``cached[slot]`` is a tensor to use instead of running that slot, or None to run it as
+        ``call(slot, module, *a, **kw)``) skips that work too and must give bit-identical outputs.
+        None (the default): the runtime uses component hooks only.
+        """
+        return None
 
     # -- geometry ----------------------------------------------------------------------------
     def image_tokens(self, height: int, width: int, vae_factor: int | None = None) -> int:

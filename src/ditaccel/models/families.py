@@ -9,8 +9,10 @@ shift/scale/gates and residual adds stay in the block and always run at the curr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from ditaccel.models.base import (
@@ -56,9 +58,68 @@ class PixArtAdapter(Adapter):
             return attention_macs(mod, batch, n_img, n_kv=n_txt)
         return module_linear_macs(mod, batch, n_img)
 
+    fast_block_glue = (1.0, 0.0, 1.0)  # norm1 + modulation feed attn1 only, norm2 + modulation ff only
+
+    def cached_block_forward(self, spec: BlockSpec) -> Callable[..., Any] | None:
+        blk = spec.module
+        if (getattr(blk, "norm_type", None) != "ada_norm_single" or blk.pos_embed is not None
+                or blk._chunk_size is not None or blk.only_cross_attention or blk.attn2 is None):
+            return None  # a layout _pixart_block_with_cache does not copy: component hooks only
+        return _pixart_block_with_cache
+
     def default_text_len(self, pipe: Any = None) -> int:
         # PixArt-alpha pipelines pad T5 to 120 tokens, PixArt-Sigma to 300.
         return 300 if pipe is not None and type(pipe).__name__.startswith("PixArtSigma") else 120
+
+
+def _pixart_block_with_cache(
+    block: nn.Module, cached: tuple[torch.Tensor | None, ...], call: Callable[..., Any], hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None, encoder_hidden_states: torch.Tensor | None = None,
+    encoder_attention_mask: torch.Tensor | None = None, timestep: torch.Tensor | None = None,
+    cross_attention_kwargs: dict[str, Any] | None = None, class_labels: Any = None,
+    added_cond_kwargs: Any = None,
+) -> torch.Tensor:
+    """``BasicTransformerBlock.forward`` (diffusers 0.42, ``ada_norm_single``, no pos_embed, no chunking)
+    with ``cached[slot]`` used in place of attn1 / attn2 / ff where given; the others run as
+    ``call(slot, module, *args, **kwargs)``.
+
+    Skips norm1 + modulation when attn1 is cached and norm2 + modulation when ff is cached; every
+    other op is the block's own, in its order, so the output is bit-identical to the hooked block.
+    """
+    if cross_attention_kwargs is not None and cross_attention_kwargs.get("scale", None) is not None:
+        from diffusers.utils import logging
+
+        logging.get_logger("diffusers.models.attention").warning(
+            "Passing `scale` to `cross_attention_kwargs` is deprecated. `scale` will be ignored.")
+    a1, a2, ff = cached
+    batch_size = hidden_states.shape[0]
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+        block.scale_shift_table[None] + timestep.reshape(batch_size, 6, -1)
+    ).chunk(6, dim=1)
+    cross_attention_kwargs = cross_attention_kwargs.copy() if cross_attention_kwargs is not None else {}
+    gligen_kwargs = cross_attention_kwargs.pop("gligen", None)
+    if a1 is None:
+        norm_hidden_states = block.norm1(hidden_states)
+        norm_hidden_states = norm_hidden_states * (1 + scale_msa) + shift_msa
+        a1 = call(0, block.attn1, norm_hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
+                  **cross_attention_kwargs)
+    hidden_states = gate_msa * a1 + hidden_states
+    if hidden_states.ndim == 4:
+        hidden_states = hidden_states.squeeze(1)
+    if gligen_kwargs is not None:
+        hidden_states = block.fuser(hidden_states, gligen_kwargs["objs"])
+    if a2 is None:
+        a2 = call(1, block.attn2, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                  attention_mask=encoder_attention_mask, **cross_attention_kwargs)
+    hidden_states = a2 + hidden_states
+    if ff is None:
+        norm_hidden_states = block.norm2(hidden_states)
+        norm_hidden_states = norm_hidden_states * (1 + scale_mlp) + shift_mlp
+        ff = call(2, block.ff, norm_hidden_states)
+    hidden_states = gate_mlp * ff + hidden_states
+    if hidden_states.ndim == 4:
+        hidden_states = hidden_states.squeeze(1)
+    return hidden_states
 
 
 class FluxAdapter(Adapter):
