@@ -10,9 +10,10 @@ ran at 0.35x of full precision). This times, in one process with interleaved rep
    INT, through the previous portable path (a frozen copy below), the current one (int8
    GEMM where both sides fit int8, and its float-GEMM form) and, with ``--compile``, the
    compiled kernel; float paths are checked bit-identical, the int8 GEMM's difference shown;
-3. with ``--ecad``, FP4 W4A8 together with a cache schedule on the bundled pipeline.
+3. with ``--ecad``, FP4 W4A8 together with a cache schedule on the bundled pipeline; with
+   ``--pixart-ecad``, with FORA(2)/FORA(3) in a bare denoising loop on the PixArt geometry.
 
-Run: OMP_NUM_THREADS=1 python bench/bench_quant_speed.py [--repeats 15] [--compile] [--ecad]
+Run: OMP_NUM_THREADS=1 python bench/bench_quant_speed.py [--repeats 15] [--compile] [--ecad] [--pixart-ecad]
 """
 
 from __future__ import annotations
