@@ -10,9 +10,10 @@ ran at 0.35x of full precision). This times, in one process with interleaved rep
    INT, through the previous portable path (a frozen copy below), the current one (int8
    GEMM where both sides fit int8, and its float-GEMM form) and, with ``--compile``, the
    compiled kernel; float paths are checked bit-identical, the int8 GEMM's difference shown;
-3. with ``--ecad``, FP4 W4A8 together with a cache schedule on the bundled pipeline.
+3. with ``--ecad``, FP4 W4A8 together with a cache schedule on the bundled pipeline; with
+   ``--pixart-ecad``, with FORA(2)/FORA(3) in a bare denoising loop on the PixArt geometry.
 
-Run: OMP_NUM_THREADS=1 python bench/bench_quant_speed.py [--repeats 15] [--compile] [--ecad]
+Run: OMP_NUM_THREADS=1 python bench/bench_quant_speed.py [--repeats 15] [--compile] [--ecad] [--pixart-ecad]
 """
 
 from __future__ import annotations
@@ -339,6 +340,66 @@ def ecad_rows(repeats: int, images: int, compiled: bool, schedule_files: list[st
     return lines
 
 
+def pixart_schedule_rows(blocks: int, steps: int, repeats: int, compiled: bool) -> list[str]:
+    """PixArt-alpha geometry (random weights): a ``steps``-step denoising loop on the bare transformer,
+    full precision / FP4 W4A8 (/ compiled), each without and with FORA(2) and FORA(3).
+
+    Why: the combined bar asks how much of a schedule's speedup survives quantization; on the
+    bundled model the quantized forward itself is slow, here it is near full speed. The loop calls
+    only the transformer (no text encoder or VAE), with timesteps falling from 999 to 0.
+    """
+    from ditaccel.caching import apply_schedule, presets
+
+    fp, _ = pixart(blocks)
+    q = quantized(fp, "e2m1")
+    set_activation_quant(q, "e3m4")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 4, 32, 32, generator=g)
+    from bench_speed import TEXT_LEN
+
+    enc = torch.randn(2, TEXT_LEN, 4096, generator=g)
+    kw = dict(encoder_hidden_states=enc, encoder_attention_mask=torch.ones(2, TEXT_LEN),
+              added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)
+    timesteps = torch.linspace(999, 0, steps).round().long()
+
+    def run(model: torch.nn.Module, n: int | None, comp: bool = False) -> Callable[[], object]:
+        def go() -> object:
+            set_compiled(q, comp)
+            h = apply_schedule(model, presets.fora(model, n, steps)) if n else None
+            try:
+                x = x0
+                for ts in timesteps:
+                    x = x + 0.05 * (model(x, timestep=ts.expand(2), **kw)[0][:, :4] - x)
+                return x
+            finally:
+                if h is not None:
+                    h.remove()
+                set_compiled(q, False)
+        return go
+
+    fns = {"baseline": run(fp, None), "fp4 W4A8": run(q, None)}
+    if compiled:
+        fns["fp4 W4A8 compiled"] = run(q, None, True)
+    for n in (2, 3):
+        fns[f"fora:{n}"] = run(fp, n)
+        fns[f"fp4 W4A8 + fora:{n}"] = run(q, n)
+        if compiled:
+            fns[f"fp4 W4A8 compiled + fora:{n}"] = run(q, n, True)
+    with torch.no_grad():
+        times = interleaved(fns, repeats, warmup=1)
+    base = times["baseline"]
+    lines = [f"\nPixArt-alpha geometry, {blocks} blocks, batch 2, {steps} steps (transformer calls only); "
+             f"baseline {statistics.median(base):.2f} s per loop\n",
+             "| method | median s | speedup vs baseline (min-max) |", "|---|---|---|"]
+    lines += [f"| {k} | {statistics.median(v):.2f} | {fmt_ratio(ratio_stats(base, v))} |" for k, v in times.items()]
+    for n in (2, 3):
+        own = ratio_stats(base, times[f"fora:{n}"])[0]
+        for k in [k for k in times if k.endswith(f" + fora:{n}")]:
+            lines.append(f"\n{k} keeps {ratio_stats(base, times[k])[0] / own:.2f} of the schedule's own speedup "
+                         "(target >= 0.9).")
+    return lines
+
+
 def table(title: str, rows: list[dict[str, object]], compiled: bool) -> list[str]:
     cols = ["previous", "current", "current, float GEMM"] + (["compiled"] if compiled else [])
     out = [f"\n### {title}\n", "| variant | fp32 ms | " + " | ".join(f"{c}: ms, speed vs fp32" for c in cols)
@@ -373,6 +434,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile kernel")
     ap.add_argument("--ecad", action="store_true", help="also time FP4 W4A8 with cache schedules in the pipeline")
     ap.add_argument("--ecad-images", type=int, default=4)
+    ap.add_argument("--pixart-ecad", action="store_true",
+                    help="also time FP4 W4A8 with FORA(2)/FORA(3) on the PixArt geometry (a bare denoising loop)")
+    ap.add_argument("--pixart-ecad-steps", type=int, default=10)
     ap.add_argument("--ecad-schedule", action="append", metavar="JSON",
                     help="a searched schedule file to time instead of fora:2 / fora:3 (repeatable)")
     ap.add_argument("--skip-layers", action="store_true", help="skip the per-layer options table")
@@ -415,6 +479,10 @@ def main() -> None:
     if args.ecad:
         lines += ["", "## FP4 W4A8 with a cache schedule (bundled pipeline, whole generation)"]
         lines += ecad_rows(max(3, args.repeats // 3), args.ecad_images, args.compile, args.ecad_schedule)
+    if args.pixart_ecad:
+        lines += ["", "## FP4 W4A8 with a cache schedule (PixArt-alpha geometry, random weights)"]
+        lines += pixart_schedule_rows(args.pixart_blocks, args.pixart_ecad_steps, max(3, args.pixart_repeats // 2),
+                                      args.compile)
     lines += ["", f"- Machine: {machine_description()}; the 2-core machine was shared with other jobs during the run, "
               "so absolute times vary 10-20 % and more; compare ratios within a table. The compiled path's "
               "first calls (compilation) fall in the warm-up rounds.",

@@ -110,6 +110,25 @@ def test_compiled_kernel_inductor_is_bit_identical_and_keeps_4bit_buffers():
     assert all(m.qweight.dtype == torch.uint8 for m in model.modules() if isinstance(m, QuantLinear))
 
 
+def test_compiled_rounding_writes_no_caller_tensor_and_matches_under_inference_mode():
+    """The compiled kernel rounds a layer input into the reused buffer and its own output in place:
+    the caller's input stays untouched and results equal the eager path, also in inference mode."""
+    check_kernel("compiled")
+    torch.manual_seed(1)
+    lin = nn.Linear(128, 128)
+    eager = QuantLinear.from_linear(lin, "e2m1", 64, act_format="e3m4", out_act_format="e3m4")
+    comp = QuantLinear.from_linear(lin, "e2m1", 64, act_format="e3m4", out_act_format="e3m4")
+    compile_linears(comp)
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            x = torch.randn(4, 16, 128)
+            keep = x.clone()
+            want = eager(x).clone()
+            got = comp(x)
+            assert torch.equal(x, keep) and torch.equal(got, want)
+            assert torch.equal(comp(x + 1), eager(x + 1))  # a second input: the buffer is rewritten
+
+
 def test_compile_linears_skips_layers_the_fast_form_does_not_cover():
     m = nn.Sequential(QuantLinear.from_linear(nn.Linear(100, 8), "e2m1", 64),
                       QuantLinear.from_linear(nn.Linear(128, 8), "e2m1", 64))

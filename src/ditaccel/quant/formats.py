@@ -259,8 +259,12 @@ def _fp_round_normalised_(y: torch.Tensor, fmt: FPFormat, clamp: bool = True,
     ``scratch``: a buffer of ``y``'s size and element width for the rounding constants.
     """
     _, _, mbits, _ = _float_bits(y.dtype)
-    c = _exponent_field(y, scratch).add_(((mbits - fmt.man_bits) << mbits) + (1 << (mbits - 1))).view(y.dtype)
-    y.add_(c).sub_(c)
+    # c = 2^e (the binade, as a float); the constant 1.5 * 2^(P - M) enters through ``alpha``: one pass
+    # fewer than adding it to the exponent bits, and the same sums, as alpha * c is exact (a power of two
+    # times 1.5) and add/sub round once, fused multiply-add or not
+    c = _exponent_field(y, scratch).view(y.dtype)
+    k = 1.5 * 2.0 ** (mbits - fmt.man_bits)
+    y.add_(c, alpha=k).sub_(c, alpha=k)
     return y.clamp_(-fmt.int_max, fmt.int_max) if clamp else y
 
 

@@ -8,6 +8,7 @@ bias in high precision; the float weight exists only transiently inside ``forwar
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Callable
@@ -188,7 +189,7 @@ class QuantLinear(nn.Module):
         if self.compiled is not None:
             from ditaccel.quant.fused import code_values, compiled_fn, compiled_levels, compiled_per_token
 
-            quant = quant_owned = compiled_per_token(*self.compiled)
+            quant, quant_owned = _compiled_quants(compiled_per_token(*self.compiled))
         if self._int8_ready(x):
             y = self._forward_int8(x, None if self.compiled is None else compiled_levels(*self.compiled))
             return quant_owned(y, self.out_act_format) if self.out_act_format is not None else y
@@ -317,7 +318,7 @@ def _shared_act_quant(x: torch.Tensor, fmt: str,
     version counter; tensors that need grad are never shared.
     """
     last = _LAST
-    if quant is quantize_per_token:  # eager: the result goes to a reused buffer (see _input_buffer)
+    if quant is quantize_per_token:  # eager: the result goes to a reused buffer (see _into_input_buffer)
         quant = _into_input_buffer
     if x.requires_grad or x.is_inference():  # inference tensors have no version counter: not shared
         return quant(x, fmt)
@@ -362,6 +363,25 @@ def _into_input_buffer(x: torch.Tensor, fmt: str) -> torch.Tensor:
     through :func:`_shared_act_quant`'s cache, which is replaced whenever the buffer is rewritten.
     """
     return quantize_per_token(x, fmt, out=_scratch(x, slot=1) if x.dtype == torch.float32 else None)
+
+
+@functools.cache
+def _compiled_quants(compiled: Callable[..., torch.Tensor]) -> tuple[Callable[[torch.Tensor, str], torch.Tensor],
+                                                                    Callable[[torch.Tensor, str], torch.Tensor]]:
+    """The compiled per-token rounding as (layer input into the reused input buffer, own output in place).
+
+    Why: like the eager path, the compiled kernel then allocates no activation-sized tensor per
+    layer (Inductor writes a mutated input in place). On the CPU (one thread, bundled model, batch
+    16, W4A8) the compiled input and output roundings took 22-23 ms per forward, with or without
+    the buffer, against 32 ms eager.
+    """
+    def into_buffer(x: torch.Tensor, fmt: str) -> torch.Tensor:
+        return compiled(x, fmt, False, _scratch(x, slot=1) if x.dtype == torch.float32 else None)
+
+    def owned(y: torch.Tensor, fmt: str) -> torch.Tensor:
+        return compiled(y, fmt, True)
+
+    return into_buffer, owned
 
 
 def _quantize_owned(y: torch.Tensor, fmt: str) -> torch.Tensor:
