@@ -31,7 +31,7 @@ from ditaccel.pipeline import generate_images
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_latency import frontier_schedules, load  # noqa: E402
+from bench_latency import frontier_schedules, load, mixed_schedule  # noqa: E402
 
 FRONTIER = HERE / "results" / "search_long72.tar.gz"
 
@@ -44,13 +44,7 @@ def schedules(pipe: object, steps: int, frontier_points: int) -> list[tuple[str,
     out += [(f"fora({n})", presets.fora(pipe, n, steps=steps)) for n in (2, 3, 4)]
     rng = np.random.default_rng(7)
     out.append(("random p=0.35", CacheSchedule.for_model(pipe, rng.random(shape) < 0.35)))
-    mixed = np.ones(shape, dtype=bool)  # attention every 3rd step, feed-forwards at random in half the steps
-    for c, name in enumerate(a.component_names):
-        if name in a.attention_components:
-            mixed[:, :, c] = (np.arange(steps) % 3 == 0)[:, None]
-        else:
-            mixed[:, :, c] = rng.random((steps, a.num_blocks)) < 0.5
-    out.append(("mixed (attn every 3, ff random 1/2)", CacheSchedule.for_model(pipe, mixed)))
+    out.append(mixed_schedule(pipe, steps, rng))
     if frontier_points and FRONTIER.is_file():
         out += frontier_schedules(str(FRONTIER), frontier_points, steps)
     return out

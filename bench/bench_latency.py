@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,13 +64,7 @@ def schedules(pipe: object, steps: int) -> list[tuple[str, CacheSchedule]]:
     rng = np.random.default_rng(7)
     for p in (0.85, 0.6, 0.35, 0.15, 0.05):
         out.append((f"random p={p}", CacheSchedule.for_model(pipe, rng.random(shape) < p)))
-    mixed = np.ones(shape, dtype=bool)  # attention every 3rd step, feed-forwards at random in half the steps
-    for c, name in enumerate(a.component_names):
-        if name in a.attention_components:
-            mixed[:, :, c] = (np.arange(steps) % 3 == 0)[:, None]
-        else:
-            mixed[:, :, c] = rng.random((steps, a.num_blocks)) < 0.5
-    out.append(("mixed (attn every 3, ff random 1/2)", CacheSchedule.for_model(pipe, mixed)))
+    out.append(mixed_schedule(pipe, steps, rng))
     cached = np.zeros(shape, dtype=bool)
     out.append(("all cached after step 0", CacheSchedule.for_model(pipe, cached)))
     return out
@@ -101,6 +96,19 @@ def time_once(pipe: object, kw: dict, batch: int, s: CacheSchedule) -> tuple[flo
         t0, c0 = time.perf_counter(), time.process_time()
         generate_images(pipe, [PROFILE_PROMPT] * batch, list(range(batch)), batch_size=batch, **kw)
         return time.perf_counter() - t0, time.process_time() - c0
+
+
+
+def mixed_schedule(pipe: Any, steps: int, rng: np.random.Generator) -> tuple[str, CacheSchedule]:
+    """Attention every 3rd step, feed-forwards at random in half the steps: an ECAD-like mixed schedule."""
+    a = get_adapter(pipe)
+    mixed = np.ones((steps, a.num_blocks, len(a.component_names)), dtype=bool)
+    for c, name in enumerate(a.component_names):
+        if name in a.attention_components:
+            mixed[:, :, c] = (np.arange(steps) % 3 == 0)[:, None]
+        else:
+            mixed[:, :, c] = rng.random((steps, a.num_blocks)) < 0.5
+    return "mixed (attn every 3, ff random 1/2)", CacheSchedule.for_model(pipe, mixed)
 
 
 def main(argv: list[str] | None = None) -> int:
