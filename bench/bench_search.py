@@ -40,6 +40,15 @@ def density(frontier: Any) -> str:
             f"{widest * 100:.0f}% ({lo:.2f}x -> {hi:.2f}x)")
 
 
+
+NOTES_MARK = "<!-- hand-written notes below: bench_search.py keeps them when it rewrites this file -->"
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written part of an earlier results file (after ``NOTES_MARK``), so a rerun does not drop it."""
+    text = path.read_text() if path.is_file() else ""
+    return "\n\n" + text[text.index(NOTES_MARK):] if NOTES_MARK in text else ""
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("runs/bench-search"))
@@ -140,7 +149,7 @@ def main() -> int:
         extra = f" {p.get(second, float('nan')):.2f} |" if second else ""
         lines.append(f"| {p['name']} | {p['speedup']:.2f}x | {p['quality']:.4f} |{extra}")
     lines.append("")
-    atomic_write_text(args.results, "\n".join(lines))
+    atomic_write_text(args.results, "\n".join(lines) + kept_notes(args.results))
     if (args.out / "frontier.png").is_file():  # the plot next to the numbers
         shutil.copyfile(args.out / "frontier.png", args.results.parent / "search_frontier.png")
     print("\n".join(lines))
