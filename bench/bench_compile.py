@@ -28,7 +28,9 @@ Run:  python bench/bench_compile.py [--steps 6] [--repeats 3] [--models bundled,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import statistics
 import sys
 import time
@@ -112,7 +114,7 @@ def _counters() -> dict[str, int]:
 
 
 def bench_model(name: str, t: torch.nn.Module, run: Callable[[Any], Any], info: dict[str, Any],
-                repeats: int, save: Callable[[dict[str, Any]], None]) -> None:
+                repeats: int, save: Callable[[dict[str, Any]], None], clock: Callable[[], float]) -> None:
     """Warm up each mode, then time every (mode, schedule) interleaved; ``save`` gets the numbers
     after every repeat (a long run on a busy machine keeps what it measured)."""
     steps = info["steps"]
@@ -130,9 +132,9 @@ def bench_model(name: str, t: torch.nn.Module, run: Callable[[Any], Any], info: 
         # compile=None: under the user's whole-model compile the schedule compiles the components itself.
         h = None if sched == "none" and mode != "eager" else apply_schedule(t, scheds[sched])
         try:
-            t0 = time.perf_counter()
+            t0 = clock()
             out = run(whole if mode == "user whole" else t)
-            return time.perf_counter() - t0, out
+            return clock() - t0, out
         finally:
             if h is not None:
                 h.remove()
@@ -161,6 +163,77 @@ def bench_model(name: str, t: torch.nn.Module, run: Callable[[Any], Any], info: 
               "warm": warm, "after_warm": after_warm, "after": _counters(), "diffs": diffs, "repeats": r + 1,
               "command": " ".join(["python bench/bench_compile.py", *sys.argv[1:]]),
               "machine": machine_description(), "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+
+
+def bench_patterns(t: torch.nn.Module, run: Callable[[Any], Any], repeats: int, inner: int = 50) -> dict[str, Any]:
+    """Per cache pattern, one block: the eager fast path against its compiled variant (``BlockVariants``).
+
+    Why: decides whether some patterns (e.g. everything cached, where little work is left) should
+    run eager, since entering a compiled graph has a fixed cost. The inputs are those the pipeline
+    gives blocks 0 and 1 (two layouts: block 0 gets the patch embedding's transposed view); cached
+    outputs are the block's own. Eager runs the adapter's cached-block forward with the components'
+    class forwards called directly (no hooks), as the compiled variant does. Thread CPU time per
+    block call, ``inner`` calls per sample, (pattern, eager/compiled) interleaved ``repeats`` times.
+    """
+    from ditaccel.caching.compile import BlockVariants
+    from ditaccel.models import get_adapter
+
+    adapter = get_adapter(t)
+    seen: dict[int, tuple] = {}
+    handles = [spec.module.register_forward_pre_hook(
+        lambda m, a, kw, b=b: seen.setdefault(b, (a, kw)), with_kwargs=True) for b, spec in enumerate(adapter.blocks[:2])]
+    try:
+        run(t)
+    finally:
+        for h in handles:
+            h.remove()
+    variants, out = BlockVariants({}), {}
+    for b, (args, kwargs) in seen.items():
+        spec, n = adapter.blocks[b], len(adapter.component_names)
+        fn = adapter.cached_block_forward(spec)
+        comps = [adapter.component_module(b, c) for c in range(n)]
+        fwds = tuple(type(m).forward for m in comps)
+        full: dict[int, Any] = {}
+
+        def call(slot: int, m: torch.nn.Module, *a: Any, fwds: tuple = fwds, full: dict = full, **kw: Any) -> Any:
+            full[slot] = fwds[slot](m, *a, **kw)
+            return full[slot]
+
+        fn(spec.module, (None,) * n, call, *args, **kwargs)
+        cached = {mask: tuple(full[i] if mask >> i & 1 else None for i in range(n)) for mask in range(1 << n)}
+        fns = {("eager", mask): functools.partial(fn, spec.module, cached[mask], call, *args, **kwargs)
+               for mask in cached}
+        fns.update({("compiled", mask): functools.partial(variants.run, fn, spec.module, cached[mask], fwds, args,
+                                                          kwargs) for mask in cached})
+        for f in fns.values():
+            f()  # warm-up (compiles every pattern on first use)
+        times: dict[tuple, list[float]] = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, f in fns.items():
+                t0 = time.thread_time()
+                for _ in range(inner):
+                    f()
+                times[k].append((time.thread_time() - t0) / inner * 1e6)
+        out[f"block {b}"] = {f"{k[0]}/{k[1]}": v for k, v in times.items()}
+    return {"components": list(adapter.component_names), "times_us": out, "repeats": repeats, "inner": inner,
+            "load": os.getloadavg()[0], "machine": machine_description(),
+            "command": " ".join(["python bench/bench_compile.py", *sys.argv[1:]]),
+            "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def _pattern_rows(pat: dict[str, Any]) -> list[str]:
+    names, rows = pat["components"], []
+    for block, times in pat["times_us"].items():
+        for mask in range(1 << len(names)):
+            e, c = times[f"eager/{mask}"], times[f"compiled/{mask}"]
+            what = ", ".join(n for i, n in enumerate(names) if mask >> i & 1) or "(none)"
+            ratio = statistics.median(c) / statistics.median(e)
+            rows.append(f"| {block.removeprefix('block ')} | {what} | {_fmt_us(e)} | {_fmt_us(c)} | {ratio:.2f} |")
+    return rows
+
+
+def _fmt_us(ts: list[float]) -> str:
+    return f"{statistics.median(ts):.0f} ({min(ts):.0f}-{max(ts):.0f})"
 
 
 def _fmt(ts: list[float]) -> str:
@@ -209,10 +282,11 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "step, block and component (recompute rates attn1 0.45, attn2 0.3, ff 0.6; step 0 computed).",
         "",
     ]
-    for res in results.values():
+    for res in (v for k, v in results.items() if k != "patterns"):
         info, aw, af = res["info"], res["after_warm"], res["after"]
+        clock = {"cpu": "thread CPU time (`time.thread_time()`)", "wall": "wall clock"}[info.get("clock", "wall")]
         lines += [f"## {res['name']}: {info['what']}", "",
-                  f"- Command: `{res['command']}` ({res['repeats']} repeats done, {res['at']})",
+                  f"- Command: `{res['command']}` ({res['repeats']} repeats done, {res['at']}); times are {clock}",
                   f"- Machine: {res['machine']}", "",
                   "| mode | schedule | MACs speedup | s / generation | speedup | vs eager speedup | "
                   "max abs diff to eager |", "|---|---|---|---|---|---|---|", *_ratio_rows(res), "",
@@ -229,6 +303,19 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         if res["macs"]["fora(2)"] == res["macs"]["fora(3)"]:
             lines += [f"At {info['steps']} steps FORA(2) (steps 0, 2) and FORA(3) (steps 0, 3) compute the same "
                       "number of steps, hence the same MACs.", ""]
+    if "patterns" in results:
+        pat = results["patterns"]
+        lines += ["## Per cache pattern: one block, eager fast path vs compiled variant (bundled model)", "",
+                  f"- Command: `{pat['command']}` ({pat['repeats']} interleaved repeats of {pat['inner']} block "
+                  f"calls each, {pat['at']}, load average {pat['load']:.1f})",
+                  f"- Machine: {pat['machine']}",
+                  "- Inputs: what the 4-image pipeline call (transformer batch 8) gives block 0 (the patch "
+                  "embedding's transposed view) and block 1 (contiguous); cached outputs are the block's own. "
+                  "Eager = the adapter's cached-block forward calling the components' forwards directly (no "
+                  "hooks); compiled = `BlockVariants.run` (inductor), guards and dispatch included. Thread CPU "
+                  "time per block call, median (min-max).", "",
+                  "| block | cached | eager, us | compiled, us | compiled / eager |", "|---|---|---|---|---|",
+                  *_pattern_rows(pat), ""]
     lines += [
         "## How to read it",
         "",
@@ -254,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", default="bundled,full")
     ap.add_argument("--report-only", action="store_true", help="rewrite the markdown from the .json twin")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="cpu: the thread's CPU time (steadier on a shared machine); wall: perf_counter")
+    ap.add_argument("--patterns", action="store_true",
+                    help="also time each cache pattern's compiled block variant against the eager fast path")
     ap.add_argument("--out", default=str(HERE / "results" / "compile.md"),
                     help="markdown report; its .json twin keeps every model's numbers, so models can be run apart")
     args = ap.parse_args(argv)
@@ -273,8 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(raw, json.dumps(results, indent=1))
             atomic_write_text(out, report(results))
 
+        info["clock"] = args.clock
         with torch.no_grad():
-            bench_model(name, t, run, info, args.repeats, save)
+            if args.patterns and name == "bundled":
+                results["patterns"] = bench_patterns(t, run, args.repeats)
+            bench_model(name, t, run, info, args.repeats, save,
+                        time.thread_time if args.clock == "cpu" else time.perf_counter)
     atomic_write_text(out, report(results))
     print(out.read_text())
     return 0
