@@ -264,14 +264,15 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "timings vary by tens of percent, hence interleaved repeats, with min-max shown.",
         "",
         "- Modes: **eager** (no compile); **regional** = `compile_components(t)` / `--compile` (inductor, "
-        "each cacheable component compiled once per class, the schedule's decisions in Python); **user whole** "
-        "= the user's `torch.compile(transformer)` (inductor, whole model) as baseline; with a schedule applied "
-        "that compiled model leaves the graph at its entry, and the schedule compiles its own graphs: where blocks "
-        "have the fast path (PixArt), one whole-block graph per cache pattern (norms, adaLN modulation, gates and "
-        "residual adds included; `BlockVariants` in `ditaccel.caching.compile`), every pattern made at warm-up; "
-        "elsewhere the components.",
-        "- The `full` section predates those block variants (measured 03:42 UTC, when a scheduled call under the "
-        "user's compile ran compiled components and eager glue); the `bundled` section was re-measured with them.",
+        "each cacheable component compiled once per class; with a schedule applied beside it, fast-path blocks "
+        "run as block variants, below); **user whole** = the user's `torch.compile(transformer)` (inductor, "
+        "whole model) as baseline; with a schedule applied that compiled model leaves the graph at its entry, "
+        "and the schedule compiles its own graphs. Block variants: where blocks have the fast path (PixArt), "
+        "one whole-block graph per cache pattern (norms, adaLN modulation, gates and residual adds included; "
+        "`BlockVariants` in `ditaccel.caching.compile`), every pattern made at warm-up, the choice of pattern "
+        "in Python; elsewhere the compiled components with eager glue.",
+        "- The `full` section predates the block variants (measured 03:42 UTC, when scheduled calls in both "
+        "compiled modes ran compiled components and eager glue); the `bundled` section was re-measured with them.",
         "- Times: seconds per generation, median (min-max) of the interleaved repeats (every mode and schedule "
         "once per repeat), after warm-up calls; each speedup is against the same mode's `none` row.",
         "- Target (#14): compiled speedup >= 0.9x the eager speedup of the same schedule (column `vs eager`, "
@@ -296,7 +297,10 @@ def report(results: dict[str, dict[str, Any]]) -> str:
                   f"{af['graph_breaks'] - aw['graph_breaks']} new graph breaks, "
                   f"{af['recompiles'] - aw['recompiles']} recompiles.",
                   "Warm-up calls (the first of each mode includes its compile), s: "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in res["warm"].items()) + ".", ""]
+                  + ", ".join(f"{k} {v:.1f}" for k, v in res["warm"].items()) + "."
+                  + (" In CPU time of the calling thread: compile work in other threads or processes is not in it, "
+                     "and with `--patterns` the block variants were compiled before these calls."
+                     if info.get("clock") == "cpu" else ""), ""]
         spread = max(max(v) / min(v) for v in res["times"].values())
         lines += [f"Largest max/min spread of one configuration over its repeats: {spread:.2f}x. Where that exceeds "
                   "the gap between two ratios, this run does not resolve it.", ""]
@@ -319,14 +323,21 @@ def report(results: dict[str, dict[str, Any]]) -> str:
     lines += [
         "## How to read it",
         "",
-        "- Compile's share: the regional mode compiles the components, which are also what a schedule skips; "
-        "the glue around them (norms, adaLN modulation, gates, residual adds, embedders) stays eager in both "
-        "the regional baseline and every scheduled call. A whole-model `torch.compile` baseline also fuses "
-        "that glue; before the block variants a scheduled call under it ran the glue eagerly and kept 0.73-0.79 "
-        "of its eager speedup on the bundled model. With the variants (bundled section) FORA(2) and FORA(3) keep "
-        "0.94 and 0.91; the mixed schedule still keeps 0.72. Not measured, so only a guess: in a mixed schedule "
-        "nearly every block call is a partly cached pattern, and the fixed cost of entering a compiled graph "
-        "(guards, dispatch) is, on this tiny model (hidden 128, transformer batch 8), comparable to the block's work.",
+        "- Per pattern (the section above): on the bundled model's block at the bench's batch, every cache "
+        "pattern's compiled variant took less CPU time than the eager fast path, 0.69-0.94 of it, the "
+        "all-cached pattern included (58 vs 83 us in block 0, 55 vs 64 us in block 1: the guard and dispatch "
+        "cost of entering a graph is below what the variant saves there). So no pattern is routed to eager: "
+        "every fast-path block call under compile runs its variant. This refutes the earlier guess that "
+        "entering a graph cost as much as a partly cached block and explained the mixed schedule's low share "
+        "(0.72 at 05:39 UTC, wall clock, load 3.8); re-measured here on CPU time at a lower load, the mixed "
+        "schedule keeps 0.91 under the user's whole-model compile.",
+        "- Compile's share: the regional baseline (`--compile` without a schedule) compiles only the components; "
+        "with a schedule, blocks run their variants, which also fuse the glue, so the scheduled rows gain a "
+        "little more from compile than the baseline does (shares slightly above 1). A whole-model `torch.compile` "
+        "baseline also fuses the embedders, the final layer and the glue of every block; a scheduled call under "
+        "it runs the block variants but leaves the embedders and final layer eager. Not measured apart, only "
+        "consistent with the table: that eager remainder weighs most where most blocks are cached, and "
+        "FORA(3) keeps the least (0.89).",
         "- Recompiles and graph breaks: the counters are read after warm-up and after the timed repeats, in "
         "which every call switched schedule or mode. The graph breaks after warm-up are the user-compile "
         "escape (counted once at the compiled root frame and once at the hook frame); none is inside a block.",
