@@ -141,7 +141,9 @@ def test_compile_after_apply_survives_schedule_removal(setup):
     h = apply_schedule(t, fora)
     cc = compile_components(t, **AOT)  # installed beneath the cache hooks
     assert compile_components(t, **AOT).active is False  # already compiled: nothing to do
+    assert h._rt.variants is None  # picked up at the next transformer call
     _assert_same(_generate(t, inputs), expected)
+    assert h._rt.variants is not None and h._rt.variants.options == AOT  # the block variants ran
     h.remove()
     attn = t.transformer_blocks[0].attn1
     assert compile_mod.is_compiled_forward(attn.forward)
