@@ -107,10 +107,13 @@ def test_compile_components_fullgraph_no_breaks_no_recompiles(setup):
     expected = [_eager(t, inputs, s) for s in schedules]
     base = _generate(t, inputs)
     cc = compile_components(t, backend="aot_eager", fullgraph=True)  # a break would raise
-    with apply_schedule(t, schedules[0]):
-        _assert_same(_generate(t, inputs), expected[0][0])  # warm-up
+    _assert_same(_generate(t, inputs), base)  # warm-up without a schedule: the components' graphs
+    assert counters["stats"]["unique_graphs"] == 3  # attn1, attn2 and ff graphs, shared by all blocks
+    with apply_schedule(t, schedules[0]) as h:
+        _assert_same(_generate(t, inputs), expected[0][0])  # warm-up with a schedule: the block variants
+        assert h._rt.variants is not None and h._rt.variants.options == cc.options  # what --compile gets
     graphs = counters["stats"]["unique_graphs"]
-    assert graphs == 3  # attn1, attn2 and ff graphs, shared by all blocks
+    assert graphs == 3 + 2 * 8  # plus one block graph per cache pattern and input layout
     with torch._dynamo.config.patch(error_on_recompile=True):
         for i in (1, 2, 0):  # a new handle per schedule, as the search applies them
             with apply_schedule(t, schedules[i]) as h:
@@ -120,6 +123,9 @@ def test_compile_components_fullgraph_no_breaks_no_recompiles(setup):
     assert counters["stats"]["unique_graphs"] == graphs
     assert _graph_breaks() == 0
     cc.remove()
+    with apply_schedule(t, schedules[1]) as h:  # compile removed: the schedule runs eager again
+        _assert_same(_generate(t, inputs), expected[1][0])
+        assert h._rt.variants is None
     for b, blk in enumerate(t.transformer_blocks):
         for name in ("attn1", "attn2", "ff"):
             assert "forward" not in getattr(blk, name).__dict__, (b, name)
@@ -135,7 +141,9 @@ def test_compile_after_apply_survives_schedule_removal(setup):
     h = apply_schedule(t, fora)
     cc = compile_components(t, **AOT)  # installed beneath the cache hooks
     assert compile_components(t, **AOT).active is False  # already compiled: nothing to do
+    assert h._rt.variants is None  # picked up at the next transformer call
     _assert_same(_generate(t, inputs), expected)
+    assert h._rt.variants is not None and h._rt.variants.options == AOT  # the block variants ran
     h.remove()
     attn = t.transformer_blocks[0].attn1
     assert compile_mod.is_compiled_forward(attn.forward)

@@ -30,6 +30,7 @@ from ditaccel.errors import ScheduleError
 from ditaccel.models import get_adapter
 
 _MARK = "_ditaccel_compiled"
+_OPTIONS = "_ditaccel_options"  # on an installed forward: the ``torch.compile`` options it was made with
 _COMPILED: dict[tuple[Callable, str], Callable] = {}
 
 
@@ -55,6 +56,13 @@ def components_compiled(pipe_or_transformer: Any) -> bool:
     adapter = get_adapter(pipe_or_transformer)
     return any(is_compiled_forward(Slot(adapter.component_module(b, c)).get())
                for b, c, _ in adapter.component_paths())
+
+
+def compiled_options(module: torch.nn.Module | None) -> dict[str, Any] | None:
+    """The ``torch.compile`` options of ``module``'s forward if ``compile_components`` compiled it, else None
+    (how a schedule applied beside ``--compile`` finds that it should run compiled block variants)."""
+    fn = Slot(module).get() if module is not None else None
+    return getattr(fn, _OPTIONS, None) if is_compiled_forward(fn) else None
 
 
 class Slot:
@@ -100,6 +108,7 @@ class CompiledComponents:
                 )
             fn = functools.partial(compiled_function(prev.__func__, self.options), module)
             setattr(fn, _MARK, True)
+            setattr(fn, _OPTIONS, self.options)
             slot.set(fn)
             self._installed.append((module, prev))
 

@@ -22,8 +22,11 @@ How it works
   (``ditaccel.caching.compile``): ``apply_schedule(..., compile=True)`` or ``compile_components``
   compile them; when the user's ``torch.compile(transformer)`` traces a scheduled call, the step
   hook leaves the graph (one graph break, before any compute) and compiles the components itself.
-  A handle that compiles (those two cases) also runs fast-path blocks as compiled block variants:
-  one whole-block graph per cache pattern, glue included (``BlockVariants``), all made at warm-up.
+  A handle that compiles (those two cases), or one applied with ``compile=None`` while a standalone
+  ``compile_components`` (``--compile``) is on (checked once per transformer call), also runs
+  fast-path blocks as compiled block variants: one whole-block graph per cache pattern, glue
+  included (``BlockVariants``), all made at warm-up. Every pattern, the all-cached one included,
+  measured faster compiled than eager (bench/results/compile.md), so none is routed to eager.
   No schedule bit, step or cache reaches compiled code, so schedule changes never recompile.
 - ``handle.remove()`` (or leaving the ``with`` block) unregisters the hooks and deletes every
   attribute they added, so the module is exactly as before. No weight is touched.
@@ -64,6 +67,7 @@ from ditaccel.caching.compile import (
     CompiledComponents,
     Slot,
     compile_components,
+    compiled_options,
     is_compiled_forward,
     plain_component,
 )
@@ -100,6 +104,8 @@ class _Runtime:
         self.in_call = False
         self.on_user_compile: Callable[[], None] | None = None
         self.variants: BlockVariants | None = None  # compiled block variants (``CacheHandle.compile_components``)
+        #: where the handle compiles nothing itself: follow a standalone ``compile_components`` (``--compile``)
+        self.follow_compiled: torch.nn.Module | None = None
 
     def computed(self, block: int, slot: int, out: Any) -> None:
         """A component ran at this step: keep its output for later steps (unless none follows) and count it."""
@@ -129,7 +135,18 @@ class _Runtime:
             )
         while len(self.caches) <= self.context:
             self.caches.append({})
+        if self.follow_compiled is not None:
+            self._follow_compiled(self.follow_compiled)
         self.in_call = True
+
+    def _follow_compiled(self, module: torch.nn.Module) -> None:
+        """Run block variants while ``compile_components`` (installed before or after the schedule) is on:
+        per pattern they measured faster than its compiled components with eager glue (bench/results/compile.md)."""
+        options = compiled_options(module)
+        if options is None:
+            self.variants = None
+        elif self.variants is None or self.variants.options != options:
+            self.variants = BlockVariants(options)
 
     def end_call(self) -> None:
         self.in_call = False
@@ -319,6 +336,9 @@ class CacheHandle:
                 self._installed.append((m, HOOK_NAME, reg, fwd))
             if fast_path:
                 self._fast_blocks = _install_fast_blocks(self._rt)
+                if compile is None and self._fast_blocks:
+                    fast = Slot(self._fast_blocks[0][0]).get()  # a _FastBlock: its components are plain modules
+                    self._rt.follow_compiled = next((m for m in fast.components if m is not None), None)
             self._invalidate()
             if compile is not None and compile is not False:
                 self.compile_components()
@@ -330,6 +350,7 @@ class CacheHandle:
         """Compile the cacheable components (``ditaccel.caching.compile``) and, where blocks have the
         fast path, one whole-block graph per cache pattern (``BlockVariants``), until ``remove()``; idempotent."""
         if self._compiled is None:
+            self._rt.follow_compiled = None  # this handle's own compile decides from now on
             self._compiled = compile_components(self.adapter.transformer, **self._compile_options)
             if self._fast_blocks:
                 self._rt.variants = BlockVariants(self._compile_options)
@@ -341,6 +362,7 @@ class CacheHandle:
             self._compiled.remove()
             self._compiled = None
         self._rt.variants = None
+        self._rt.follow_compiled = None
         _remove_fast_blocks(self._fast_blocks)
         self._fast_blocks = []
         for module, name, had_registry, had_forward in reversed(self._installed):
