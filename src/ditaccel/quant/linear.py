@@ -337,7 +337,7 @@ class _ProjectionGroup:
         """Whether this call can run fused: CPU float32, no grad, same configuration in every member."""
         m = self.members[0]
         if (self.disabled or x.requires_grad or x.is_inference() or not x.is_cpu or x.dtype != torch.float32
-                or not m.packed or m.in_features % m.group_size or m._int8_ready(x)):
+                or m._int8_ready(x)):
             return False
         key = _group_key(m)
         return all(_group_key(o) == key for o in self.members[1:])
@@ -353,7 +353,11 @@ class _ProjectionGroup:
         if m.act_format is not None:
             x = _shared_act_quant(x, m.act_format, quant)
         n = len(self.members)
-        w = _dequantize_packed(self.members, x.dtype).view(n, m.out_features, m.in_features).transpose(1, 2)
+        if m.packed and m.in_features % m.group_size == 0:
+            w = _dequantize_packed(self.members, x.dtype).view(n, m.out_features, m.in_features)
+        else:
+            w = torch.stack([o.dequantize(x.dtype) for o in self.members])
+        w = w.transpose(1, 2)
         x2 = x.reshape(1, -1, m.in_features).expand(n, -1, -1)
         if m.bias is not None:
             b = torch.stack([o.bias for o in self.members]).to(x.dtype).unsqueeze(1)
