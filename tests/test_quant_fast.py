@@ -398,6 +398,25 @@ def test_group_falls_back_when_formats_differ_or_inputs_differ():
         assert torch.equal(q, attn.to_q(x)) and torch.equal(k, attn.to_k(x2))
 
 
+def test_group_switches_off_when_siblings_run_in_another_order():
+    """A processor computing K before Q would pay K twice if the group stayed on."""
+    attn = _quant_attention(False, "e3m4")
+    linear_mod.group_projections(attn)
+    group = attn.to_q.group[0]
+    x = torch.randn(2, 16, 128)
+    with torch.no_grad():
+        outs = [attn.to_k(x), attn.to_q(x), attn.to_v(x)]  # K alone, then Q fused, V taken
+        assert not group.disabled and group.waiting  # K's fused output was never taken
+        other = _quant_attention(True, "e3m4")
+        linear_mod.group_projections(other)
+        other.to_k(torch.randn(2, 5, 64))  # another attention's group replaces the pending outputs
+        attn.to_k(x)
+        assert group.disabled and not group.waiting
+        _ungrouped(attn)
+        ref = [attn.to_k(x), attn.to_q(x), attn.to_v(x)]
+    assert all(torch.equal(o, r) for o, r in zip(outs, ref, strict=True))
+
+
 def test_group_recomputes_after_in_place_change_and_keeps_checkpoint_keys():
     attn = _quant_attention(False, "e3m4")
     keys = sorted(attn.state_dict())

@@ -332,6 +332,8 @@ class _ProjectionGroup:
     def __init__(self, members: tuple[QuantLinear, ...]) -> None:
         self.members = members
         self.disabled = False
+        #: Outputs computed for later members are not all taken yet (a miss then means another call order).
+        self.waiting = False
 
     def fusable(self, x: torch.Tensor) -> bool:
         """Whether this call can run fused: CPU float32, no grad, same configuration in every member."""
@@ -394,18 +396,21 @@ def _grouped_forward(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None
         if p.group is group and p.ref is not None and p.ref() is x and p.version == x._version \
                 and p.outs[pos] is not None:
             out, p.outs[pos] = p.outs[pos], None
-            if pos == len(group.members) - 1:
-                p.group, p.ref, p.outs = None, None, []
+            if all(o is None for o in p.outs):
+                p.group, p.ref, p.outs, group.waiting = None, None, [], False
             return out
-        if p.group is group:  # a sibling read another tensor: this module does not share its input
-            group.disabled = True
-            p.group, p.ref, p.outs = None, None, []
+        if p.group is group or group.waiting:
+            # a sibling read another tensor, or the siblings run in another order (K before Q):
+            # fusing would compute some outputs twice, so each layer runs alone from now on
+            group.disabled, group.waiting = True, False
+            if p.group is group:
+                p.group, p.ref, p.outs = None, None, []
         return None
     if not group.fusable(x):
         return None
     outs: list[torch.Tensor | None] = list(group.forward(x))
     first, outs[0] = outs[0], None
-    p.group, p.ref, p.version, p.outs = group, weakref.ref(x), x._version, outs
+    p.group, p.ref, p.version, p.outs, group.waiting = group, weakref.ref(x), x._version, outs, True
     return first
 
 
