@@ -8,7 +8,8 @@ ran at 0.35x of full precision). This times, in one process with interleaved rep
    exponent bits);
 2. whole transformer forwards: full precision vs W4A8 / W4A6 / weight-only FP and W4A8
    INT, through the previous portable path (a frozen copy below), the current one (int8
-   GEMM where both sides fit int8, and its float-GEMM form) and, with ``--compile``, the
+   GEMM where both sides fit int8, and its float-GEMM form; Q/K/V grouped into one GEMM and
+   one rounding, and each projection alone) and, with ``--compile``, the
    compiled kernel; float paths are checked bit-identical, the int8 GEMM's difference shown;
 3. with ``--ecad``, FP4 W4A8 together with a cache schedule on the bundled pipeline; with
    ``--pixart-ecad``, with FORA(2)/FORA(3) in a bare denoising loop on the PixArt geometry.
@@ -35,6 +36,7 @@ from ditaccel._machine import machine_description
 from ditaccel.quant import FP4DiTConfig, QuantLinear, quantize_, set_activation_quant
 from ditaccel.quant.formats import quantize_per_token
 from ditaccel.quant.kernels import compile_linears
+from ditaccel.quant.linear import group_projections
 from ditaccel.testing.quant_reference import previous_per_token
 
 HERE = Path(__file__).resolve().parent
@@ -156,6 +158,16 @@ def set_compiled(q: torch.nn.Module, on: bool) -> None:
                 m.compiled = None
 
 
+def set_grouped(q: torch.nn.Module, on: bool) -> None:
+    """Q/K/V grouping (one batched GEMM and one rounding per attention) on, or each layer alone."""
+    if on:
+        group_projections(q)
+    else:
+        for m in q.modules():
+            if isinstance(m, QuantLinear):
+                m.group = None
+
+
 def set_int_gemm(q: torch.nn.Module, on: bool) -> None:
     for m in q.modules():
         if isinstance(m, QuantLinear):
@@ -175,7 +187,8 @@ def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tenso
         with torch.no_grad():
             ref, cur = fns.get("current, float GEMM", fns["current"])(), fns["current"]()
             # previous == the float path; compiled == current (both take the int8 GEMM where it applies)
-            same = torch.equal(fns["previous"](), ref) and (not compiled or torch.equal(fns["compiled"](), cur))
+            same = (torch.equal(fns["previous"](), ref) and torch.equal(fns["current, Q/K/V separate"](), cur)
+                    and (not compiled or torch.equal(fns["compiled"](), cur)))
             rel = float((cur - ref).abs().max() / ref.abs().max())
             times = interleaved(fns, repeats)
         row: dict[str, object] = {"variant": label, "fp_ms": 1e3 * statistics.median(times["fp"]), "identical": same,
@@ -205,7 +218,7 @@ def model_paths(q: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tens
                 setter(q, not on)
         return go
 
-    fns = {"previous": legacy, "current": lambda: call(q)}
+    fns = {"previous": legacy, "current": lambda: call(q), "current, Q/K/V separate": toggled(set_grouped, False)}
     if int8:
         fns["current, float GEMM"] = toggled(set_int_gemm, False)
     if compiled:
@@ -401,9 +414,10 @@ def pixart_schedule_rows(blocks: int, steps: int, repeats: int, compiled: bool) 
 
 
 def table(title: str, rows: list[dict[str, object]], compiled: bool) -> list[str]:
-    cols = ["previous", "current", "current, float GEMM"] + (["compiled"] if compiled else [])
+    cols = ["previous", "current", "current, Q/K/V separate", "current, float GEMM"] + (["compiled"] if compiled else [])
     out = [f"\n### {title}\n", "| variant | fp32 ms | " + " | ".join(f"{c}: ms, speed vs fp32" for c in cols)
-           + " | bitwise: previous == current float path (and compiled == current) | int8 GEMM max diff / max abs |",
+           + " | bitwise: previous == current float path, Q/K/V separate == current (and compiled == current) "
+           "| int8 GEMM max diff / max abs |",
            "|---" * (4 + len(cols)) + "|"]
     for r in rows:
         cells = " | ".join(f"{r[c + '_ms']:.1f}, {fmt_ratio(r[c])}" if c in r else "-" for c in cols)

@@ -321,3 +321,129 @@ def test_reused_input_buffer_never_serves_a_stale_rounding():
     assert all(torch.equal(o, w) for o, w in zip(outs, want, strict=True))
     x1.mul_(3.0)
     assert torch.equal(b(x1), ref(b, x1))
+
+
+# -- Q/K/V projections grouped: one batched GEMM and one rounding, bit-identical to separate layers
+
+
+def _quant_attention(cross: bool, act: str | None, formats: tuple[str, str, str] = ("e2m1",) * 3,
+                     bias: bool = True):
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=128, cross_attention_dim=64 if cross else None, heads=4, dim_head=32,
+                     bias=bias).eval()
+    for name, fmt in zip(("to_q", "to_k", "to_v"), formats, strict=True):
+        q = QuantLinear.from_linear(getattr(attn, name), fmt, 32, act_format=act, out_act_format=act)
+        setattr(attn, name, q)
+    attn.to_out[0] = QuantLinear.from_linear(attn.to_out[0], "e2m1", 32, act_format=act)
+    return attn
+
+
+def _ungrouped(attn: nn.Module) -> None:
+    for m in attn.modules():
+        if isinstance(m, QuantLinear):
+            m.group = None
+
+
+@pytest.mark.parametrize("act", ["e3m4", "e2m3", None])
+@pytest.mark.parametrize("cross", [False, True])
+def test_grouped_projections_are_bit_identical(cross, act):
+    attn = _quant_attention(cross, act)
+    assert linear_mod.group_projections(attn) == 1
+    grouped = [attn.to_k, attn.to_v] if cross else [attn.to_q, attn.to_k, attn.to_v]
+    assert [m.group[1] for m in grouped] == list(range(len(grouped)))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 40, 128, generator=g)
+    enc = torch.randn(2, 7, 64, generator=g) if cross else None
+    with torch.no_grad():
+        fused = attn(x, encoder_hidden_states=enc)
+        assert not grouped[0].group[0].disabled
+        assert linear_mod._PENDING.group is None  # every pending output was taken
+        _ungrouped(attn)
+        alone = attn(x, encoder_hidden_states=enc)
+    assert torch.equal(fused, alone)
+
+
+def test_grouped_outputs_are_contiguous_and_match_each_layer():
+    attn = _quant_attention(False, "e3m4")
+    linear_mod.group_projections(attn)
+    x = torch.randn(3, 20, 128)
+    with torch.no_grad():
+        outs = [attn.to_q(x), attn.to_k(x), attn.to_v(x)]
+        _ungrouped(attn)
+        ref = [attn.to_q(x), attn.to_k(x), attn.to_v(x)]
+    for o, r in zip(outs, ref, strict=True):
+        assert o.is_contiguous() and o.shape == (3, 20, 128) and torch.equal(o, r)
+
+
+def test_group_falls_back_when_formats_differ_or_inputs_differ():
+    """``auto`` may give Q/K/V different formats; a processor may feed K another tensor."""
+    attn = _quant_attention(False, "e3m4", formats=("e2m1", "int4", "e2m1"))
+    linear_mod.group_projections(attn)
+    x = torch.randn(2, 16, 128)
+    with torch.no_grad():
+        assert not attn.to_q.group[0].fusable(x)
+        fused = attn(x)
+        _ungrouped(attn)
+        assert torch.equal(fused, attn(x))
+    attn = _quant_attention(False, "e3m4")
+    linear_mod.group_projections(attn)
+    x2 = torch.randn(2, 16, 128)
+    with torch.no_grad():
+        q = attn.to_q(x)
+        k = attn.to_k(x2)  # not the tensor Q was computed from: computed alone, group switched off
+        assert attn.to_q.group[0].disabled and linear_mod._PENDING.group is None
+        _ungrouped(attn)
+        assert torch.equal(q, attn.to_q(x)) and torch.equal(k, attn.to_k(x2))
+
+
+def test_group_switches_off_when_siblings_run_in_another_order():
+    """A processor computing K before Q would pay K twice if the group stayed on."""
+    attn = _quant_attention(False, "e3m4")
+    linear_mod.group_projections(attn)
+    group = attn.to_q.group[0]
+    x = torch.randn(2, 16, 128)
+    with torch.no_grad():
+        outs = [attn.to_k(x), attn.to_q(x), attn.to_v(x)]  # K alone, then Q fused, V taken
+        assert not group.disabled and group.waiting  # K's fused output was never taken
+        other = _quant_attention(True, "e3m4")
+        linear_mod.group_projections(other)
+        other.to_k(torch.randn(2, 5, 64))  # another attention's group replaces the pending outputs
+        attn.to_k(x)
+        assert group.disabled and not group.waiting
+        _ungrouped(attn)
+        ref = [attn.to_k(x), attn.to_q(x), attn.to_v(x)]
+    assert all(torch.equal(o, r) for o, r in zip(outs, ref, strict=True))
+
+
+def test_group_recomputes_after_in_place_change_and_keeps_checkpoint_keys():
+    attn = _quant_attention(False, "e3m4")
+    keys = sorted(attn.state_dict())
+    linear_mod.group_projections(attn)
+    assert sorted(attn.state_dict()) == keys  # a forward-time grouping: no new buffers or parameters
+    x = torch.randn(2, 16, 128)
+    with torch.no_grad():
+        attn.to_q(x)
+        x.mul_(2)  # K must see the changed values
+        k = attn.to_k(x)
+        _ungrouped(attn)
+        assert torch.equal(k, attn.to_k(x))
+
+
+def test_quantize_groups_the_replica_and_output_is_unchanged(monkeypatch):
+    pipe = build_pipeline("pixart-alpha")  # 16 features, groups of 128: the stacked-dequantize branch
+    quantize_(pipe.transformer, FP4DiTConfig(weights="e2m1", acts="e3m4", adaround=False, progress=False))
+    assert any(isinstance(m, QuantLinear) and m.group is not None for m in pipe.transformer.modules())
+    calls = []
+    real = linear_mod._ProjectionGroup.forward
+    monkeypatch.setattr(linear_mod._ProjectionGroup, "forward", lambda self, x: calls.append(1) or real(self, x))
+
+    def run():
+        return pipe(prompt="a red cube", generator=torch.Generator().manual_seed(0), **call_kwargs("pixart-alpha"))[0]
+
+    fused = run()
+    assert calls  # the groups ran fused
+    n = len(calls)
+    _ungrouped(pipe.transformer)
+    assert torch.equal(fused, run()) and len(calls) == n

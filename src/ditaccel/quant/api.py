@@ -20,7 +20,7 @@ from ditaccel.models import quant_keep_patterns
 from ditaccel.quant.adaround import AdaRoundLinear, optimize_rounding
 from ditaccel.quant.formats import ACT_FORMATS, WEIGHT_FORMATS, FPFormat, decode, encode, parse_format
 from ditaccel.quant.io import round_kept_
-from ditaccel.quant.linear import QuantLinear, check_act_format, weight_bytes
+from ditaccel.quant.linear import QuantLinear, check_act_format, group_projections, weight_bytes
 from ditaccel.quant.reconstruct import (
     BatchedData,
     block_loss,
@@ -208,6 +208,7 @@ def set_activation_quant(transformer: nn.Module, acts: str | None, config: FP4Di
     for n, m in quantized_layers(transformer).items():
         m.act_format = act
         m.out_act_format = act if (config.quantize_qkv and qkv.search(n)) else None
+    group_projections(transformer)  # Q/K/V reading one input: one GEMM and one rounding (same formats only)
 
 
 def _fixed_format(name: str, config: FP4DiTConfig) -> str | None:

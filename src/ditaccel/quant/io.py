@@ -29,7 +29,7 @@ from ditaccel._io import (
     read_text_file,
 )
 from ditaccel.errors import QuantizedCheckpointError
-from ditaccel.quant.linear import QuantLinear, weight_bytes
+from ditaccel.quant.linear import QuantLinear, group_projections, weight_bytes
 
 __all__ = ["save_quantized", "load_quantized", "open_quantized", "QuantizedFolder", "checkpoint_stats", "model_fingerprint", "round_kept_", "int8_rows",
            "CONFIG_NAME", "TENSORS_NAME"]
@@ -513,6 +513,7 @@ def load_quantized(directory: str | os.PathLike | QuantizedFolder, pipe: Any, ke
         raise _fail(f"{folder.directory} does not provide {left[0]} (and {len(left) - 1} more): "
                     "load it into the model it was made from")
     transformer.eval()
+    group_projections(transformer)
     if kernel != "portable":
         from ditaccel.quant.kernels import apply_kernel
 

@@ -34,7 +34,7 @@ from ditaccel.quant.formats import (
 )
 from ditaccel.quant.packing import pack_nibbles, pair_table, unpack_nibbles
 
-__all__ = ["INT_GEMM_MAX_DIGITS", "INT_GEMM_MIN_ROWS", "QuantLinear", "weight_bytes"]
+__all__ = ["INT_GEMM_MAX_DIGITS", "INT_GEMM_MIN_ROWS", "QuantLinear", "group_projections", "weight_bytes"]
 
 #: Token rows below which the integer GEMM is skipped: at 128 rows (the bundled model, one
 #: image with CFG) its extra small ops cost more than the GEMM saves (one round of
@@ -94,6 +94,9 @@ class QuantLinear(nn.Module):
         #: Integer GEMMs (``torch._int_mm``) when activations and weights have integer levels: see
         #: :meth:`_forward_int8`. ``False``: the float path, bitwise as before.
         self.int_gemm = True
+        #: ``(group, position)`` when :func:`group_projections` made this layer one of sibling
+        #: projections that read one input (Q/K/V): they then run as one GEMM and one rounding.
+        self.group: tuple[_ProjectionGroup, int] | None = None
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False)
         else:
@@ -171,12 +174,7 @@ class QuantLinear(nn.Module):
         dtype = dtype or self.compute_dtype or torch.float32
         zeros = self.zeros if self.zeros.numel() else None
         if self.packed and self.in_features % self.group_size == 0:
-            idx = self.qweight.view(-1).to(torch.int32)
-            vals = pair_table(self.fmt, self.qweight.device).index_select(0, idx).view(torch.float32)
-            vals = vals.view(self.out_features, -1, self.group_size)  # [out, groups, group]: fresh, owned
-            if zeros is not None:
-                vals.sub_(zeros.unsqueeze(-1))
-            return vals.mul_(self.scales.unsqueeze(-1)).view(self.out_features, self.in_features).to(dtype)
+            return _dequantize_packed((self,), dtype).view(self.out_features, self.in_features)
         return decode(self.codes(), self.fmt, self.scales, self.group_size, zeros, dtype=dtype)
 
     @property
@@ -185,6 +183,10 @@ class QuantLinear(nn.Module):
         return self.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.group is not None:
+            y = _grouped_forward(self, x)
+            if y is not None:
+                return y
         quant, quant_owned = quantize_per_token, _quantize_owned
         if self.compiled is not None:
             from ditaccel.quant.fused import code_values, compiled_fn, compiled_levels, compiled_per_token
@@ -294,6 +296,146 @@ class QuantLinear(nn.Module):
                 raise ValueError(f"bias has shape {tuple(b.shape)}, expected ({m.out_features},)")
             m.bias = nn.Parameter(b.to(compute_dtype), requires_grad=False)
         return m
+
+
+def _dequantize_packed(layers: tuple[QuantLinear, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The float weights of packed layers with whole groups, stacked ``[len(layers) * out, groups, group]``.
+
+    One gather per *byte* from a 256-entry table of int64 words, each two float32 values (low
+    and high nibble), then an in-place broadcast multiply by the group scales: bit-identical to
+    :func:`decode`, without unpacking or expanding scales. Several layers (same format, shape and
+    group size) decode in one pass over their concatenated codes: fewer small ops per call.
+    """
+    m = layers[0]
+    cat = (lambda ts: ts[0]) if len(layers) == 1 else torch.cat
+    idx = cat([lay.qweight.view(-1) for lay in layers]).to(torch.int32)
+    vals = pair_table(m.fmt, m.qweight.device).index_select(0, idx).view(torch.float32)
+    vals = vals.view(len(layers) * m.out_features, -1, m.group_size)  # fresh, owned
+    if m.zeros.numel():
+        vals.sub_(cat([lay.zeros for lay in layers]).unsqueeze(-1))
+    return vals.mul_(cat([lay.scales for lay in layers]).unsqueeze(-1)).to(dtype)
+
+
+class _ProjectionGroup:
+    """Sibling projections that read one input (``to_q``/``to_k``/``to_v``, or ``to_k``/``to_v`` of a
+    cross-attention), run as one batched GEMM over their stacked decoded weights and one per-token
+    rounding of all outputs.
+
+    Why: each eager rounding has a fixed cost (~39 us on the bundled model's 128-wide layers) and
+    each layer its own decode and GEMM call; here Q, K and V take one of each. The first member
+    computes all outputs; the others take theirs if they are called with that same tensor (object
+    and version), else the group is switched off for good and each layer runs alone. Values are
+    bit-identical: the rounding is per (token, projection) and each output column is its own dot
+    product. Nothing is stored between calls but the pending outputs of one attention.
+    """
+
+    def __init__(self, members: tuple[QuantLinear, ...]) -> None:
+        self.members = members
+        self.disabled = False
+        #: Outputs computed for later members are not all taken yet (a miss then means another call order).
+        self.waiting = False
+
+    def fusable(self, x: torch.Tensor) -> bool:
+        """Whether this call can run fused: CPU float32, no grad, same configuration in every member."""
+        m = self.members[0]
+        if (self.disabled or x.requires_grad or x.is_inference() or not x.is_cpu or x.dtype != torch.float32
+                or m._int8_ready(x)):
+            return False
+        key = _group_key(m)
+        return all(_group_key(o) == key for o in self.members[1:])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every member's output for input ``x``, each a contiguous ``[*x.shape[:-1], out]`` tensor."""
+        m = self.members[0]
+        quant, quant_owned = quantize_per_token, _quantize_owned
+        if m.compiled is not None:
+            from ditaccel.quant.fused import compiled_per_token
+
+            quant, quant_owned = _compiled_quants(compiled_per_token(*m.compiled))
+        if m.act_format is not None:
+            x = _shared_act_quant(x, m.act_format, quant)
+        n = len(self.members)
+        if m.packed and m.in_features % m.group_size == 0:
+            w = _dequantize_packed(self.members, x.dtype).view(n, m.out_features, m.in_features)
+        else:
+            w = torch.stack([o.dequantize(x.dtype) for o in self.members])
+        w = w.transpose(1, 2)
+        x2 = x.reshape(1, -1, m.in_features).expand(n, -1, -1)
+        if m.bias is not None:
+            b = torch.stack([o.bias for o in self.members]).to(x.dtype).unsqueeze(1)
+            y = torch.baddbmm(b, x2, w)  # [n, tokens, out]: each member's output contiguous
+        else:
+            y = torch.bmm(x2, w)
+        if m.out_act_format is not None:
+            y = quant_owned(y, m.out_act_format)  # per last-dim vector: per (member, token)
+        return [y[i].view(*x.shape[:-1], m.out_features) for i in range(n)]
+
+
+def _group_key(m: QuantLinear) -> tuple[Any, ...]:
+    return (m.fmt, m.group_size, m.in_features, m.out_features, m.act_format, m.out_act_format, m.compiled,
+            m.int_gemm, m.bias is None)
+
+
+class _PendingOutputs(threading.local):
+    """Outputs a group computed for its later members, with the input they were computed for."""
+
+    group: _ProjectionGroup | None = None
+    ref: weakref.ref | None = None
+    version: int = -1
+    outs: list[torch.Tensor | None] = []  # noqa: RUF012 (per-thread, replaced, never mutated in place)
+
+
+_PENDING = _PendingOutputs()
+
+
+def _grouped_forward(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
+    """``layer``'s output through its projection group, or ``None``: run the layer alone."""
+    group, pos = layer.group  # type: ignore[misc]
+    p = _PENDING
+    if pos > 0:
+        if p.group is group and p.ref is not None and p.ref() is x and p.version == x._version \
+                and p.outs[pos] is not None:
+            out, p.outs[pos] = p.outs[pos], None
+            if all(o is None for o in p.outs):
+                p.group, p.ref, p.outs, group.waiting = None, None, [], False
+            return out
+        if p.group is group or group.waiting:
+            # a sibling read another tensor, or the siblings run in another order (K before Q):
+            # fusing would compute some outputs twice, so each layer runs alone from now on
+            group.disabled, group.waiting = True, False
+            if p.group is group:
+                p.group, p.ref, p.outs = None, None, []
+        return None
+    if not group.fusable(x):
+        return None
+    outs: list[torch.Tensor | None] = list(group.forward(x))
+    first, outs[0] = outs[0], None
+    p.group, p.ref, p.version, p.outs, group.waiting = group, weakref.ref(x), x._version, outs, True
+    return first
+
+
+def group_projections(model: nn.Module) -> int:
+    """Group each attention's sibling ``QuantLinear`` projections that read one input; returns the count.
+
+    Self-attention: ``to_q``, ``to_k``, ``to_v``; cross-attention (``is_cross_attention``):
+    ``to_k``, ``to_v`` (the query reads the image tokens). A forward-time grouping only: the layers,
+    their buffers and the checkpoint layout stay as they are, and a group whose members differ in
+    format (``auto``) or are not called on one tensor runs its layers alone.
+    """
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.group = None
+    count = 0
+    for mod in model.modules():
+        names = ("to_k", "to_v") if getattr(mod, "is_cross_attention", False) else ("to_q", "to_k", "to_v")
+        members = tuple(getattr(mod, n, None) for n in names)
+        if not all(isinstance(m, QuantLinear) for m in members):
+            continue
+        group = _ProjectionGroup(members)  # type: ignore[arg-type]
+        for i, m in enumerate(members):
+            m.group = (group, i)  # type: ignore[union-attr]
+        count += 1
+    return count
 
 
 class _LastActQuant(threading.local):
