@@ -27,7 +27,7 @@ def _replica() -> object:
 
 
 def _frontier(pipe: object, folder: Path) -> None:
-    """A search folder in helper-3's format, with preset schedules standing in for searched ones."""
+    """A search folder as `ditaccel search` writes it, with preset schedules standing in for searched ones."""
     from ditaccel.caching import presets, schedule_macs
     from ditaccel.search.frontier import Frontier, FrontierPoint, write_frontier
 

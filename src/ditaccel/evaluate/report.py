@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ditaccel._io import atomic_write, atomic_write_json, atomic_write_text
-from ditaccel.metrics import metric_label
+from ditaccel.metrics import metric_label, needs_reference
 
 
 def _f(x: Any, fmt: str = "{:.2f}", dash: str = "–") -> str:
@@ -91,7 +91,7 @@ def prediction_error(rows: list[Any]) -> str:
 
 def _metric_cell(r: Any, m: str) -> str:
     v = r.metrics.get(m)
-    if v is None and r.kind == "baseline" and m in ("psnr", "ssim"):
+    if v is None and r.kind == "baseline" and needs_reference(m):
         return "ref"
     if m == "psnr" and v is not None and math.isinf(v):
         return "inf (identical)"
@@ -190,7 +190,7 @@ def write_plot(result: Any, path: Any, speed: str = "speedup") -> list[str]:
         ax.legend(fontsize=6.5, loc="best", ncol=1 + len(drawn) // 14)
         ax.axvline(1.0, color="grey", lw=0.5, ls=":")
         ax.set_xlabel(SPEED_AXES.get(speed, speed))
-        ax.set_ylabel(metric_label(metric) + (" to baseline" if metric in ("psnr", "ssim") else "")
+        ax.set_ylabel(metric_label(metric) + (" to baseline" if needs_reference(metric) else "")
                       + " (higher is better)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{result.info['model'].rstrip('/').split('/')[-1]}: quality vs speed "

@@ -48,10 +48,10 @@ from ditaccel.evaluate.methods import (
     prepare,
     resolve_methods,
 )
+from ditaccel.metrics import needs_reference
 from ditaccel.pipeline import pipeline_info
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-REFERENCE_METRICS = ("psnr", "ssim")
 
 
 @dataclass
@@ -516,7 +516,7 @@ def _score(run: _Run, prog: Any) -> tuple[dict[str, tuple[dict[str, float], dict
         vals: dict[str, float] = {}
         det: dict[str, Any] = {}
         for name, metric in run.metrics.items():
-            if m is base and name in REFERENCE_METRICS:
+            if m is base and metric.needs_reference:
                 continue
             vals[name] = float(metric.score(imgs, img_prompts, references=ref_images))
             d = metric.details(imgs, img_prompts, references=ref_images)
@@ -627,7 +627,7 @@ def _versions() -> dict[str, str]:
 def quality_metric(names: list[str]) -> str:
     """The metric the quality-vs-speed plot uses: the first that is not a fidelity-to-baseline one."""
     for n in names:
-        if n not in REFERENCE_METRICS:
+        if not needs_reference(n):
             return n
     return names[0] if names else "psnr"
 

@@ -49,6 +49,11 @@ def metric_label(name: str) -> str:
     return _REGISTRY[name][2] if name in _REGISTRY else name
 
 
+def needs_reference(name: str) -> bool:
+    """Whether a registered metric scores against the uncached images (so the baseline has no score of its own)."""
+    return bool(getattr(_REGISTRY[name][0], "needs_reference", False)) if name in _REGISTRY else False
+
+
 def get_metric(name: str, **paths: Any) -> Metric:
     """The metric ``name``, built and checked: missing weights raise ``MissingWeightsError`` now.
 
@@ -115,9 +120,9 @@ def check_metric_paths(names: str | Sequence[str] | None, paths: dict[str, Any],
 
 register_metric("adherence", lambda **_: AdherenceMetric(),
                 "shapes-world checker: fraction of images whose colour, shape, size and position match (bundled model)")
-register_metric("psnr", lambda **_: PSNR(), "PSNR (dB) to the uncached images with the same prompts and seeds",
+register_metric("psnr", PSNR, "PSNR (dB) to the uncached images with the same prompts and seeds",
                 "PSNR (dB)")
-register_metric("ssim", lambda **_: SSIM(), "SSIM to the uncached images with the same prompts and seeds", "SSIM")
+register_metric("ssim", SSIM, "SSIM to the uncached images with the same prompts and seeds", "SSIM")
 register_metric("clip", _external("ClipScore"),
                 "CLIP score; a transformers CLIP folder or hub id (clip_path= / $DITACCEL_CLIP), default "
                 "openai/clip-vit-large-patch14", "CLIP")
@@ -136,4 +141,4 @@ register_metric("fid", _external("FIDMetric"),
 
 
 __all__ = ["PSNR", "SSIM", "AdherenceMetric", "Metric", "available_metrics", "check_metric_paths", "env_path",
-           "get_metric", "metric_label", "metric_path_keys", "psnr", "register_metric", "ssim"]
+           "get_metric", "metric_label", "metric_path_keys", "needs_reference", "psnr", "register_metric", "ssim"]
