@@ -25,25 +25,30 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 
 # The full comparison on the bundled model, with the settings of the committed results in
-# bench/results/ (roughly an hour on 2 CPU cores).
+# bench/results/ (hours on 2 CPU cores; each results file names its command and most say how long it took).
 bench: setup
 	$(PY) bench/bench_bundled.py --seeds 4 --threads 1
 	$(PY) bench/bench_speed.py --steps 8 --repeats 3
-	$(PY) bench/bench_latency.py --model bundled --repeats 5 --frontier bench/results/search_long72.tar.gz
-	$(PY) bench/bench_latency.py --model pixart --steps 8 --repeats 2 --profile-rounds 1 --quick
+	$(PY) bench/bench_latency.py --model bundled --batch 1 --repeats 5 --profile-rounds 2 --frontier bench/results/search_long72.tar.gz --frontier-points 4
+	$(PY) bench/bench_latency.py --model pixart --steps 8 --batch 1 --repeats 2 --profile-rounds 1 --quick
+	$(PY) bench/bench_fast_block.py --batch 16 --steps 20 --repeats 5 --frontier-points 3
+	$(PY) bench/bench_compile.py --models bundled --repeats 5 --patterns
+	$(PY) bench/bench_compile.py --models full --steps 4 --repeats 3
 	$(PY) bench/bench_search.py
+	$(PY) bench/bench_hypervolume.py --prompts 3 --generations 3 --population 24 --factor 5 --seed 0
 	$(PY) bench/bench_quant.py --prompts 48 --calib-every 2 --iters 200 --threads 1 --auto
 	$(PY) bench/bench_quant.py --ablation --prompts 1 --calib-every 2 --threads 1
 	$(PY) bench/bench_quant_size.py --threads 1
 	$(PY) bench/bench_quant_auto.py --prompts 4
-	$(PY) bench/bench_quant_speed.py --repeats 7 --pixart-blocks 2 --pixart-repeats 4 --compile --ecad
+	$(PY) bench/bench_quant_speed.py --cpu-time --repeats 7 --pixart-blocks 2 --pixart-repeats 4 --compile --profile --ecad --pixart-ecad
 	tar xzf bench/results/search_long72.tar.gz -C /tmp s72/schedules/p00_7.26x.json
-	$(PY) bench/bench_quant_speed.py --skip-models --skip-layers --ecad --repeats 12 \
+	$(PY) bench/bench_quant_speed.py --cpu-time --skip-models --skip-layers --ecad --compile --repeats 9 \
 		--ecad-schedule /tmp/s72/schedules/p00_7.26x.json --out bench/results/quant_speed_ecad.md
 	$(PY) bench/bench_eval.py --every 6 --seeds 0,1 --repeats 3 --timing-images 4
 	$(PY) bench/bench_metric_split.py --population 8 --generations 2 --repeats 5
 	$(PY) bench/reliability.py
-	$(PY) bench/bench_eval.py --sweep --search runs/bench-search --every 6 --seeds 1,2 --repeats 3 --timing-images 2
+	$(PY) bench/bench_eval.py --sweep --search runs/bench-search --ecad-points 28 --every 6 --seeds 1,2 --repeats 3 \
+		--timing-images 1 --batch-size 16
 
 # ditaccel's MACs of ECAD's published schedules vs the files' own figures (needs git and network).
 bench-ecad: setup
