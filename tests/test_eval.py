@@ -289,7 +289,7 @@ def test_quantized_rows_are_saved_and_reloaded_bit_exactly(tmp_path: Path) -> No
 
 
 def test_sweep_expands_each_grid_once_with_reader_names() -> None:
-    from ditaccel.evaluate.methods import KNOBS, spec_title
+    from ditaccel.evaluate.methods import KNOBS, knob_values, spec_title
 
     fbc = parse_methods("fbc:sweep")
     assert [s.text for s in fbc] == [f"fbc:{a}" for a in KNOBS["fbc"].sweep] and len(fbc) >= 5
@@ -305,8 +305,9 @@ def test_sweep_expands_each_grid_once_with_reader_names() -> None:
     assert curves == {"TaylorSeer (diffusers), order 1", "TaylorSeer (diffusers), order 2"}
     assert spec_title(parse_methods("cachedit:0.3:2:4:1")[0])[0] == \
         "cache-dit DBCache, threshold 0.3, warm-up 2, F4, B1"
+    assert knob_values(parse_methods("teacache:0")[0].cache, "teacache:0") == {"threshold": 0.0}  # 0: never skips
     for bad, msg in (("ecad:sweep", "only methods with a knob sweep"), ("fbc:sweep+fp4-w4a8", "stands alone"),
-                     ("cachedit:0.1:1:0", "must be positive")):
+                     ("cachedit:0.1:1:0", "must be positive"), ("teacache:-0.1", "must be >= 0")):
         with pytest.raises(DitaccelError, match=msg):
             parse_methods(bad)
 

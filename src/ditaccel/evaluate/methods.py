@@ -44,7 +44,7 @@ class Knob:
     fmt: str                 # e.g. "threshold {}": the value as a reader sees it in rows and legends
     kind: type
     default: int | float
-    minimum: float = 0.0     # values must be > minimum (0: positive)
+    zero_ok: bool = False    # values must be positive, or >= 0 where zero means something (e.g. "never skip")
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def _entries() -> list[MethodEntry]:
     earlier (MagCache keeps its first steps, PAB/FasterCache/TGATE touch attention only).
     bench/results/peers.md shows what each reached.
     """
-    it = Knob("iters", "AdaRound {} it/block", int, DEFAULT_QUANT_ITERS, minimum=-0.5)  # 0 = round-to-nearest
+    it = Knob("iters", "AdaRound {} it/block", int, DEFAULT_QUANT_ITERS, zero_ok=True)  # 0 = round-to-nearest
     cd = _dyn("cachedit")
     return [
         MethodEntry("baseline", "baseline", "Baseline (no acceleration)", "baseline",
@@ -205,14 +205,14 @@ def _entries() -> list[MethodEntry]:
         MethodEntry("cachedit", "dynamic", "cache-dit DBCache", "cachedit[:T[:W[:F[:B]]]]",
                     "cache-dit DBCache FnBn: threshold T, warm-up W, F first / B last blocks always computed",
                     (Knob("threshold", "threshold {}", float, cd["threshold"]),
-                     Knob("warmup", "warm-up {}", int, cd["warmup"], minimum=-0.5),
-                     Knob("fn", "F{}", int, cd["fn"]), Knob("bn", "B{}", int, cd["bn"], minimum=-0.5)),
+                     Knob("warmup", "warm-up {}", int, cd["warmup"], zero_ok=True),
+                     Knob("fn", "F{}", int, cd["fn"]), Knob("bn", "B{}", int, cd["bn"], zero_ok=True)),
                     ("0.08", "0.15", "0.3", "0.5", "0.3:1", "0.5:1", "0.8:1", "0.3:2:4:0", "0.5:2:4:0"),
                     install=_cachedit),
         MethodEntry("teacache", "dynamic", "TeaCache-style (ditaccel)", "teacache[:T]",
                     "TeaCache-style: skip the block stack while the accumulated relative change of block 0's "
                     "modulated input stays under T",
-                    (Knob("threshold", "threshold {}", float, _dyn("teacache")["threshold"]),),
+                    (Knob("threshold", "threshold {}", float, _dyn("teacache")["threshold"], zero_ok=True),),
                     ("0.03", "0.05", "0.1", "0.2", "0.3", "0.5", "0.8"), install=_teacache),
         MethodEntry("fp4-w4a8", "quant", "FP4DiT W4A8", "fp4-w4a8[:ITERS]",
                     "FP4DiT: E2M1 weights (E3M0 first FFN) + E3M4 per-token acts", (it,),
@@ -257,7 +257,7 @@ class MethodSpec:
         return next((p for p in self.parts if p.is_quant), None)
 
 
-def _num(part: Part, i: int, kind: type, default: Any, text: str, minimum: float = 0.0) -> Any:
+def _num(part: Part, i: int, kind: type, default: Any, text: str, zero_ok: bool = False) -> Any:
     if len(part.args) <= i or part.args[i] == "":
         return default
     try:
@@ -265,14 +265,15 @@ def _num(part: Part, i: int, kind: type, default: Any, text: str, minimum: float
     except ValueError:
         raise DitaccelError(f"method {text!r}: {part.name} argument {part.args[i]!r} is not a "
                             f"{'whole number' if kind is int else 'number'}") from None
-    if v < minimum or (minimum == 0.0 and v <= 0):
-        raise DitaccelError(f"method {text!r}: {part.name} argument must be positive, got {part.args[i]}")
+    if v < 0 or (v == 0 and not zero_ok):
+        raise DitaccelError(f"method {text!r}: {part.name} argument must be {'>= 0' if zero_ok else 'positive'}, "
+                            f"got {part.args[i]}")
     return v
 
 
 def knob_values(part: Part, text: str) -> dict[str, Any]:
     """The part's knob values by key, defaults filled in; a bad value raises one line naming ``text``."""
-    return {k.key: _num(part, i, k.kind, k.default, text, minimum=k.minimum)
+    return {k.key: _num(part, i, k.kind, k.default, text, zero_ok=k.zero_ok)
             for i, k in enumerate(part.entry.knobs)}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ditaccel._io import atomic_write, atomic_write_json, atomic_write_text
+from ditaccel.caching.schedule import effective_bits
 from ditaccel.metrics import metric_label, needs_reference
 
 
@@ -212,9 +213,9 @@ def schedule_key(bits: Any) -> str:
 
     Two rows with the same key run the same schedule, so their speed difference is noise.
     """
-    b = np.array(bits, dtype=bool, copy=True)
+    b = np.asarray(bits, dtype=bool)
     if b.ndim and len(b):
-        b[0] = True
+        b = effective_bits(b)
     return "x".join(map(str, b.shape)) + ":" + np.packbits(b.reshape(-1)).tobytes().hex()
 
 

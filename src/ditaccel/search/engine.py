@@ -565,7 +565,7 @@ class _SearchRun:
         for k, x in zip(keys, X, strict=True):
             if k not in self.archive and k not in new:
                 new[k] = x.reshape(self.plan.shape)
-        filled = self._fill(gen, set(keys))
+        filled = {k: v for k, v in self._fill(gen, set(keys)).items() if k not in self.archive}  # a resume replays them
         new.update(filled)
         t0, c0 = time.perf_counter(), time.process_time()
         task = bar.start(gen, len(new), _best_label(self.archive))
