@@ -321,6 +321,12 @@ def test_reused_input_buffer_never_serves_a_stale_rounding():
     assert all(torch.equal(o, w) for o, w in zip(outs, want, strict=True))
     x1.mul_(3.0)
     assert torch.equal(b(x1), ref(b, x1))
+    with torch.no_grad():
+        a(x2)  # x2's rounding cached, in the buffer
+        with torch.inference_mode():
+            y = torch.randn(7, 64)
+            a(y)  # an inference tensor is never cached, but its rounding overwrites the buffer
+        assert torch.equal(b(x2), ref(b, x2))
 
 
 # -- Q/K/V projections grouped: one batched GEMM and one rounding, bit-identical to separate layers
@@ -447,3 +453,18 @@ def test_quantize_groups_the_replica_and_output_is_unchanged(monkeypatch):
     n = len(calls)
     _ungrouped(pipe.transformer)
     assert torch.equal(fused, run()) and len(calls) == n
+
+
+def test_a_compiled_trace_leaves_the_projection_group_on():
+    """Dynamo traces the layers one by one (grouping is eager-only state): the trace must neither change the
+    outputs nor switch the group off for later eager calls."""
+    attn = _quant_attention(cross=False, act="e3m4")
+    assert linear_mod.group_projections(attn) == 1
+    x = torch.randn(2, 64, 128)
+    with torch.no_grad():
+        ref = attn(x)
+        group = attn.to_q.group[0]
+        out = torch.compile(attn, backend="eager")(x)
+        assert torch.equal(out, ref)
+        assert not group.disabled
+        assert torch.equal(attn(x), ref)

@@ -183,7 +183,7 @@ class QuantLinear(nn.Module):
         return self.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.group is not None:
+        if self.group is not None and not torch.compiler.is_compiling():  # grouping is eager-only state
             y = _grouped_forward(self, x)
             if y is not None:
                 return y
@@ -463,6 +463,7 @@ def _shared_act_quant(x: torch.Tensor, fmt: str,
     if quant is quantize_per_token:  # eager: the result goes to a reused buffer (see _into_input_buffer)
         quant = _into_input_buffer
     if x.requires_grad or x.is_inference():  # inference tensors have no version counter: not shared
+        last.ref = None  # the buffer the cached result lives in is about to be overwritten
         return quant(x, fmt)
     if last.ref is not None and last.ref() is x and last.version == x._version and last.fmt == fmt:
         return last.out  # type: ignore[return-value]
