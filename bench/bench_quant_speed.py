@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ditaccel._io import atomic_write_text
 from ditaccel._machine import machine_description
-from ditaccel.quant import FP4DiTConfig, QuantLinear, quantize_, set_activation_quant
+from ditaccel.quant import FP4DiTConfig, QuantLinear, quantize_, quantized_layers, set_activation_quant
 from ditaccel.quant.formats import quantize_per_token
 from ditaccel.quant.kernels import compile_linears
 from ditaccel.quant.linear import group_projections
@@ -153,9 +153,8 @@ def set_compiled(q: torch.nn.Module, on: bool) -> None:
     if on:
         compile_linears(q)
     else:
-        for m in q.modules():
-            if isinstance(m, QuantLinear):
-                m.compiled = None
+        for m in quantized_layers(q).values():
+            m.compiled = None
 
 
 def set_grouped(q: torch.nn.Module, on: bool) -> None:
@@ -163,15 +162,13 @@ def set_grouped(q: torch.nn.Module, on: bool) -> None:
     if on:
         group_projections(q)
     else:
-        for m in q.modules():
-            if isinstance(m, QuantLinear):
-                m.group = None
+        for m in quantized_layers(q).values():
+            m.group = None
 
 
 def set_int_gemm(q: torch.nn.Module, on: bool) -> None:
-    for m in q.modules():
-        if isinstance(m, QuantLinear):
-            m.int_gemm = on
+    for m in quantized_layers(q).values():
+        m.int_gemm = on
 
 
 def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tensor], repeats: int,

@@ -20,7 +20,13 @@ from ditaccel.models import quant_keep_patterns
 from ditaccel.quant.adaround import AdaRoundLinear, optimize_rounding
 from ditaccel.quant.formats import ACT_FORMATS, WEIGHT_FORMATS, FPFormat, decode, encode, parse_format
 from ditaccel.quant.io import round_kept_
-from ditaccel.quant.linear import QuantLinear, check_act_format, group_projections, weight_bytes
+from ditaccel.quant.linear import (
+    QuantLinear,
+    check_act_format,
+    group_projections,
+    quantized_layers,
+    weight_bytes,
+)
 from ditaccel.quant.reconstruct import (
     BatchedData,
     block_loss,
@@ -188,11 +194,6 @@ def target_linears(transformer: nn.Module, config: FP4DiTConfig) -> list[str]:
         n for n, m in transformer.named_modules()
         if isinstance(m, nn.Linear) and not any(k.search(n) for k in keep)
     ]
-
-
-def quantized_layers(transformer: nn.Module) -> dict[str, QuantLinear]:
-    """All ``QuantLinear`` modules of a (quantized) transformer, by name."""
-    return {n: m for n, m in transformer.named_modules() if isinstance(m, QuantLinear)}
 
 
 def set_activation_quant(transformer: nn.Module, acts: str | None, config: FP4DiTConfig | None = None) -> None:

@@ -29,7 +29,7 @@ from ditaccel._io import (
     read_text_file,
 )
 from ditaccel.errors import QuantizedCheckpointError
-from ditaccel.quant.linear import QuantLinear, group_projections, weight_bytes
+from ditaccel.quant.linear import QuantLinear, group_projections, quantized_layers, weight_bytes
 
 __all__ = ["save_quantized", "load_quantized", "open_quantized", "QuantizedFolder", "checkpoint_stats", "model_fingerprint", "round_kept_", "int8_rows",
            "CONFIG_NAME", "TENSORS_NAME"]
@@ -68,7 +68,7 @@ def _owner(root: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 def _kept_tensors(transformer: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer that is not part of a ``QuantLinear``'s packed storage."""
-    qnames = {n for n, m in transformer.named_modules() if isinstance(m, QuantLinear)}
+    qnames = set(quantized_layers(transformer))
     out: dict[str, torch.Tensor] = {}
     for n, t in list(transformer.named_parameters()) + list(transformer.named_buffers()):
         owner = n.rpartition(".")[0]
@@ -197,7 +197,7 @@ def save_quantized(
     """
     directory = Path(directory)
     storage = _check_storage(kept_storage if kept_storage is not None else getattr(config, "kept_storage", "model"))
-    qlayers = {n: m for n, m in transformer.named_modules() if isinstance(m, QuantLinear)}
+    qlayers = quantized_layers(transformer)
     if not qlayers:
         raise QuantizedCheckpointError("the transformer has no quantized layers: run quantize_() before save_quantized()")
     tensors: dict[str, torch.Tensor] = {}

@@ -18,7 +18,7 @@ from torch import nn
 
 from ditaccel.errors import DitaccelError
 from ditaccel.quant.fused import COMPILED_KERNEL, check_compiled
-from ditaccel.quant.linear import QuantLinear
+from ditaccel.quant.linear import quantized_layers
 
 __all__ = ["KERNELS", "check_kernel", "apply_kernel", "kernel_available"]
 
@@ -89,9 +89,7 @@ def apply_kernel(transformer: nn.Module, kernel: str) -> None:
         return
     from torchao.quantization import quantize_ as ao_quantize_
 
-    names = [n for n, m in transformer.named_modules() if isinstance(m, QuantLinear)]
-    for n in names:
-        q: QuantLinear = transformer.get_submodule(n)
+    for n, q in quantized_layers(transformer).items():  # a dict made before any layer is swapped
         dtype = q.compute_dtype or torch.bfloat16
         lin = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None, device=q.qweight.device, dtype=dtype)
         with torch.no_grad():
@@ -111,8 +109,8 @@ def compile_linears(transformer: nn.Module, backend: str = "inductor", mode: str
     groups, 8-bit codes) keep the portable forward.
     """
     n = 0
-    for m in transformer.modules():
-        if isinstance(m, QuantLinear) and m.packed and m.in_features % m.group_size == 0:
+    for m in quantized_layers(transformer).values():
+        if m.packed and m.in_features % m.group_size == 0:
             m.compiled = (backend, mode)
             n += 1
     return n

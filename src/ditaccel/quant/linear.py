@@ -532,6 +532,11 @@ def _quantize_owned(y: torch.Tensor, fmt: str) -> torch.Tensor:
     return quantize_per_token(y, fmt, inplace=True)
 
 
+def quantized_layers(transformer: nn.Module) -> dict[str, QuantLinear]:
+    """All ``QuantLinear`` modules of a (quantized) transformer, by name."""
+    return {n: m for n, m in transformer.named_modules() if isinstance(m, QuantLinear)}
+
+
 def weight_bytes(module: nn.Module) -> int:
     """Bytes held by a module's parameters and buffers: the weight memory we report."""
     seen: set[int] = set()
