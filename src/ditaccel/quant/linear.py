@@ -32,6 +32,7 @@ from ditaccel.quant.formats import (
     per_token_levels,
     quantize_per_token,
 )
+from ditaccel.quant.fused import code_values, compiled_fn, compiled_levels, compiled_per_token
 from ditaccel.quant.packing import pack_nibbles, pair_table, unpack_nibbles
 
 __all__ = ["INT_GEMM_MAX_DIGITS", "INT_GEMM_MIN_ROWS", "QuantLinear", "group_projections", "weight_bytes"]
@@ -187,11 +188,7 @@ class QuantLinear(nn.Module):
             y = _grouped_forward(self, x)
             if y is not None:
                 return y
-        quant, quant_owned = quantize_per_token, _quantize_owned
-        if self.compiled is not None:
-            from ditaccel.quant.fused import code_values, compiled_fn, compiled_levels, compiled_per_token
-
-            quant, quant_owned = _compiled_quants(compiled_per_token(*self.compiled))
+        quant, quant_owned = _rounding(self)
         if self._int8_ready(x):
             y = self._forward_int8(x, None if self.compiled is None else compiled_levels(*self.compiled))
             return quant_owned(y, self.out_act_format) if self.out_act_format is not None else y
@@ -298,6 +295,15 @@ class QuantLinear(nn.Module):
         return m
 
 
+def _rounding(layer: QuantLinear) -> tuple[Callable[[torch.Tensor, str], torch.Tensor],
+                                            Callable[[torch.Tensor, str], torch.Tensor]]:
+    """The layer's per-token rounding as (for an input, for its own output, rounded in place): eager, or
+    the compiled kernel's when ``compile_linears`` routed the layer."""
+    if layer.compiled is None:
+        return quantize_per_token, _quantize_owned
+    return _compiled_quants(compiled_per_token(*layer.compiled))
+
+
 def _dequantize_packed(layers: tuple[QuantLinear, ...], dtype: torch.dtype) -> torch.Tensor:
     """The float weights of packed layers with whole groups, stacked ``[len(layers) * out, groups, group]``.
 
@@ -347,11 +353,7 @@ class _ProjectionGroup:
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every member's output for input ``x``, each a contiguous ``[*x.shape[:-1], out]`` tensor."""
         m = self.members[0]
-        quant, quant_owned = quantize_per_token, _quantize_owned
-        if m.compiled is not None:
-            from ditaccel.quant.fused import compiled_per_token
-
-            quant, quant_owned = _compiled_quants(compiled_per_token(*m.compiled))
+        quant, quant_owned = _rounding(m)
         if m.act_format is not None:
             x = _shared_act_quant(x, m.act_format, quant)
         n = len(self.members)
