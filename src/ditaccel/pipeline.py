@@ -138,6 +138,14 @@ def load_pipeline(
     return set_pipeline_info(pipe, PipelineInfo(source=str(path), call_defaults=defaults, bundled=is_bundled(path)))
 
 
+def pipeline_steps(pipe: Any, call_kwargs: dict[str, Any]) -> int:
+    """Denoising steps of a call with ``call_kwargs`` (the pipeline's default when not given)."""
+    steps = call_kwargs.get("num_inference_steps")
+    if steps is None:
+        steps = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+    return int(steps)
+
+
 def pipeline_call_kwargs(pipe: Any, **overrides: Any) -> dict[str, Any]:
     """Call arguments that make ``pipe`` run as intended, merged with ``overrides``.
 

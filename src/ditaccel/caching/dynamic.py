@@ -51,7 +51,6 @@ A method that cannot run becomes a skipped row whose reason is the first line of
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import logging
 import re
@@ -66,6 +65,7 @@ from ditaccel.caching.runtime import unregister_hook
 from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.errors import DitaccelError
 from ditaccel.models import get_adapter
+from ditaccel.pipeline import pipeline_steps
 
 _CONTEXT_HOOK = "ditaccel_peer_context"
 
@@ -198,14 +198,6 @@ def hooks_remover(root: torch.nn.Module, before: dict[int, tuple[torch.nn.Module
             reg.invalidate_child_registries_cache()
 
     return remove
-
-
-def pipeline_steps(pipe: Any, call_kwargs: dict[str, Any]) -> int:
-    """Denoising steps of a call with ``call_kwargs`` (the pipeline's default when not given)."""
-    steps = call_kwargs.get("num_inference_steps")
-    if steps is None:
-        steps = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
-    return int(steps)
 
 
 def _config(name: str, params: dict[str, Any], transformer: torch.nn.Module, steps: int,

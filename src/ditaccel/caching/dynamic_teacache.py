@@ -33,12 +33,12 @@ from ditaccel.caching.dynamic import (
     PeerUnavailable,
     hooks_remover,
     knob_defaults,
-    pipeline_steps,
     snapshot_hooks,
 )
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.models import get_adapter
+from ditaccel.pipeline import pipeline_steps
 
 _STEP_HOOK, _PROBE_HOOK, _BLOCK_HOOK = "ditaccel_teacache_step", "ditaccel_teacache_probe", "ditaccel_teacache_block"
 

@@ -30,7 +30,6 @@ written atomically with a checksum; a corrupt or foreign file is re-measured, ne
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import statistics
@@ -143,7 +142,7 @@ def _device_name(device: torch.device) -> str:
 
 def profile_key(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch: int = 1) -> dict[str, Any]:
     """What a profile is valid for: model structure, device, dtype, resolution, batch, call arguments, steps."""
-    from ditaccel.pipeline import pipeline_call_kwargs
+    from ditaccel.pipeline import pipeline_call_kwargs, pipeline_steps
 
     kw = pipeline_call_kwargs(pipe, **(call_kwargs or {}))
     t = get_transformer(pipe)
@@ -163,14 +162,10 @@ def profile_key(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch: int
     return {"model": h.hexdigest()[:24], "family": get_adapter(pipe).family, "device": dev,
             "clock": clock_for(dev)[0], "compiled": components_compiled(pipe),
             "dtype": str(param.dtype if param is not None else torch.float32), "torch": torch.__version__,
-            "resolution": [height, width], "batch": int(batch), "steps": _steps(pipe, kw),
+            "resolution": [height, width], "batch": int(batch), "steps": pipeline_steps(pipe, kw),
             "call": {k: v for k, v in sorted(kw.items())
                      if k not in ("num_inference_steps", "output_type")
                      and isinstance(v, (int, float, str, bool, type(None)))}}
-
-
-def _steps(pipe: Any, kw: dict[str, Any]) -> int:
-    return int(kw.get("num_inference_steps") or inspect.signature(pipe.__call__).parameters["num_inference_steps"].default)
 
 
 # -- measuring -------------------------------------------------------------------------------

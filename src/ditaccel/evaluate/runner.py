@@ -310,14 +310,11 @@ def _generate_local(pipe: Any, method: Method, store: ImageStore, idx: list[int]
 
 
 def _call_kwargs(pipe: Any, cfg: EvalConfig) -> dict[str, Any]:
-    from ditaccel.pipeline import pipeline_call_kwargs
+    from ditaccel.pipeline import pipeline_call_kwargs, pipeline_steps
 
     kw = pipeline_call_kwargs(pipe, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance)
     kw.pop("output_type", None)
-    if "num_inference_steps" not in kw:
-        import inspect
-
-        kw["num_inference_steps"] = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+    kw["num_inference_steps"] = pipeline_steps(pipe, kw)
     return kw
 
 

@@ -25,7 +25,6 @@ its price on the frontier's axis.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import time
@@ -41,7 +40,7 @@ from ditaccel.caching import CacheSchedule, schedule_macs
 from ditaccel.errors import DitaccelError
 from ditaccel.metrics.fidelity import PSNR_CAP
 from ditaccel.models import get_adapter, get_transformer, image_size
-from ditaccel.pipeline import pipeline_call_kwargs, pipeline_info
+from ditaccel.pipeline import pipeline_call_kwargs, pipeline_info, pipeline_steps
 from ditaccel.search.candidate import UNNAMED, Candidate, append_candidates, jsonl, read_candidates
 from ditaccel.search.frontier import Frontier, FrontierPoint, non_dominated, write_frontier
 from ditaccel.search.genome import (
@@ -236,8 +235,7 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     if m.kind == "set" and len(pairs_p) < 2:
         raise DitaccelError(f"metric {metric} is a set metric; give it at least 2 images")
     kw = pipeline_call_kwargs(pipe, **cfg.call_kwargs)
-    params = inspect.signature(pipe.__call__).parameters
-    steps = kw.get("num_inference_steps") or params["num_inference_steps"].default
+    steps = pipeline_steps(pipe, kw)
     t = get_transformer(pipe)
     height, width = image_size(pipe, kw)
     named, init_id = _named_start(pipe, cfg, steps)
