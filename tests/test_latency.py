@@ -56,6 +56,26 @@ def test_fit_recovers_an_exact_device():
     assert prof.predict(other) == pytest.approx(fixed + STEPS * step_s + 1.3 * float((eff * comp[None]).sum()))
 
 
+def test_fit_prices_residual_skip_steps_from_the_skipped_calls():
+    """stack_s = (all-cached call - all-skipped call) / (steps - 1); it never enters the line, and a
+    residual schedule's skip steps (step > 0, no bit set) each take it off."""
+    comp, hit, step_s, fixed = _truth()
+    runs = _runs(comp, hit, step_s, fixed)
+    cached_total = next(r["total_s"] for r in runs if r["kind"] == "cached" and "comp" not in r)
+    runs.append({"kind": "skipped", "bits": np.zeros((STEPS, B, C), bool), "total_s": cached_total - 4 * 3e-4})
+    prof = lat.fit_profile(runs, KEY, STEPS)
+    assert prof.stack_s == pytest.approx(3e-4) and prof.scale == pytest.approx(1.0)
+    assert prof.fixed_s == pytest.approx(fixed)  # the skipped call did not bend the line
+    bits = np.ones((STEPS, B, C), bool)
+    bits[2] = bits[4] = False
+    bits[3, 0, 0] = False  # a partial step is not skipped
+    assert prof.predict(bits, residual=True) == pytest.approx(prof.predict(bits) - 2 * 3e-4)
+    sched = CacheSchedule(bits, ("attn1", "attn2", "ff"), "pixart", step_reuse="residual")
+    assert prof.predict(sched) == prof.predict(bits, residual=True)
+    assert [r["kind"] for r in prof.runs][-1] == "skipped" and prof.runs[-1]["predicted_s"] == pytest.approx(
+        cached_total - 4 * 3e-4, abs=1e-6)  # runs are rounded to the microsecond
+
+
 def test_fit_shares_the_fast_paths_skipped_glue_among_slots():
     """A block that skips glue (norms, modulation) when cached: its saving beyond its components goes to
     the slots ``glue`` names, so a schedule that caches only those slots is priced with it."""
@@ -151,7 +171,13 @@ def test_real_profile_is_cached_per_key(pipe, monkeypatch, tmp_path):
     assert calls == [1] and prof.component_s.shape == (len(pipe.transformer.transformer_blocks), 3)
     assert (prof.component_s >= 0).all() and prof.component_s.sum() > 0 and prof.scale > 0
     assert prof.key["steps"] == 4 and prof.key["resolution"] == [16, 16] and prof.key["clock"] in ("cpu", "wall")
-    assert [r["kind"] for r in prof.runs] == ["none", "cached", "random", "cached", "random", "none"]
+    # two rotated rounds of the plain calls; "skipped" (residual step reuse, PixArt) prices stack_s
+    assert [r["kind"] for r in prof.runs] == ["none", "cached", "random", "skipped",
+                                              "cached", "random", "skipped", "none"]
+    assert prof.stack_s >= 0  # timed on a replica: may clip to 0; the exact-data test checks the formula
+    fora2 = presets.fora(pipe, 2, steps=4)
+    skip = CacheSchedule(fora2.bits, fora2.components, fora2.family, step_reuse="residual")
+    assert prof.predict(skip) == pytest.approx(prof.predict(fora2) - 2 * prof.stack_s)  # skip steps 1 and 3
     parts = prof.parts  # where the time goes, as the profile saw it
     assert parts["transformer_full_step_s"] > parts["transformer_cached_step_s"] > 0
     assert parts["text_encoder_s"] > 0 and parts["vae_decode_s"] > 0

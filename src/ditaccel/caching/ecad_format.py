@@ -140,6 +140,9 @@ def to_ecad_dict(s: CacheSchedule, pipe_or_transformer: Any = None) -> dict[str,
     if s.family not in COMPONENTS or s.components != COMPONENTS[s.family]:
         raise ScheduleError(f"ECAD's format covers PixArt and FLUX schedules; this one is {s.family!r} "
                             f"({', '.join(s.components)}); keep it in ditaccel's format")
+    if s.step_reuse != "components":
+        raise ScheduleError(f"ECAD's format has no step_reuse {s.step_reuse!r} (whole-stack reuse at its all-0 steps); "
+                            f"keep it in ditaccel's format")
     n_double = _flux_split(s, pipe_or_transformer) if s.family == "flux" else s.blocks
     if pipe_or_transformer is not None and s.family == "pixart":
         s.validate_for(pipe_or_transformer)

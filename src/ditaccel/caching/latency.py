@@ -21,6 +21,10 @@ The model::
 - ``fixed_s`` and ``scale``: a least-squares line through the whole calls timed while profiling
   (all-recompute, all-cached and a random schedule, interleaved), so overheads the per-part timings
   miss are absorbed. ``scale`` near 1 says the parts add up.
+- ``stack_s``: what a step saves when a ``step_reuse="residual"`` schedule skips the whole block
+  stack there (``ditaccel.caching.stack``) instead of running every block's glue around cached
+  outputs: the all-cached call minus an all-skipped one, per step, from whole calls timed in the
+  same rounds. Such a schedule's skip steps (step > 0, no bit set) each take ``stack_s`` off.
 
 Profiles are cached per (model structure, device, threads, dtype, resolution, batch, call
 arguments, steps) under ``$DITACCEL_LATENCY_CACHE`` (default ``~/.cache/ditaccel/latency``),
@@ -44,11 +48,12 @@ import torch
 from ditaccel._io import CHECKSUM_KEY, atomic_write_checked_json, verify_checksum
 from ditaccel.caching.runtime import apply_schedule
 from ditaccel.caching.schedule import CacheSchedule, effective_bits
+from ditaccel.caching.stack import skip_steps
 from ditaccel.errors import DitaccelError, ScheduleError
 from ditaccel.models import get_adapter, get_transformer, image_size
 
 FORMAT = "ditaccel.latency_profile"
-VERSION = 2  # 2: components priced with the block fast path's skipped glue
+VERSION = 3  # 2: components priced with the block fast path's skipped glue; 3: stack_s (residual step reuse)
 CACHE_ENV = "DITACCEL_LATENCY_CACHE"
 PROFILE_PROMPT = "a red fox sitting in a green field"
 
@@ -69,35 +74,40 @@ class LatencyProfile:
     #: decoder per call, transformer per step with everything computed / everything cached, and the
     #: rest of an all-cached step (scheduler, CFG, the pipeline's loop).
     parts: dict[str, float] = field(default_factory=dict)
+    stack_s: float = 0.0
 
-    def predict(self, schedule: CacheSchedule | np.ndarray) -> float:
+    def predict(self, schedule: CacheSchedule | np.ndarray, residual: bool = False) -> float:
         """Predicted seconds of one pipeline call (``batch`` images) under ``schedule``.
 
         Step 0 counts as computed, as the runtime runs it. Any step count works; the profile's
-        own is the most accurate.
+        own is the most accurate. ``residual``: bits follow ``step_reuse="residual"`` (a
+        ``CacheSchedule`` says so itself).
         """
+        if isinstance(schedule, CacheSchedule):
+            residual = schedule.step_reuse == "residual"
         bits = schedule.bits if isinstance(schedule, CacheSchedule) else np.asarray(schedule, dtype=bool)
         if bits.ndim != 3 or bits.shape[1:] != self.component_s.shape:
             raise ScheduleError(f"schedule of shape {tuple(bits.shape)} does not fit this latency profile "
                                 f"(blocks x components {tuple(self.component_s.shape)}); profile the same model")
         work = float((effective_bits(bits) * self.component_s[None]).sum())
-        return self.fixed_s + bits.shape[0] * self.step_s + self.scale * work
+        skipped = int(skip_steps(bits).sum()) if residual else 0
+        return self.fixed_s + bits.shape[0] * self.step_s - skipped * self.stack_s + self.scale * work
 
-    def speedup(self, schedule: CacheSchedule | np.ndarray) -> float:
+    def speedup(self, schedule: CacheSchedule | np.ndarray, residual: bool = False) -> float:
         """Predicted whole-pipeline speedup over all-recompute at the same step count."""
         bits = schedule.bits if isinstance(schedule, CacheSchedule) else np.asarray(schedule, dtype=bool)
-        return self.predict(np.ones_like(bits, dtype=bool)) / self.predict(bits)
+        return self.predict(np.ones_like(bits, dtype=bool)) / self.predict(schedule, residual)
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "component_s": self.component_s.tolist(), "step_s": self.step_s,
                 "fixed_s": self.fixed_s, "scale": self.scale, "steps": self.steps, "runs": self.runs,
-                "seconds": self.seconds, "parts": self.parts}
+                "seconds": self.seconds, "parts": self.parts, "stack_s": self.stack_s}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyProfile:
         return cls(dict(d["key"]), np.asarray(d["component_s"], dtype=float), float(d["step_s"]),
                    float(d["fixed_s"]), float(d["scale"]), int(d["steps"]), list(d.get("runs", [])),
-                   float(d.get("seconds", 0.0)), dict(d.get("parts", {})))
+                   float(d.get("seconds", 0.0)), dict(d.get("parts", {})), float(d.get("stack_s", 0.0)))
 
 
 # -- where profiles live ----------------------------------------------------------------------
@@ -323,16 +333,23 @@ def profile_latency(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch:
     cached = effective_bits(np.zeros(shape, dtype=bool))
     rand = np.random.default_rng(seed).random(shape) < 0.5
     plan = [("none", np.ones(shape, dtype=bool)), ("cached", cached), ("random", rand)]
+    if a.stack_residual:
+        plan.append(("skipped", cached))  # the same bits under residual step reuse: prices stack_s
     sync = key["device"].startswith("cuda")
     clock = clock_for(key["device"])[1]
     start = time.perf_counter()
-    timed_call(pipe, kw, batch, CacheSchedule.for_model(pipe, cached), False, sync, clock)  # warm-up
-    runs = [{"kind": kind, "bits": bits, **timed_call(pipe, kw, batch, CacheSchedule.for_model(pipe, bits),
-                                                      True, sync, clock)} for kind, bits in plan[:2]]
+
+    def schedule(kind: str, bits: np.ndarray) -> CacheSchedule:
+        return CacheSchedule.for_model(pipe, bits, step_reuse="residual" if kind == "skipped" else "components")
+
+    timed_call(pipe, kw, batch, schedule("cached", cached), False, sync, clock)  # warm-up
+    runs = [{"kind": kind, "bits": bits, **timed_call(pipe, kw, batch, schedule(kind, bits), True, sync, clock)}
+            for kind, bits in plan[:2]]
     for r in range(rounds):
-        for kind, bits in plan[r % 3:] + plan[:r % 3]:  # rotate the order: drifts hit every kind alike
-            res = timed_call(pipe, kw, batch, CacheSchedule.for_model(pipe, bits), False, sync, clock)
-            runs.append({"kind": kind, "bits": bits, **res})
+        n = r % len(plan)
+        for kind, bits in plan[n:] + plan[:n]:  # rotate the order: drifts hit every kind alike
+            runs.append({"kind": kind, "bits": bits, **timed_call(pipe, kw, batch, schedule(kind, bits), False,
+                                                                  sync, clock)})
     profile = fit_profile(runs, key, steps, glue_weights(a))
     profile.seconds = time.perf_counter() - start
     return profile
@@ -353,7 +370,8 @@ def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int,
                 glue: np.ndarray | None = None) -> LatencyProfile:
     """Turn timed runs into a profile (see the module docstring); pure, so it is tested on exact data.
 
-    ``runs``: dicts with ``kind`` (none / cached / other), ``bits`` and ``total_s``. Runs timed per
+    ``runs``: dicts with ``kind`` (none / cached / skipped / other), ``bits`` and ``total_s``; ``skipped``
+    runs are ``cached`` bits under residual step reuse and give ``stack_s`` only. Runs timed per
     part also carry ``comp`` [steps, blocks, slots], ``starts`` (each step's start) and optionally
     ``blocks`` [steps, blocks], and give the parts; the other (plain) runs give the line. ``glue``
     (``glue_weights``) shares each block's skipped glue among its slots.
@@ -372,7 +390,7 @@ def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int,
     gaps = [g for r in runs if r["kind"] == "cached" and "starts" in r
             for g in np.diff(np.asarray(r["starts"][1:], dtype=float))]
     step_s = float(statistics.median(gaps)) if gaps else 0.0
-    plain = [r for r in runs if "comp" not in r] or runs
+    plain = [r for r in runs if "comp" not in r and r["kind"] != "skipped"] or runs
     work = np.array([float((effective_bits(r["bits"]) * comp[None]).sum()) for r in plain])
     total = np.array([float(r["total_s"]) for r in plain])
     slope, intercept = np.polyfit(work, total, 1) if np.ptp(work) > 0 else (0.0, 0.0)
@@ -380,10 +398,24 @@ def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int,
         slope = 1.0
         intercept = float(np.median(total - work))
     fixed = float(intercept) - steps * step_s
-    prof = LatencyProfile(key, comp, step_s, fixed, float(slope), steps, parts=_parts(runs, step_s))
+    prof = LatencyProfile(key, comp, step_s, fixed, float(slope), steps, parts=_parts(runs, step_s),
+                          stack_s=_stack_s(runs, steps))
     prof.runs = [{"kind": r["kind"], "measured_s": round(float(r["total_s"]), 6),
-                  "predicted_s": round(prof.predict(r["bits"]), 6)} for r in plain]
+                  "predicted_s": round(prof.predict(r["bits"], r["kind"] == "skipped"), 6)}
+                 for r in runs if "comp" not in r]
     return prof
+
+
+def _stack_s(runs: list[dict[str, Any]], steps: int) -> float:
+    """Seconds a residual skip step saves over an all-cached step: whole plain calls, cached minus skipped."""
+    def med(kind: str) -> float | None:
+        xs = [float(r["total_s"]) for r in runs if r["kind"] == kind and "comp" not in r]
+        return statistics.median(xs) if xs else None
+
+    cached, skipped = med("cached"), med("skipped")
+    if cached is None or skipped is None or steps < 2:
+        return 0.0
+    return max(0.0, (cached - skipped) / (steps - 1))
 
 
 def _parts(runs: list[dict[str, Any]], step_s: float) -> dict[str, float]:

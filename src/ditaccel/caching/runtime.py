@@ -73,6 +73,8 @@ from ditaccel.caching.compile import (
 )
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.schedule import CacheSchedule
+from ditaccel.caching.stack import HOOK_NAME as STACK_HOOK_NAME
+from ditaccel.caching.stack import StackHook, StackState
 from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.errors import ScheduleError
 from ditaccel.models import Adapter, get_adapter
@@ -323,6 +325,7 @@ class CacheHandle:
         self._installed: list[tuple[torch.nn.Module, str, bool, bool]] = []
         self._fast_blocks: list[tuple[torch.nn.Module, Callable[..., Any]]] = []
         self._compiled: CompiledComponents | None = None
+        self._stack: StackState | None = None
         self._compile_options = compile if isinstance(compile, dict) else {}
         if compile is None:
             self._rt.on_user_compile = self.compile_components
@@ -339,12 +342,22 @@ class CacheHandle:
                 if compile is None and self._fast_blocks:
                     fast = Slot(self._fast_blocks[0][0]).get()  # a _FastBlock: its components are plain modules
                     self._rt.follow_compiled = next((m for m in fast.components if m is not None), None)
+            if schedule.step_reuse == "residual":
+                self._install_stack()
             self._invalidate()
             if compile is not None and compile is not False:
                 self.compile_components()
         except BaseException:
             self.remove()
             raise
+
+    def _install_stack(self) -> None:
+        """Residual step reuse (``ditaccel.caching.stack``): one hook per block, outside the component hooks."""
+        self._stack = StackState(self._rt)
+        blocks = [spec.module for spec in self.adapter.blocks]
+        for i, blk in enumerate(blocks):
+            m, reg, fwd = _register(blk, StackHook(self._stack, i == 0, i == len(blocks) - 1), STACK_HOOK_NAME)
+            self._installed.append((m, STACK_HOOK_NAME, reg, fwd))
 
     def compile_components(self) -> None:
         """Compile the cacheable components (``ditaccel.caching.compile``) and, where blocks have the
@@ -368,6 +381,7 @@ class CacheHandle:
         for module, name, had_registry, had_forward in reversed(self._installed):
             unregister_hook(module, name, had_registry, had_forward)
         self._installed = []
+        self._stack = None
         self._rt.reset()
         self._invalidate()
 
@@ -431,6 +445,11 @@ class CacheHandle:
             )
         self.schedule = schedule
         self._rt.bits = schedule.bits
+        if self._stack is None and schedule.step_reuse == "residual":
+            self._install_stack()
+            self._invalidate()
+        elif self._stack is not None:
+            self._stack.set_bits(schedule.bits, schedule.step_reuse == "residual")
 
 
 def apply_schedule(

@@ -11,6 +11,11 @@ JSON format (version 1)::
      "resolution": [256, 256], "metrics": {...}, "meta": {...},
      "schedule": [["111", "101", ...], ...],   # [step][block] -> one char per component
      "checksum": "sha256:..."}                 # written by ditaccel; optional in hand-written files
+
+Version 2 is version 1 plus ``"step_reuse": "residual"`` (``ditaccel.caching.stack``): steps with
+no bit set skip the whole block stack. Plain (component) schedules are still written as version 1,
+so files made before it stay byte-identical; a reader that knows only version 1 refuses version 2
+instead of running it with the wrong reuse.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import numpy as np
 
 from ditaccel._io import atomic_write_checked_json, read_json, verify_checksum
 from ditaccel.caching.ecad_format import ecad_schedule_fields, is_ecad, save_ecad
+from ditaccel.caching.stack import STEP_REUSE
 from ditaccel.errors import ScheduleError
 
 FORMAT = "ditaccel.cache_schedule"
 VERSION = 1
+RESIDUAL_VERSION = 2  # version 1 + step_reuse "residual"
 
 
 def effective_bits(bits: np.ndarray) -> np.ndarray:
@@ -47,6 +54,9 @@ class CacheSchedule:
     resolution: tuple[int, int] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: What a step with no bit set reuses: each component's output ("components", ECAD's rule) or the
+    #: whole block stack's residual ("residual", ``ditaccel.caching.stack``).
+    step_reuse: str = "components"
 
     def __post_init__(self) -> None:
         bits = np.asarray(self.bits)
@@ -63,6 +73,8 @@ class CacheSchedule:
             raise ScheduleError("schedule has 0 steps; it needs at least 1")
         if self.resolution is not None:
             self.resolution = (int(self.resolution[0]), int(self.resolution[1]))
+        if self.step_reuse not in STEP_REUSE:
+            raise ScheduleError(f"step_reuse must be one of {', '.join(STEP_REUSE)}, got {self.step_reuse!r}")
 
     # -- shape -------------------------------------------------------------------------------
     @property
@@ -87,7 +99,7 @@ class CacheSchedule:
         return (self.family == other.family and self.components == other.components
                 and self.bits.shape == other.bits.shape and bool((self.bits == other.bits).all())
                 and self.resolution == other.resolution and self.metrics == other.metrics
-                and self.meta == other.meta)
+                and self.meta == other.meta and self.step_reuse == other.step_reuse)
 
     # -- transfer ----------------------------------------------------------------------------
     def resample(self, steps: int) -> CacheSchedule:
@@ -105,7 +117,7 @@ class CacheSchedule:
             idx = np.floor(np.arange(steps) * (old - 1) / (steps - 1) + 0.5).astype(int)
         meta = dict(self.meta)
         meta["resampled_from_steps"] = meta.get("resampled_from_steps", old)
-        return CacheSchedule(self.bits[idx], self.components, self.family, self.resolution, {}, meta)
+        return CacheSchedule(self.bits[idx], self.components, self.family, self.resolution, {}, meta, self.step_reuse)
 
     # -- validation --------------------------------------------------------------------------
     def validate_for(self, pipe_or_transformer: Any) -> None:
@@ -134,16 +146,25 @@ class CacheSchedule:
                 f"schedule has {self.blocks} blocks but the {a.family} transformer has {a.num_blocks}; "
                 f"use a schedule made for this model size"
             )
+        if self.step_reuse == "residual" and not a.stack_residual:
+            raise ScheduleError(
+                f"step_reuse 'residual' needs blocks that map hidden states to hidden states; {a.family}'s do "
+                f"not; use step_reuse 'components'"
+            )
 
     # -- JSON --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         rows = [["".join("1" if b else "0" for b in blk) for blk in step] for step in self.bits]
-        return {
-            "format": FORMAT, "version": VERSION, "family": self.family, "steps": self.steps,
-            "blocks": self.blocks, "components": list(self.components),
+        residual = self.step_reuse == "residual"
+        d = {
+            "format": FORMAT, "version": RESIDUAL_VERSION if residual else VERSION, "family": self.family,
+            "steps": self.steps, "blocks": self.blocks, "components": list(self.components),
             "resolution": list(self.resolution) if self.resolution else None,
             "metrics": self.metrics, "meta": self.meta, "schedule": rows,
         }
+        if residual:
+            d["step_reuse"] = self.step_reuse
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "schedule") -> CacheSchedule:
@@ -154,10 +175,15 @@ class CacheSchedule:
         d = verify_checksum(d, source, fix, ScheduleError)
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ScheduleError(f"{source} is not a ditaccel cache schedule (missing format {FORMAT!r})")
-        if d.get("version") != VERSION:
+        if d.get("version") not in (VERSION, RESIDUAL_VERSION):
             raise ScheduleError(
-                f"{source} has schedule version {d.get('version')!r}; this ditaccel reads version {VERSION}"
+                f"{source} has schedule version {d.get('version')!r}; this ditaccel reads versions "
+                f"{VERSION} and {RESIDUAL_VERSION}"
             )
+        reuse = d.get("step_reuse", "components")
+        if reuse not in STEP_REUSE or (reuse == "residual") != (d["version"] == RESIDUAL_VERSION):
+            raise ScheduleError(f"{source} has step_reuse {reuse!r} in a version-{d['version']} file; version "
+                                f"{RESIDUAL_VERSION} has step_reuse 'residual', version {VERSION} none; {fix}")
         comps, steps, blocks, family = (d.get(k) for k in ("components", "steps", "blocks", "family"))
         for key, ok in (("components", isinstance(comps, list) and bool(comps)
                          and all(isinstance(c, str) and c for c in comps) and len(set(comps)) == len(comps)),
@@ -191,7 +217,7 @@ class CacheSchedule:
             if d.get(key) is not None and not isinstance(d[key], dict):
                 raise ScheduleError(f"{source} has {key} {d[key]!r}; write a JSON object or leave it out")
         return cls(bits, tuple(comps), family, tuple(res) if res else None,
-                   dict(d.get("metrics") or {}), dict(d.get("meta") or {}))
+                   dict(d.get("metrics") or {}), dict(d.get("meta") or {}), reuse)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the versioned JSON atomically (a crash never leaves half a file), with its checksum."""

@@ -146,6 +146,9 @@ class Adapter:
     #: Linear names (last path parts) of the first FFN layer, before its activation: FP4DiT gives
     #: it its own format (E3M0), as its outputs feed GELU/SiLU.
     first_ffn_linears: tuple[str, ...] = ()
+    #: Blocks map hidden states to hidden states (one tensor in, one out), so a step can skip the whole
+    #: stack by adding its last residual (``step_reuse="residual"``, ``ditaccel.caching.stack``).
+    stack_residual: bool = False
     #: Linear names (last path parts) whose outputs are attention Q, K and V.
     qkv_linears: tuple[str, ...] = ("to_q", "to_k", "to_v")
 

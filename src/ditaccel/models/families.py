@@ -37,6 +37,7 @@ class PixArtAdapter(Adapter):
     component_names = ("attn1", "attn2", "ff")
     attention_components = ("attn1", "attn2")
     cross_attention_component = "attn2"
+    stack_residual = True
     _rest_rules = (
         (r"^pos_embed\.", "img"),
         (r"^proj_out$", "img"),
@@ -275,6 +276,7 @@ class SanaAdapter(Adapter):
     attention_components = ("attn1", "attn2")
     cross_attention_component = "attn2"
     vae_factor_default = 32  # Sana's deep-compression autoencoder (DC-AE f32)
+    stack_residual = True
     quant_keep = (*Adapter.quant_keep, "caption_projection")
     first_ffn_linears = ()  # its FFN is convolutional: no Linear before the activation
     _rest_rules = (

@@ -26,8 +26,10 @@ class LocalBackend:
 
     def __init__(self, pipe: Any, prompts: Sequence[str], seeds: Sequence[int], batch_size: int,
                  call_kwargs: dict[str, Any], metric: str, metric_paths: dict[str, Any], steps: int,
-                 cost: str = "macs", share: bool = True, tiebreak: str | None = None) -> None:
+                 cost: str = "macs", share: bool = True, tiebreak: str | None = None,
+                 step_reuse: str = "components") -> None:
         self.pipe = pipe
+        self.step_reuse = step_reuse
         self.prompts = list(prompts)
         self.metric = get_metric(metric, device=str(pipe.device), **metric_paths)  # learned scorers beside the model
         self.tiebreak = get_metric(tiebreak) if tiebreak else None
@@ -62,7 +64,7 @@ class LocalBackend:
 
     def evaluate(self, bits: Sequence[np.ndarray], on_done: Callable[[int], None] | None = None,
                  ) -> tuple[list[dict[str, Any]], EvalStats]:
-        scheds = [CacheSchedule.for_model(self.pipe, effective_bits(b)) for b in bits]
+        scheds = [CacheSchedule.for_model(self.pipe, effective_bits(b), step_reuse=self.step_reuse) for b in bits]
         images, stats = self.ev.images(scheds, share=self.share, on_done=on_done)
         results = []
         for k, imgs in enumerate(images):

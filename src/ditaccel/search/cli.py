@@ -77,6 +77,11 @@ def _add_search_parser(subparsers: Any) -> None:
                    help="gap fillers per generation, as a share of the population: schedules aimed inside the "
                         "frontier's widest speed gaps, on top of the GA's offspring (default 0.25 under "
                         "structured, 0 under ecad); a resumed search keeps its own")
+    s.add_argument("--step-reuse", choices=("components", "residual"), default=None,
+                   help="what a step that recomputes nothing reuses: residual (default under structured where the "
+                        "model allows: the whole block stack's last residual, as FirstBlockCache/TeaCache skip a "
+                        "step) or components (ECAD's rule: each component's output, every block's glue still "
+                        "runs); a resumed search keeps its own")
     s.set_defaults(func=cmd_search)
 
 
@@ -109,7 +114,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                        generations=args.generations, seed=args.seed, init=args.init,
                        out=args.out, resume=args.resume, batch_size=args.batch_size, call_kwargs=call_kwargs,
                        cost=args.cost, ray_address=args.ray, ray_workers=args.ray_workers, progress=True,
-                       tiebreak=args.tiebreak, strategy=args.strategy, fill=args.fill)
+                       tiebreak=args.tiebreak, strategy=args.strategy, fill=args.fill,
+                       step_reuse=args.step_reuse)
     if args.metric:  # fail on an unknown metric or missing weights before loading the model
         from ditaccel.metrics import get_metric
 

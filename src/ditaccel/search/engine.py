@@ -37,6 +37,7 @@ import numpy as np
 
 from ditaccel._io import atomic_write_checked_json, atomic_write_text, read_json
 from ditaccel.caching import CacheSchedule, schedule_macs
+from ditaccel.caching.stack import STEP_REUSE
 from ditaccel.errors import DitaccelError
 from ditaccel.metrics.fidelity import PSNR_CAP
 from ditaccel.models import get_adapter, get_transformer, image_size
@@ -115,6 +116,11 @@ class SearchConfig:
     #: on top of the GA's offspring, so the frontier has a point every few percent of speedup. None: a resumed search keeps its own, a new one gets
     #: ``DEFAULT_FILL`` under ``"structured"`` and 0 (the paper's GA, unchanged) under ``"ecad"``.
     fill: float | None = None
+    #: What a step with no bit set reuses (``CacheSchedule.step_reuse``): ``"residual"`` skips the whole
+    #: block stack there, as FirstBlockCache and TeaCache do (``ditaccel.caching.stack``); ``"components"``
+    #: is ECAD's rule. None: a resumed search keeps its own; a new one gets ``"residual"`` under
+    #: ``"structured"`` where the model's blocks allow it, else ``"components"``.
+    step_reuse: str | None = None
 
 
 @dataclass
@@ -137,6 +143,11 @@ class _Plan:
     tiebreak: str | None = None
     strategy: str = "ecad"
     fill: float = 0.0
+    step_reuse: str = "components"
+
+    @property
+    def residual(self) -> bool:
+        return self.step_reuse == "residual"
 
 
 STRATEGIES = ("structured", "ecad")
@@ -239,6 +250,7 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     t = get_transformer(pipe)
     height, width = image_size(pipe, kw)
     named, init_id = _named_start(pipe, cfg, steps)
+    step_reuse = _step_reuse(cfg, a)
     shape = (steps, a.num_blocks, len(a.component_names))
     json_kw = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool, type(None)))}
     fingerprint = {
@@ -254,10 +266,24 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         fingerprint["strategy"] = cfg.strategy
     if cfg.fill:  # likewise: absent when off (and in searches from before gap filling)
         fingerprint["fill"] = float(cfg.fill)
+    if step_reuse != "components":  # likewise: absent for ECAD's rule (and in searches from before it)
+        fingerprint["step_reuse"] = step_reuse
     out = Path(cfg.out) if cfg.out is not None else None
     resume_state = _check_out(out, fingerprint, cfg.resume)
     return _Plan(pairs_p, pairs_s, metric, steps, height, width, kw, named, shape, fingerprint, out, resume_state,
-                 m.needs_reference, tiebreak, cfg.strategy, float(cfg.fill))
+                 m.needs_reference, tiebreak, cfg.strategy, float(cfg.fill), step_reuse)
+
+
+def _step_reuse(cfg: SearchConfig, a: Any) -> str:
+    """``cfg.step_reuse``, or the resumed search's own, or the default for this strategy and model; checked."""
+    reuse = cfg.step_reuse or _saved(cfg, "step_reuse", "components") or (
+        "residual" if cfg.strategy == "structured" and a.stack_residual else "components")
+    if reuse not in STEP_REUSE:
+        raise DitaccelError(f"unknown step reuse {reuse!r}; use {' or '.join(STEP_REUSE)}")
+    if reuse == "residual" and not a.stack_residual:
+        raise DitaccelError(f"step reuse 'residual' needs blocks that map hidden states to hidden states; "
+                            f"{a.family}'s do not; use --step-reuse components")
+    return reuse
 
 
 TIEBREAK_METRICS = {"psnr": PSNR_CAP, "ssim": 1.0}  # metric -> its value for identical images
@@ -460,7 +486,7 @@ class _Pricer:
     def speedup(self, bits: np.ndarray) -> float:
         """Speedup over all-recompute on the frontier's x axis (predicted wall clock, else MACs)."""
         if self.latency is not None:
-            return float(self.full_s / self.latency.predict(bits))
+            return float(self.full_s / self.latency.predict(bits, self.plan.residual))
         return self.full_macs / self.macs(bits)
 
     def candidate(self, key: str, bits: np.ndarray, res: dict[str, Any], gen: int, name: str) -> Candidate:
@@ -469,7 +495,7 @@ class _Pricer:
         macs = self.macs(bits)
         speedup, predicted_s, speedup_macs = self.full_macs / macs, None, None
         if self.latency is not None:  # the frontier's x axis becomes the predicted wall-clock speedup
-            cost = predicted_s = self.latency.predict(bits)
+            cost = predicted_s = self.latency.predict(bits, plan.residual)
             speedup, speedup_macs = self.full_s / cost, self.full_macs / macs
         else:
             cost = res["latency_s"] if self.cost == "latency" else macs / 1e9
@@ -487,7 +513,8 @@ def _make_backend(pipe: Any, cfg: SearchConfig, plan: _Plan) -> Any:
     """In-process evaluation, or Ray workers that load the pipeline themselves."""
     kwargs = dict(prompts=plan.prompts, seeds=plan.seeds, batch_size=cfg.batch_size,
                   call_kwargs=dict(cfg.call_kwargs), metric=plan.metric, metric_paths=dict(cfg.metric_paths),
-                  steps=plan.steps, cost=cfg.cost, share=cfg.share_prefixes, tiebreak=plan.tiebreak)
+                  steps=plan.steps, cost=cfg.cost, share=cfg.share_prefixes, tiebreak=plan.tiebreak,
+                  step_reuse=plan.step_reuse)
     if cfg.ray_address is None:
         from ditaccel.search.backend import LocalBackend
 
@@ -671,7 +698,8 @@ class _SearchRun:
                                               if r.predicted_s is not None else {})},
                                   meta={"searched_by": "ditaccel.search", "generation": r.generation,
                                         "model": plan.fingerprint["model"],
-                                        "call_kwargs": plan.fingerprint["call_kwargs"]})
+                                        "call_kwargs": plan.fingerprint["call_kwargs"]},
+                                  step_reuse=plan.step_reuse)
             details = dict(r.details)
             if r.tiebreak is not None:
                 details[plan.tiebreak] = r.tiebreak
@@ -694,7 +722,7 @@ class _SearchRun:
         plan, history = self.plan, self.history
         live = sum(h.get("components_live", 0) for h in history)
         alone = sum(h.get("components_alone", 0) for h in history)
-        return {"tiebreak": plan.tiebreak, "strategy": plan.strategy, "fill": plan.fill,
+        return {"tiebreak": plan.tiebreak, "strategy": plan.strategy, "fill": plan.fill, "step_reuse": plan.step_reuse,
                 "cost": plan.fingerprint["cost"], "steps": plan.steps, "blocks": plan.shape[1],
                 "components": list(plan.fingerprint["components"]), "resolution": [plan.height, plan.width],
                 "model": plan.fingerprint["model"], "n_images": len(plan.prompts), "seeds": plan.fingerprint["seeds"],

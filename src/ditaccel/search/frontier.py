@@ -279,6 +279,6 @@ def select(frontier: Frontier | str | Path, speedup: float | str | None = None, 
         sched = CacheSchedule(point.schedule.bits, point.schedule.components, point.schedule.family,
                               point.schedule.resolution, dict(point.schedule.metrics),
                               {**point.schedule.meta, "selected_from": str(frontier.folder or ""),
-                               "frontier_point": point.name})
+                               "frontier_point": point.name}, point.schedule.step_reuse)
         sched.save(out)
     return point

@@ -1,0 +1,151 @@
+"""Residual step reuse (``step_reuse="residual"``): whole-stack skips at steps with no bit set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ditaccel.caching import CacheSchedule, apply_schedule, presets
+from ditaccel.caching.dynamic_teacache import apply_teacache
+from ditaccel.caching.stack import skip_steps
+from ditaccel.errors import ScheduleError
+from ditaccel.search import PrefixEvaluator
+from ditaccel.testing.replicas import build_pipeline, call_kwargs
+
+STEPS = 6
+PROMPTS = ["a red fox in the city", "a blue car near the sea"]
+
+
+def _kw(family: str = "pixart-alpha") -> dict:
+    kw = dict(call_kwargs(family))
+    kw.pop("output_type", None)
+    kw["num_inference_steps"] = STEPS
+    return kw
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("pixart-alpha")
+
+
+def _images(pipe, family: str = "pixart-alpha") -> np.ndarray:
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    return pipe(PROMPTS, generator=gens, output_type="np", **_kw(family)).images
+
+
+def _residual(s: CacheSchedule) -> CacheSchedule:
+    return CacheSchedule(s.bits, s.components, s.family, s.resolution, dict(s.metrics), dict(s.meta), "residual")
+
+
+def test_skip_steps_are_the_all_zero_steps_after_step_zero():
+    bits = np.ones((5, 2, 3), bool)
+    bits[0] = bits[2] = bits[4] = False
+    bits[3, 1, 2] = False
+    assert skip_steps(bits).tolist() == [False, False, True, False, True]
+
+
+def test_skipping_every_middle_step_equals_teacache_skipping_them(pipe):
+    """TeaCache with a huge threshold skips every step but the first and the last, reusing the stack
+    residual: a residual schedule with the same steps skipped gives the same images, bitwise."""
+    h = apply_teacache(pipe, _kw(), threshold=1e9)
+    try:
+        ref = _images(pipe)
+        assert h.state.skipped_calls == STEPS - 2
+    finally:
+        h.remove()
+    s = presets.none(pipe, steps=STEPS)
+    s.bits[1:-1] = False
+    with apply_schedule(pipe, _residual(s)) as handle:
+        got = _images(pipe)
+        assert handle.counts.sum() == 2 * s.blocks * 3  # only steps 0 and 5 ran components
+    assert np.array_equal(got, ref)
+    with apply_schedule(pipe, s):
+        components = _images(pipe)
+    assert not np.array_equal(components, ref)  # ECAD's rule reuses components, not the stack
+
+
+def test_no_skip_step_means_no_difference_and_remove_restores(pipe):
+    base = _images(pipe)
+    mixed = presets.fora_attention(pipe, 2, steps=STEPS)  # every step computes its ff: no skip step
+    with apply_schedule(pipe, mixed):
+        comp = _images(pipe)
+    with apply_schedule(pipe, _residual(mixed)):
+        res = _images(pipe)
+    assert np.array_equal(comp, res)
+    assert np.array_equal(_images(pipe), base)
+    assert not any(hasattr(spec, "_diffusers_hook") for spec in pipe.transformer.transformer_blocks)
+
+
+def test_prefix_sharing_stays_bit_identical_with_residual_reuse(pipe):
+    rng = np.random.default_rng(3)
+    scheds = [_residual(presets.fora(pipe, n, steps=STEPS)) for n in (2, 3)]
+    for _ in range(4):
+        b = scheds[0].bits.copy()
+        k = int(rng.integers(1, STEPS))
+        b[k:] = rng.random(b[k:].shape) < 0.4
+        b[k + 1:] &= rng.random(STEPS - k - 1)[:, None, None] < 0.5  # some whole skip steps after the split
+        scheds.append(CacheSchedule.for_model(pipe, b, step_reuse="residual"))
+    ev = PrefixEvaluator(pipe, PROMPTS, [0, 1], batch_size=8, call_kwargs=_kw())
+    shared, _ = ev.images(scheds, share=True)
+    alone, _ = ev.images(scheds, share=False)
+    for xs, ys in zip(shared, alone, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(xs, ys, strict=True))
+
+
+def test_set_schedule_switches_the_reuse_mode(pipe):
+    fora = presets.fora(pipe, 2, steps=STEPS)
+    with apply_schedule(pipe, fora):
+        comp = _images(pipe)
+    with apply_schedule(pipe, _residual(fora)):
+        res = _images(pipe)
+    assert not np.array_equal(comp, res)
+    with apply_schedule(pipe, fora) as h:
+        h.set_schedule(_residual(fora))
+        assert np.array_equal(_images(pipe), res)
+        h.set_schedule(fora)
+        assert np.array_equal(_images(pipe), comp)
+
+
+def test_file_format_versions_and_refusals(pipe, tmp_path):
+    fora = presets.fora(pipe, 2, steps=STEPS)
+    d = fora.to_dict()
+    assert d["version"] == 1 and "step_reuse" not in d  # plain schedules: the file is as before
+    res = _residual(fora)
+    path = tmp_path / "r.json"
+    res.save(path)
+    raw = json.loads(path.read_text())
+    assert raw["version"] == 2 and raw["step_reuse"] == "residual"
+    loaded = CacheSchedule.load(path, pipe)
+    assert loaded == res and loaded != fora and loaded.resample(STEPS * 2).step_reuse == "residual"
+    bad = dict(res.to_dict(), version=1)
+    with pytest.raises(ScheduleError, match="step_reuse 'residual' in a version-1 file"):
+        CacheSchedule.from_dict(bad)
+    with pytest.raises(ScheduleError, match="step_reuse must be one of"):
+        CacheSchedule(fora.bits, fora.components, fora.family, step_reuse="blocks")
+    with pytest.raises(ScheduleError, match="ECAD's format has no step_reuse"):
+        res.to_ecad(tmp_path / "e.json")
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_families_whose_blocks_return_pairs_refuse_residual_reuse():
+    flux = build_pipeline("flux")
+    s = presets.fora(flux, 2, steps=STEPS)
+    with pytest.raises(ScheduleError, match="needs blocks that map hidden states to hidden states"):
+        apply_schedule(flux, _residual(s))
+
+
+def test_sana_skips_the_stack_too():
+    sana = build_pipeline("sana")
+    base = _images(sana, "sana")
+    s = presets.fora(sana, 2, steps=STEPS)
+    with apply_schedule(sana, _residual(s)) as h:
+        res = _images(sana, "sana")
+        assert h._stack.skipped_calls == int(skip_steps(s.bits).sum())
+    with apply_schedule(sana, s):
+        comp = _images(sana, "sana")
+    assert res.shape == base.shape and np.isfinite(res).all()
+    assert not np.array_equal(res, comp)
+    assert np.array_equal(_images(sana, "sana"), base)
