@@ -82,6 +82,11 @@ def _add_search_parser(subparsers: Any) -> None:
                         "model allows: the whole block stack's last residual, as FirstBlockCache/TeaCache skip a "
                         "step) or components (ECAD's rule: each component's output, every block's glue still "
                         "runs); a resumed search keeps its own")
+    s.add_argument("--seeding", choices=("signals", "presets"), default=None,
+                   help="signals (default under structured): one uncached call measures how much each component "
+                        "and the block stack change per step, and the schedules a TeaCache-like threshold on that "
+                        "change gives seed the population and the gap filler; presets: the named presets only "
+                        "(default under ecad). A resumed search keeps its own")
     s.set_defaults(func=cmd_search)
 
 
@@ -115,7 +120,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                        out=args.out, resume=args.resume, batch_size=args.batch_size, call_kwargs=call_kwargs,
                        cost=args.cost, ray_address=args.ray, ray_workers=args.ray_workers, progress=True,
                        tiebreak=args.tiebreak, strategy=args.strategy, fill=args.fill,
-                       step_reuse=args.step_reuse)
+                       step_reuse=args.step_reuse, seeding=args.seeding)
     if args.metric:  # fail on an unknown metric or missing weights before loading the model
         from ditaccel.metrics import get_metric
 

@@ -53,6 +53,7 @@ from ditaccel.search.genome import (
     structured_population,
     unpack,
 )
+from ditaccel.search.signals import ChangeSignals, ladder, measure_signals, signal_seeds
 
 CHECKPOINT_FORMAT = "ditaccel.search_checkpoint"
 LATENCY_MODEL = "latency-model"
@@ -121,6 +122,14 @@ class SearchConfig:
     #: is ECAD's rule. None: a resumed search keeps its own; a new one gets ``"residual"`` under
     #: ``"structured"`` where the model's blocks allow it, else ``"components"``.
     step_reuse: str | None = None
+    #: ``"signals"``: the initial population and the gap filler also get the schedules that one uncached
+    #: call's change signals suggest (``search.signals``: what TeaCache/FirstBlockCache would skip, as
+    #: static bits); ``"presets"``: the named presets only. None: a resumed search keeps its own; a new
+    #: one gets ``"signals"`` under ``"structured"``, ``"presets"`` under ``"ecad"``.
+    seeding: str | None = None
+
+
+SEEDINGS = ("signals", "presets")
 
 
 @dataclass
@@ -144,6 +153,7 @@ class _Plan:
     strategy: str = "ecad"
     fill: float = 0.0
     step_reuse: str = "components"
+    seeding: str = "presets"
 
     @property
     def residual(self) -> bool:
@@ -251,6 +261,10 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     height, width = image_size(pipe, kw)
     named, init_id = _named_start(pipe, cfg, steps)
     step_reuse = _step_reuse(cfg, a)
+    seeding = cfg.seeding or _saved(cfg, "seeding", "presets") or (
+        "signals" if cfg.strategy == "structured" else "presets")
+    if seeding not in SEEDINGS:
+        raise DitaccelError(f"unknown seeding {seeding!r}; use {' or '.join(SEEDINGS)}")
     shape = (steps, a.num_blocks, len(a.component_names))
     json_kw = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool, type(None)))}
     fingerprint = {
@@ -268,10 +282,12 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         fingerprint["fill"] = float(cfg.fill)
     if step_reuse != "components":  # likewise: absent for ECAD's rule (and in searches from before it)
         fingerprint["step_reuse"] = step_reuse
+    if seeding != "presets":  # likewise: absent for the named presets alone (and in searches from before it)
+        fingerprint["seeding"] = seeding
     out = Path(cfg.out) if cfg.out is not None else None
     resume_state = _check_out(out, fingerprint, cfg.resume)
     return _Plan(pairs_p, pairs_s, metric, steps, height, width, kw, named, shape, fingerprint, out, resume_state,
-                 m.needs_reference, tiebreak, cfg.strategy, float(cfg.fill), step_reuse)
+                 m.needs_reference, tiebreak, cfg.strategy, float(cfg.fill), step_reuse, seeding)
 
 
 def _step_reuse(cfg: SearchConfig, a: Any) -> str:
@@ -549,6 +565,8 @@ class _SearchRun:
         self.done_gens = 0
         self.backend: Any = None
         self.names = {pack(b): n for n, b in plan.named}
+        self._signal_cache: ChangeSignals | None = None
+        self._ladder: list[np.ndarray] = []  # the signals' schedules, offered to the gap filler too
         if plan.resume_state is not None:
             rows = read_candidates(plan.out, int(plan.resume_state["candidates"]), plan.shape)  # type: ignore[arg-type]
             self.archive = {c.genome: c for c in rows}
@@ -561,7 +579,8 @@ class _SearchRun:
 
     def run(self) -> Frontier:
         cfg = self.cfg
-        x0, _ = initial_population(self.plan.named, int(cfg.population), np.random.default_rng(cfg.seed))
+        named = self._named()
+        x0, _ = initial_population(named, int(cfg.population), np.random.default_rng(cfg.seed))
         problem, algorithm = build_algorithm(self.plan.shape, int(cfg.population), x0, int(cfg.generations),
                                              cfg.seed, self.plan.strategy)
         bar = _Progress(cfg.progress, int(cfg.generations))
@@ -608,6 +627,34 @@ class _SearchRun:
                                         time.process_time() - c0))
         self._checkpoint(gen)
 
+    def _named(self) -> list[tuple[str, np.ndarray]]:
+        """The initial population's named genomes: all-recompute, any ``--init`` frontier, then the signal
+        seeds (``seeding`` "signals"), then the strategy's presets."""
+        named = self.plan.named
+        if self.plan.seeding == "signals":
+            seeds = signal_seeds(self._signals(), self.pricer.speedup)
+            at = 1 + sum(1 for n, _ in named[1:] if n.startswith("init:"))  # a --init frontier stays first
+            named = [*named[:at], *seeds, *named[at:]]
+            for n, b in seeds:
+                self.names.setdefault(pack(b), n)  # a seed equal to a preset keeps the preset's name
+            self._ladder = [b for level in ("step", "component") for b in ladder(self._signals(), level)]
+        return named
+
+    def _signals(self) -> ChangeSignals:
+        """This search's change signals: its folder's own when resuming (the seeds must be the same), else measured."""
+        if self._signal_cache is not None:
+            return self._signal_cache
+        plan = self.plan
+        path = plan.out / "signals.json" if plan.out is not None else None
+        if path is not None and plan.resume_state is not None and path.is_file():
+            d = read_json(path, "search change signals", f"remove {path} to measure them again")
+            self._signal_cache = ChangeSignals.from_dict(d)
+        else:
+            self._signal_cache = measure_signals(self.pipe, plan.prompts, plan.seeds, plan.steps, plan.call_kwargs)
+            if path is not None:
+                atomic_write_checked_json(path, self._signal_cache.to_dict())
+        return self._signal_cache
+
     def _fill(self, gen: int, proposed: set[str]) -> dict[str, np.ndarray]:
         """Gap fillers (``fill`` x population of them) aimed at the frontier of the candidates evaluated
         before ``gen`` (so a resumed search replays the same choice).
@@ -624,7 +671,8 @@ class _SearchRun:
         before = [c for c in self.archive.values() if c.generation < gen]
         points = [(c.speedup, unpack(c.genome, self.plan.shape)) for c in self._front(before)]
         known = {c.genome for c in before} | proposed
-        kids = gap_fill(points, n, self.pricer.speedup, known, np.random.default_rng([self.cfg.seed, gen]))
+        kids = gap_fill(points, n, self.pricer.speedup, known, np.random.default_rng([self.cfg.seed, gen]),
+                        pool=self._ladder)
         return {pack(k): k for k in kids}
 
     def _evaluate(self, new: dict[str, np.ndarray], gen: int, filled: set[str], bar: _Progress, task: Any,
@@ -723,6 +771,7 @@ class _SearchRun:
         live = sum(h.get("components_live", 0) for h in history)
         alone = sum(h.get("components_alone", 0) for h in history)
         return {"tiebreak": plan.tiebreak, "strategy": plan.strategy, "fill": plan.fill, "step_reuse": plan.step_reuse,
+                "seeding": plan.seeding,
                 "cost": plan.fingerprint["cost"], "steps": plan.steps, "blocks": plan.shape[1],
                 "components": list(plan.fingerprint["components"]), "resolution": [plan.height, plan.width],
                 "model": plan.fingerprint["model"], "n_images": len(plan.prompts), "seeds": plan.fingerprint["seeds"],

@@ -128,7 +128,8 @@ FILL_MAX_SPEEDUP = 4.0
 
 def gap_fill(points: Sequence[tuple[float, np.ndarray]], n: int, speedup_of: Callable[[np.ndarray], float],
              known: set[str], rng: np.random.Generator, max_gap: float = FILL_MAX_GAP,
-             max_speedup: float = FILL_MAX_SPEEDUP, samples: int = 48) -> list[np.ndarray]:
+             max_speedup: float = FILL_MAX_SPEEDUP, samples: int = 48, pool: Sequence[np.ndarray] = (),
+             ) -> list[np.ndarray]:
     """Up to ``n`` new genomes aimed inside the widest speed gaps between adjacent frontier ``points``.
 
     Why: NSGA-II's crowding keeps a spread, but in a budget of a few generations the frontier still
@@ -137,7 +138,8 @@ def gap_fill(points: Sequence[tuple[float, np.ndarray]], n: int, speedup_of: Cal
     the widest remaining sub-gap first, until no sub-gap exceeds ``max_gap``. For each target the
     child is the interpolant of the gap's two ends (``interpolants``) whose predicted speedup
     (``speedup_of``, cheap: latency model or MACs) is nearest the target and whose packed genome is
-    not in ``known``. Every child is an ordinary bit schedule.
+    not in ``known``; ``pool`` (e.g. the change signals' ladder, ``search.signals``) competes with the
+    interpolants for every target. Every child is an ordinary bit schedule.
     """
     pts = sorted(points, key=lambda p: p[0])
     gaps = [(a, b) for a, b in zip(pts, pts[1:], strict=False) if a[0] < max_speedup and b[0] > a[0] * max_gap]
@@ -154,7 +156,7 @@ def gap_fill(points: Sequence[tuple[float, np.ndarray]], n: int, speedup_of: Cal
         for j in range(1, k + 1):
             target = math.log(a[0]) + math.log(b[0] / a[0]) * j / (k + 1)
             best, best_d = None, math.inf
-            for child in interpolants(a[1], b[1], rng, samples):
+            for child in [*interpolants(a[1], b[1], rng, samples), *pool]:
                 key = np.packbits(child.reshape(-1)).tobytes().hex()
                 d = abs(math.log(speedup_of(child)) - target)
                 if key not in seen and d < best_d:
