@@ -70,6 +70,8 @@ def test_fit_prices_residual_skip_steps_from_the_skipped_calls():
     bits[2] = bits[4] = False
     bits[3, 0, 0] = False  # a partial step is not skipped
     assert prof.predict(bits, residual=True) == pytest.approx(prof.predict(bits) - 2 * 3e-4)
+    bits[2, 0, 1] = True  # step 2 now runs block 0 only: the blocks after it are skipped
+    assert prof.predict(bits, residual=True) == pytest.approx(prof.predict(bits) - (1 + (B - 1) / B) * 3e-4)
     sched = CacheSchedule(bits, ("attn1", "attn2", "ff"), "pixart", step_reuse="residual")
     assert prof.predict(sched) == prof.predict(bits, residual=True)
     assert [r["kind"] for r in prof.runs][-1] == "skipped" and prof.runs[-1]["predicted_s"] == pytest.approx(

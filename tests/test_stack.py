@@ -10,7 +10,7 @@ import torch
 
 from ditaccel.caching import CacheSchedule, apply_schedule, presets
 from ditaccel.caching.dynamic_teacache import apply_teacache
-from ditaccel.caching.stack import skip_steps
+from ditaccel.caching.stack import skip_steps, tail_skip_steps
 from ditaccel.errors import ScheduleError
 from ditaccel.search import PrefixEvaluator
 from ditaccel.testing.replicas import build_pipeline, call_kwargs
@@ -45,6 +45,8 @@ def test_skip_steps_are_the_all_zero_steps_after_step_zero():
     bits[0] = bits[2] = bits[4] = False
     bits[3, 1, 2] = False
     assert skip_steps(bits).tolist() == [False, False, True, False, True]
+    bits[3, 1] = bits[4, 0, 0] = True  # step 3: block 0 and block 1 compute; step 4: block 0 only
+    assert tail_skip_steps(bits).tolist() == [False, False, False, False, True]
 
 
 def test_skipping_every_middle_step_equals_teacache_skipping_them(pipe):
@@ -65,6 +67,26 @@ def test_skipping_every_middle_step_equals_teacache_skipping_them(pipe):
     with apply_schedule(pipe, s):
         components = _images(pipe)
     assert not np.array_equal(components, ref)  # ECAD's rule reuses components, not the stack
+
+
+def test_block_zero_only_steps_equal_first_block_cache_skipping_them(pipe):
+    """diffusers' FirstBlockCache with a huge threshold runs block 0 at every step after the first and
+    adds the cached residual of the blocks after it: a residual schedule with bits in block 0 only
+    at those steps gives the same images, bitwise."""
+    from ditaccel.caching.dynamic import apply_peer_cache
+
+    h = apply_peer_cache(pipe, "fbc", _kw(), threshold=1e9)
+    try:
+        ref = _images(pipe)
+    finally:
+        h.remove()
+    s = presets.none(pipe, steps=STEPS)
+    s.bits[1:, 1:] = False
+    assert tail_skip_steps(s.bits).tolist() == [False] + [True] * (STEPS - 1)
+    with apply_schedule(pipe, _residual(s)) as handle:
+        got = _images(pipe)
+        assert handle._stack.tail_skipped_calls == STEPS - 1 and handle._stack.skipped_calls == 0
+    assert np.array_equal(got, ref)
 
 
 def test_no_skip_step_means_no_difference_and_remove_restores(pipe):
@@ -88,6 +110,14 @@ def test_prefix_sharing_stays_bit_identical_with_residual_reuse(pipe):
         b[k:] = rng.random(b[k:].shape) < 0.4
         b[k + 1:] &= rng.random(STEPS - k - 1)[:, None, None] < 0.5  # some whole skip steps after the split
         scheds.append(CacheSchedule.for_model(pipe, b, step_reuse="residual"))
+    fbc_like = presets.none(pipe, steps=STEPS).bits
+    fbc_like[1:4, 1:] = False  # block 0 only at steps 1-3 (tail skips), then a whole skip at step 4
+    fbc_like[4] = False
+    for k in (2, 3, 5):
+        b = fbc_like.copy()
+        b[k:, 0] = k % 2 == 1  # children that turn tail skips into whole skips (or back) after step k
+        scheds.append(CacheSchedule.for_model(pipe, b, step_reuse="residual"))
+    assert any(tail_skip_steps(x.bits).any() for x in scheds) and any(skip_steps(x.bits).any() for x in scheds)
     ev = PrefixEvaluator(pipe, PROMPTS, [0, 1], batch_size=8, call_kwargs=_kw())
     shared, _ = ev.images(scheds, share=True)
     alone, _ = ev.images(scheds, share=False)

@@ -24,7 +24,8 @@ The model::
 - ``stack_s``: what a step saves when a ``step_reuse="residual"`` schedule skips the whole block
   stack there (``ditaccel.caching.stack``) instead of running every block's glue around cached
   outputs: the all-cached call minus an all-skipped one, per step, from whole calls timed in the
-  same rounds. Such a schedule's skip steps (step > 0, no bit set) each take ``stack_s`` off.
+  same rounds. Such a schedule's skip steps (step > 0, no bit set) each take ``stack_s`` off, and
+  its tail skip steps (bits in block 0 only) the blocks-after-0 share of it, ``stack_s * (B-1)/B``.
 
 Profiles are cached per (model structure, device, threads, dtype, resolution, batch, call
 arguments, steps) under ``$DITACCEL_LATENCY_CACHE`` (default ``~/.cache/ditaccel/latency``),
@@ -48,7 +49,7 @@ import torch
 from ditaccel._io import CHECKSUM_KEY, atomic_write_checked_json, verify_checksum
 from ditaccel.caching.runtime import apply_schedule
 from ditaccel.caching.schedule import CacheSchedule, effective_bits
-from ditaccel.caching.stack import skip_steps
+from ditaccel.caching.stack import skip_steps, tail_skip_steps
 from ditaccel.errors import DitaccelError, ScheduleError
 from ditaccel.models import get_adapter, get_transformer, image_size
 
@@ -90,7 +91,10 @@ class LatencyProfile:
             raise ScheduleError(f"schedule of shape {tuple(bits.shape)} does not fit this latency profile "
                                 f"(blocks x components {tuple(self.component_s.shape)}); profile the same model")
         work = float((effective_bits(bits) * self.component_s[None]).sum())
-        skipped = int(skip_steps(bits).sum()) if residual else 0
+        skipped = 0.0
+        if residual:
+            blocks = bits.shape[1]
+            skipped = float(skip_steps(bits).sum()) + float(tail_skip_steps(bits).sum()) * (blocks - 1) / blocks
         return self.fixed_s + bits.shape[0] * self.step_s - skipped * self.stack_s + self.scale * work
 
     def speedup(self, schedule: CacheSchedule | np.ndarray, residual: bool = False) -> float:

@@ -1,22 +1,29 @@
-"""Residual step reuse: a step that recomputes nothing skips the whole block stack.
+"""Residual step reuse: a step that recomputes nothing skips the whole block stack; a step that
+recomputes only in block 0 skips the blocks after it.
 
 Why: under plain (component) reuse, a step whose bits are all 0 still runs every block's
 gates, modulation and residual adds, on the current timestep, around the cached outputs. On the
 bundled model that is ~7% of a computed step, so such a schedule measured slower than
 FirstBlockCache or TeaCache, which skip the stack outright. A schedule with
 ``step_reuse="residual"`` does what they do at its all-0 steps: the stack's output is its input
-plus the residual (stack output minus stack input) of the last step that ran the stack. Steps
-with any bit set run as under component reuse, and refresh the residual.
+plus the residual (stack output minus stack input) of the last step that ran the stack. A step
+whose bits are set in block 0 only does what FirstBlockCache does when it skips: block 0 runs (as
+its bits say), and the blocks after it are replaced by their residual (stack output minus block 1's
+input) from the last step that ran them. Other steps run as under component reuse, and refresh
+both residuals.
 
 It needs blocks that map hidden states to hidden states (``Adapter.stack_residual``): PixArt,
 Sana. Installed by ``apply_schedule`` only for such schedules, as one ``ModelHook`` per block,
 outside the component hooks and the block fast path:
 
-- block 0 decides: at a skip step (step > 0, no bit set) it returns ``input + residual`` and
-  every later block returns its input unchanged; else it remembers the stack input;
-- the last block stores ``output - input`` in the context's cache under ``STACK_KEY`` (every
-  computed step but the schedule's last), so the residual is part of ``CacheHandle.snapshot``
-  and candidates that share a prefix in the search see the same residual as when run alone.
+- block 0 decides: at a stack skip step (step > 0, no bit set) it returns ``input + residual`` and
+  every later block returns its input unchanged; else it remembers the stack input, runs, and at
+  a tail skip step (step > 0, bits in block 0 only) returns ``its output + tail residual``, the
+  later blocks again passing through; else it remembers its output (block 1's input);
+- the last block stores ``output - stack input`` under ``STACK_KEY`` and ``output - block 1's
+  input`` under ``TAIL_KEY`` in the context's cache (every step that ran it, but the schedule's
+  last), so both are part of ``CacheHandle.snapshot`` and candidates that share a prefix in the
+  search see the same residuals as when run alone.
 """
 
 from __future__ import annotations
@@ -30,18 +37,29 @@ from diffusers.hooks import ModelHook
 if TYPE_CHECKING:
     from ditaccel.caching.runtime import _Runtime
 
-#: Where a context's cache keeps the block-stack residual (component keys are (block >= 0, slot)).
-STACK_KEY = (-1, 0)
+#: Where a context's cache keeps the block-stack residual and the residual of the blocks after block 0
+#: (component keys are (block >= 0, slot)).
+STACK_KEY, TAIL_KEY = (-1, 0), (-1, 1)
 STEP_REUSE = ("components", "residual")
 HOOK_NAME = "ditaccel_cache_stack"
 
 
 def skip_steps(bits: np.ndarray) -> np.ndarray:
-    """[steps] bool: the steps a residual-reuse schedule skips (step > 0 with no bit set)."""
+    """[steps] bool: the steps a residual-reuse schedule skips whole (step > 0 with no bit set)."""
     bits = np.asarray(bits, dtype=bool)
     skip = ~bits.reshape(bits.shape[0], -1).any(axis=1)
     skip[0] = False
     return skip
+
+
+def tail_skip_steps(bits: np.ndarray) -> np.ndarray:
+    """[steps] bool: the steps where a residual-reuse schedule runs block 0 only (some bit set there, none after)."""
+    bits = np.asarray(bits, dtype=bool)
+    if bits.shape[1] < 2:
+        return np.zeros(bits.shape[0], dtype=bool)
+    tail = ~bits[:, 1:].reshape(bits.shape[0], -1).any(axis=1) & bits[:, 0].any(axis=1)
+    tail[0] = False
+    return tail
 
 
 class StackState:
@@ -49,14 +67,15 @@ class StackState:
 
     def __init__(self, rt: _Runtime) -> None:
         self.rt = rt
-        self.skip = skip_steps(rt.bits)
-        self.active = True
+        self.set_bits(rt.bits, True)
         self.skipping = False
         self.stack_input: torch.Tensor | None = None
+        self.tail_input: torch.Tensor | None = None
         self.skipped_calls = 0
+        self.tail_skipped_calls = 0
 
     def set_bits(self, bits: np.ndarray, residual: bool) -> None:
-        self.skip = skip_steps(bits)
+        self.skip, self.tail = skip_steps(bits), tail_skip_steps(bits)
         self.active = residual
 
 
@@ -92,10 +111,18 @@ class StackHook(ModelHook):
         elif st.skipping:
             return _hidden(args, kwargs)
         out = self.fn_ref.original_forward(*args, **kwargs)
+        if self.first and not self.last:
+            st.skipping = bool(st.tail[rt.step]) and TAIL_KEY in cache
+            if st.skipping:
+                st.tail_skipped_calls += 1
+                return out + cache[TAIL_KEY]
+            st.tail_input = out
         if self.last:
             if rt.step < rt.steps - 1:
                 cache[STACK_KEY] = out - st.stack_input
-            st.stack_input = None
+                if st.tail_input is not None:
+                    cache[TAIL_KEY] = out - st.tail_input
+            st.stack_input = st.tail_input = None
         return out
 
 

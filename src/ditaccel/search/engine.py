@@ -53,7 +53,7 @@ from ditaccel.search.genome import (
     structured_population,
     unpack,
 )
-from ditaccel.search.signals import ChangeSignals, ladder, measure_signals, signal_seeds
+from ditaccel.search.signals import TARGETS, ChangeSignals, ladder, measure_signals, signal_seeds
 
 CHECKPOINT_FORMAT = "ditaccel.search_checkpoint"
 LATENCY_MODEL = "latency-model"
@@ -637,7 +637,7 @@ class _SearchRun:
             named = [*named[:at], *seeds, *named[at:]]
             for n, b in seeds:
                 self.names.setdefault(pack(b), n)  # a seed equal to a preset keeps the preset's name
-            self._ladder = [b for level in ("step", "component") for b in ladder(self._signals(), level)]
+            self._ladder = [b for level in TARGETS for b in ladder(self._signals(), level)]
         return named
 
     def _signals(self) -> ChangeSignals:

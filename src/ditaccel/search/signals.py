@@ -14,7 +14,9 @@ schedules it suggests seed the population and the gap filler, and the GA refines
 
 ``threshold_bits`` turns a signal into a schedule as the dynamic caches decide: walking the steps,
 accumulate the change since the last computed step; reuse while it stays under ``tau``, else
-compute and start again. Step-level (whole steps; the last step always computes, as in TeaCache)
+compute and start again. Step-level (whole steps; the last step always computes, as in TeaCache),
+tail-level (the same steps, block 0 still computed there: FirstBlockCache's skip, which a
+``step_reuse="residual"`` schedule runs as block 0 plus the cached residual of the blocks after it)
 or per component.
 """
 
@@ -32,9 +34,10 @@ from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.models import get_adapter, get_transformer
 from ditaccel.pipeline import generate_images, pipeline_call_kwargs
 
-#: Predicted speedups the seeds aim at: step-level skips (coarse, 1/steps apart) and per-component ones.
-STEP_TARGETS = (1.1, 1.25, 1.45, 1.7, 2.0, 2.5, 3.2)
-COMPONENT_TARGETS = (1.15, 1.35, 1.6, 1.85, 2.2, 2.8)
+#: Predicted speedups the seeds aim at, per level: whole-step skips (coarse, 1/steps apart), the same
+#: steps with block 0 kept (FirstBlockCache's skip), and per-component reuse.
+TARGETS = {"step": (1.1, 1.3, 1.6, 2.0, 2.5, 3.2), "tail": (1.1, 1.3, 1.6, 2.0, 2.5),
+           "component": (1.15, 1.4, 1.75, 2.2, 2.8)}
 #: Images in the probe call: enough to average out one prompt's quirks, one batch.
 PROBE_IMAGES = 8
 
@@ -147,10 +150,15 @@ def measure_signals(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], ste
 def threshold_bits(signals: ChangeSignals, tau: float, level: str) -> np.ndarray:
     """Recompute bits [steps, blocks, components] by the accumulate-and-threshold rule (module docstring).
 
-    ``level``: ``"step"`` (whole steps, by ``stack``) or ``"component"`` (each (block, component) alone).
+    ``level``: ``"step"`` (whole steps, by ``stack``), ``"tail"`` (those steps but block 0) or
+    ``"component"`` (each (block, component) alone).
     """
     comp = signals.component
     steps = comp.shape[0]
+    if level == "tail":
+        bits = threshold_bits(signals, tau, "step")
+        bits[:, 0] = True
+        return bits
     if level == "step":
         bits = np.ones(comp.shape, dtype=bool)
         acc = 0.0
@@ -173,7 +181,7 @@ def threshold_bits(signals: ChangeSignals, tau: float, level: str) -> np.ndarray
 
 def ladder(signals: ChangeSignals, level: str, points: int = 64) -> list[np.ndarray]:
     """Distinct schedules over a geometric grid of thresholds, from nearly everything computed to nearly nothing."""
-    values = signals.stack[1:] if level == "step" else signals.component[1:].reshape(-1)
+    values = signals.component[1:].reshape(-1) if level == "component" else signals.stack[1:]
     pos = values[values > 0]
     if pos.size == 0:
         return []
@@ -193,7 +201,7 @@ def signal_seeds(signals: ChangeSignals, speedup_of: Callable[[np.ndarray], floa
     """Named seeds: for each target speedup, the ladder schedule whose predicted speedup is nearest (log scale)."""
     out: list[tuple[str, np.ndarray]] = []
     seen: set[bytes] = set()
-    for level, targets in (("step", STEP_TARGETS), ("component", COMPONENT_TARGETS)):
+    for level, targets in TARGETS.items():
         rungs = [(math.log(speedup_of(b)), b) for b in ladder(signals, level)]
         for target in targets:
             if not rungs:
