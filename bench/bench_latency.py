@@ -67,6 +67,12 @@ def schedules(pipe: object, steps: int) -> list[tuple[str, CacheSchedule]]:
     out.append(mixed_schedule(pipe, steps, rng))
     cached = np.zeros(shape, dtype=bool)
     out.append(("all cached after step 0", CacheSchedule.for_model(pipe, cached)))
+    if a.stack_residual:  # residual step reuse: whole-stack skips and FirstBlockCache-like tail skips
+        early = presets.early_skip(pipe, max(1, steps // 10), 2, steps=steps)
+        tail = presets.early_skip(pipe, max(1, steps // 10), 2, steps=steps, first_block=True)
+        for name, base in (("fora(2)", out[1][1]), ("fora(3)", out[2][1]), ("early_skip", early),
+                           ("early_skip block 0 kept", tail)):
+            out.append((f"{name} residual", CacheSchedule.for_model(pipe, base.bits, step_reuse="residual")))
     return out
 
 
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.frontier:
         scheds += frontier_schedules(args.frontier, args.frontier_points, steps)
     if args.quick:  # the slowest mid-range presets go; the range 1.1x..fastest stays covered
-        scheds = [(n, s) for n, s in scheds if n not in ("tgate(2)", "fora_attention(2)", "random p=0.6")]
+        scheds = [(n, s) for n, s in scheds if n not in ("tgate(2)", "fora_attention(2)", "random p=0.6",
+                                                          "fora(3) residual")]
     times: dict[str, list[tuple[float, float]]] = {n: [] for n, _ in scheds}
     time_once(pipe, kw, args.batch, scheds[-1][1])  # warm-up: a cheap schedule that still runs every module
     for r in range(args.repeats):
