@@ -179,3 +179,19 @@ def test_sana_skips_the_stack_too():
     assert res.shape == base.shape and np.isfinite(res).all()
     assert not np.array_equal(res, comp)
     assert np.array_equal(_images(sana, "sana"), base)
+
+
+def test_search_defaults_and_refusals_for_the_reuse_mode(tmp_path):
+    from ditaccel.errors import DitaccelError
+    from ditaccel.search import SearchConfig, search
+
+    flux = build_pipeline("flux")
+    kw = dict(call_kwargs("flux"))
+    kw.pop("output_type", None)
+    kw["num_inference_steps"] = 3
+    cfg = dict(prompts=["a red fox", "a blue car"], seeds=[0], metric="psnr", population=4, generations=1,
+               call_kwargs=kw, cost="macs", seeding="presets")
+    with pytest.raises(DitaccelError, match="step reuse 'residual' needs blocks"):
+        search(flux, SearchConfig(step_reuse="residual", **cfg))
+    fr = search(flux, SearchConfig(**cfg))  # structured on FLUX: ECAD's rule, since its blocks return pairs
+    assert fr.info["step_reuse"] == "components" and all(p.schedule.step_reuse == "components" for p in fr.points)
