@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ditaccel.caching import apply_schedule, presets
+from ditaccel.caching import CacheSchedule, apply_schedule, presets
 from ditaccel.caching.dynamic import apply_peer_cache
 from ditaccel.pipeline import pipeline_call_kwargs
 from ditaccel.testing.replicas import build_pipeline, call_kwargs
@@ -38,6 +38,10 @@ OFFLOAD = {"model": _model, "group-block": _group_block, "group-leaf": _group_le
 def _apply(pipe, method: str, kw: dict):
     if method == "fora":
         return apply_schedule(pipe, presets.fora(pipe.transformer, 2, steps=kw["num_inference_steps"]))
+    if method == "fora-residual":  # whole-stack and block-0-only skips (residual step reuse)
+        bits = presets.fora(pipe.transformer, 2, steps=kw["num_inference_steps"]).bits
+        bits[1::4, 0] = True
+        return apply_schedule(pipe, CacheSchedule.for_model(pipe, bits, step_reuse="residual"))
     return apply_peer_cache(pipe, method, {k: v for k, v in kw.items() if k != "output_type"})
 
 
@@ -73,6 +77,14 @@ def test_dynamic_peers_under_offload_are_bitwise_the_same(method, offload):
     ref = _two_generations("pixart-alpha", None, method)
     got = _two_generations("pixart-alpha", offload, method)
     assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+
+
+@pytest.mark.parametrize("offload", list(OFFLOAD))
+def test_residual_reuse_under_offload_is_bitwise_the_same(offload):
+    ref = _two_generations("pixart-alpha", None, "fora-residual")
+    got = _two_generations("pixart-alpha", offload, "fora-residual")
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    assert not torch.equal(ref[0], ref[2])
 
 
 def test_schedule_applied_before_model_offload():
