@@ -101,7 +101,11 @@ class _Runtime:
         self.counts = np.zeros((adapter.num_blocks, len(adapter.component_names)), dtype=np.int64)
         self.tracker = StepTracker()
         self.caches: list[dict[tuple[int, int], Any]] = []
+        self.hooked: list[tuple[int, int]] = []  # (block, slot) of every component with a cache hook
         self.in_call = False
+        #: a whole call traced into the user's graph (``_StepHook.new_forward``): component outputs land in ``traced``
+        self.tracing_whole = False
+        self.traced: dict[tuple[int, int], Any] = {}
         self.on_user_compile: Callable[[], None] | None = None
         self.variants: BlockVariants | None = None  # compiled block variants (``CacheHandle.compile_components``)
         #: where the handle compiles nothing itself: follow a standalone ``compile_components`` (``--compile``)
@@ -153,6 +157,11 @@ class _Runtime:
         if self.step == self.steps - 1 and self.context < len(self.caches):
             self.caches[self.context] = {}  # last step of this context: nothing will read it again
 
+    def computes_everything(self) -> bool:
+        """Whether every hooked component recomputes in this call (its bit is set or nothing is cached yet)."""
+        cache, bits = self.caches[self.context], self.bits[self.step]
+        return all(bits[b, c] or (b, c) not in cache for b, c in self.hooked)
+
 
 class _StepHook(ModelHook):
     """On the transformer: derives (step, context) from the timestep argument of each call."""
@@ -164,10 +173,15 @@ class _StepHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():  # traced by the user's torch.compile(transformer)
-            return _escape_user_compile(self, module, args, kwargs)
+            if _begin_user_compiled_call(self, module, args, kwargs):  # graph break; dynamo guards on the bool
+                out = self.fn_ref.original_forward(*args, **kwargs)  # every component computes: one whole graph
+                _end_whole_call(self.rt)  # graph break; stores what the graph returned
+                return out
+            return _escape_user_compile(self, args, kwargs)
         return self.call(module, args, kwargs)
 
-    def call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+    def begin(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Advance the step tracker for this call (``module`` names the model in the error)."""
         t = self._timestep(args, kwargs)
         if t is None:
             raise ScheduleError(
@@ -175,6 +189,13 @@ class _StepHook(ModelHook):
                 f"know the step"
             )
         self.rt.begin_call(t)
+
+    def call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        self.begin(module, args, kwargs)
+        return self.run(args, kwargs)
+
+    def run(self, args: tuple, kwargs: dict) -> Any:
+        """The rest of a call whose ``begin`` has run: the forward, then the end of the call."""
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:
@@ -190,8 +211,12 @@ class _ComponentHook(ModelHook):
         self.key = (block, slot)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():  # inside a user-compiled block: decide outside the graph
-            return _decide_outside_graph(self, args, kwargs)
+        if torch.compiler.is_compiling():
+            if self.rt.tracing_whole:  # a call where everything computes, traced whole: the graph returns it too
+                out = self.fn_ref.original_forward(*args, **kwargs)
+                self.rt.traced[self.key] = out
+                return out
+            return _decide_outside_graph(self, args, kwargs)  # inside a user-compiled block
         return self.call(args, kwargs)
 
     def call(self, args: tuple, kwargs: dict) -> Any:
@@ -221,7 +246,7 @@ class _FastBlock:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         rt = self.rt
-        if not rt.in_call or torch.compiler.is_compiling():  # compiled regions keep today's path
+        if torch.compiler.is_compiling() or not rt.in_call:  # traced: the block's own forward (no guard on rt)
             return self.prev(*args, **kwargs)
         cache, bits, b = rt.caches[rt.context], rt.bits[rt.step, self.index], self.index
         cached = tuple(None if bits[c] else cache.get((b, c)) for c in self.slots)
@@ -262,17 +287,46 @@ def _remove_fast_blocks(installed: list[tuple[torch.nn.Module, Callable[..., Any
 
 
 @torch.compiler.disable
-def _escape_user_compile(hook: _StepHook, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-    """Run a scheduled transformer call that the user's ``torch.compile`` is tracing.
+def _begin_user_compiled_call(hook: _StepHook, module: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Decide, outside the user's graph, whether this call computes every component.
 
-    A whole-transformer graph cannot skip a component without a graph break or a recompile per
-    step pattern, so the call leaves the graph here (one graph break, before any compute) and
-    runs with the components compiled by ditaccel (``ditaccel.caching.compile``), the
-    per-step decisions in Python.
+    Either way the tracker has advanced. True: the caller runs the transformer's own forward, which
+    dynamo traces whole (the user's fused graph, component outputs returned beside its output);
+    ``_end_whole_call`` stores them. False: the caller leaves the graph (``_escape_user_compile``). Dynamo guards on the returned bool only, so the code after this
+    call has two cache entries, made by the first call of each kind (the first generation of a
+    schedule with both full and partial steps, e.g. FORA(n) from step 0), and the schedule's bits,
+    step and caches never reach a guard.
     """
-    if hook.rt.on_user_compile is not None:
-        hook.rt.on_user_compile()
-    return hook.call(module, args, kwargs)
+    rt = hook.rt
+    if rt.on_user_compile is not None:  # block variants for the partial calls
+        rt.on_user_compile()
+    hook.begin(module, args, kwargs)
+    whole = rt.computes_everything()
+    if whole:
+        rt.in_call = False  # the whole graph reads nothing of the runtime but ``tracing_whole``
+    rt.tracing_whole = whole
+    rt.traced.clear()
+    return whole
+
+
+@torch.compiler.disable
+def _end_whole_call(rt: _Runtime) -> None:
+    """After a call traced whole: keep (and count) the component outputs the graph returned."""
+    for (b, c), out in rt.traced.items():
+        rt.computed(b, c, out)
+    rt.tracing_whole = False
+    rt.traced.clear()
+    rt.end_call()
+
+
+@torch.compiler.disable
+def _escape_user_compile(hook: _StepHook, args: tuple, kwargs: dict) -> Any:
+    """Run a scheduled transformer call that skips some components while the user's ``torch.compile``
+    is tracing it: the call leaves the graph here (before any compute) and runs with the block
+    variants or components compiled by ditaccel (``ditaccel.caching.compile``), the decisions in Python.
+    A whole-transformer graph could only skip components with a graph break or a recompile per pattern.
+    """
+    return hook.run(args, kwargs)
 
 
 @torch.compiler.disable
@@ -334,6 +388,7 @@ class CacheHandle:
                 mod = adapter.component_module(b, c)
                 m, reg, fwd = _register(mod, _ComponentHook(self._rt, b, c), HOOK_NAME)
                 self._installed.append((m, HOOK_NAME, reg, fwd))
+                self._rt.hooked.append((b, c))
             if fast_path:
                 self._fast_blocks = _install_fast_blocks(self._rt)
                 if compile is None and self._fast_blocks:
