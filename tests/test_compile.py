@@ -327,5 +327,12 @@ def test_user_compile_runs_full_steps_as_its_whole_graph(setup, monkeypatch, fir
                 _assert_same(_generate(compiled, inputs), expected)
         assert calls == ["whole", "escape", "whole", "escape"]
         assert np.array_equal(h.counts, counts * (2 if first == "none" else 1))
-        assert not h._rt.traced and not h._rt.tracing_whole
+        assert not runtime._WHOLE_OUTS and not h._rt.whole.saved  # the hooks are back after each whole call
+        assert t.transformer_blocks[0].ff.forward.func.__name__ != "capture"
     _assert_same(_generate(compiled, inputs), plain)  # the handle removed: the user's graph as before
+    mixed = _mixed(t)
+    want, want_counts = _eager(t, inputs, mixed)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a new handle (as the search makes) reuses it all
+        with apply_schedule(t, mixed, compile=AOT) as h:
+            _assert_same(_generate(compiled, inputs), want)
+            assert np.array_equal(h.counts, want_counts)

@@ -20,8 +20,12 @@ How it works
   at the schedule's last step, and every new generation starts empty.
 - Under ``torch.compile`` the decisions stay in Python and the components are what gets compiled
   (``ditaccel.caching.compile``): ``apply_schedule(..., compile=True)`` or ``compile_components``
-  compile them; when the user's ``torch.compile(transformer)`` traces a scheduled call, the step
-  hook leaves the graph (one graph break, before any compute) and compiles the components itself.
+  compile them. When the user's ``torch.compile(transformer)`` traces a scheduled call, the step
+  hook decides outside the graph (a graph break before any compute) whether every component
+  computes in this call: if so the call stays in the user's whole graph, which also returns the
+  component outputs for the cache (a graph break after it, to store them); if not, the call leaves
+  the graph and the hook compiles the components itself. Dynamo guards on that yes/no only: two
+  entries, both made by a first generation with full and partial steps.
   A handle that compiles (those two cases), or one applied with ``compile=None`` while a standalone
   ``compile_components`` (``--compile``) is on (checked once per transformer call), also runs
   fast-path blocks as compiled block variants: one whole-block graph per cache pattern, glue
@@ -54,6 +58,7 @@ For the ECAD search (sharing a schedule prefix between candidates)
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,9 +108,7 @@ class _Runtime:
         self.caches: list[dict[tuple[int, int], Any]] = []
         self.hooked: list[tuple[int, int]] = []  # (block, slot) of every component with a cache hook
         self.in_call = False
-        #: a whole call traced into the user's graph (``_StepHook.new_forward``): component outputs land in ``traced``
-        self.tracing_whole = False
-        self.traced: dict[tuple[int, int], Any] = {}
+        self.whole: _WholeCall | None = None  # set by CacheHandle once its hooks are in
         self.on_user_compile: Callable[[], None] | None = None
         self.variants: BlockVariants | None = None  # compiled block variants (``CacheHandle.compile_components``)
         #: where the handle compiles nothing itself: follow a standalone ``compile_components`` (``--compile``)
@@ -130,6 +133,8 @@ class _Runtime:
         self.caches = []
 
     def begin_call(self, t: float) -> None:
+        if self.whole is not None:
+            self.whole.exit()  # (only after a call traced whole raised)
         if self.tracker.advance(t):  # a new generation drops every cache
             self.caches = []
         elif self.step >= self.steps:
@@ -174,8 +179,8 @@ class _StepHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():  # traced by the user's torch.compile(transformer)
             if _begin_user_compiled_call(self, module, args, kwargs):  # graph break; dynamo guards on the bool
-                out = self.fn_ref.original_forward(*args, **kwargs)  # every component computes: one whole graph
-                _end_whole_call(self.rt)  # graph break; stores what the graph returned
+                out = _whole_forward(module, *args, **kwargs)  # every component computes: one whole graph
+                _end_whole_call(module)  # graph break; caches what the graph returned
                 return out
             return _escape_user_compile(self, args, kwargs)
         return self.call(module, args, kwargs)
@@ -211,12 +216,8 @@ class _ComponentHook(ModelHook):
         self.key = (block, slot)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
-            if self.rt.tracing_whole:  # a call where everything computes, traced whole: the graph returns it too
-                out = self.fn_ref.original_forward(*args, **kwargs)
-                self.rt.traced[self.key] = out
-                return out
-            return _decide_outside_graph(self, args, kwargs)  # inside a user-compiled block
+        if torch.compiler.is_compiling():  # inside a user-compiled block: decide outside the graph
+            return _decide_outside_graph(self, args, kwargs)
         return self.call(args, kwargs)
 
     def call(self, args: tuple, kwargs: dict) -> Any:
@@ -290,33 +291,108 @@ def _remove_fast_blocks(installed: list[tuple[torch.nn.Module, Callable[..., Any
 def _begin_user_compiled_call(hook: _StepHook, module: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
     """Decide, outside the user's graph, whether this call computes every component.
 
-    Either way the tracker has advanced. True: the caller runs the transformer's own forward, which
-    dynamo traces whole (the user's fused graph, component outputs returned beside its output);
-    ``_end_whole_call`` stores them. False: the caller leaves the graph (``_escape_user_compile``). Dynamo guards on the returned bool only, so the code after this
-    call has two cache entries, made by the first call of each kind (the first generation of a
-    schedule with both full and partial steps, e.g. FORA(n) from step 0), and the schedule's bits,
-    step and caches never reach a guard.
+    Either way the tracker has advanced. True: the model now looks unhooked (``_WholeCall``) and the
+    caller runs its class forward, which dynamo traces whole: the user's fused graph, the component
+    outputs returned beside its output, and guards on nothing a handle owns, so a new handle or
+    schedule reuses it; ``_end_whole_call`` caches them and puts the hooks back. False: the caller
+    leaves the graph (``_escape_user_compile``). Dynamo guards on the returned bool, so the code
+    after this call has two cache entries, made by the first call of each kind: a first generation
+    with full and partial steps (e.g. FORA(n): step 0 always computes) makes both; after one with
+    full steps only (e.g. ``none``), the first partial call compiles the escape's (no graph, one recompile).
     """
     rt = hook.rt
     if rt.on_user_compile is not None:  # block variants for the partial calls
         rt.on_user_compile()
     hook.begin(module, args, kwargs)
-    whole = rt.computes_everything()
+    whole = rt.whole is not None and rt.whole.eligible(hook) and rt.computes_everything()
     if whole:
-        rt.in_call = False  # the whole graph reads nothing of the runtime but ``tracing_whole``
-    rt.tracing_whole = whole
-    rt.traced.clear()
+        rt.in_call = False
+        rt.whole.enter()
     return whole
 
 
+def _whole_forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The transformer's class forward (``_WholeCall.eligible``: what the step hook wraps), traced whole."""
+    return type(module).forward(module, *args, **kwargs)
+
+
+#: the component outputs of the call traced whole, as (module, output) in call order: appended inside the
+#: graph (a side effect dynamo replays), read by ``_end_whole_call``. Module-level, so no guard names a handle.
+_WHOLE_OUTS: list[tuple[torch.nn.Module, Any]] = []
+
+
+_CAPTURES: dict[type, Callable[..., Any]] = {}
+
+
+def _capture_forward(cls: type) -> Callable[..., Any]:
+    """The forward of ``cls``'s components during a call traced whole: the class forward, the output kept for
+    the cache. One function per class, made once (dynamo cannot call ``type(self).forward`` of every class)."""
+    if cls not in _CAPTURES:
+        forward = cls.forward
+
+        def capture(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            out = forward(self, *args, **kwargs)
+            _WHOLE_OUTS.append((self, out))
+            return out
+
+        _CAPTURES[cls] = capture
+    return _CAPTURES[cls]
+
+
 @torch.compiler.disable
-def _end_whole_call(rt: _Runtime) -> None:
-    """After a call traced whole: keep (and count) the component outputs the graph returned."""
-    for (b, c), out in rt.traced.items():
-        rt.computed(b, c, out)
-    rt.tracing_whole = False
-    rt.traced.clear()
+def _end_whole_call(module: torch.nn.Module) -> None:
+    """After a call traced whole: cache (and count) the component outputs, put the hooks back."""
+    rt = module._diffusers_hook.get_hook(_STEP_HOOK_NAME).rt
+    whole = rt.whole
+    for m, out in _WHOLE_OUTS:
+        rt.computed(*whole.keys[id(m)], out)
+    whole.exit()
     rt.end_call()
+
+
+class _WholeCall:
+    """Makes a scheduled model look unhooked for one call that the user's compile traces whole.
+
+    Why: a graph traced through the hooks guards on the hook objects, so every new handle (the
+    search applies one per candidate) would recompile the whole model. For the call, each hooked
+    component's forward becomes ``_capture_forward`` (one function per class, bound per call) and each
+    fast-path block gets its previous forward back; ``exit`` restores both (idempotent).
+    """
+
+    def __init__(self, rt: _Runtime, fast_blocks: list[tuple[torch.nn.Module, Callable[..., Any]]]) -> None:
+        self.components = [(rt.adapter.component_module(b, c), (b, c)) for b, c in rt.hooked]
+        self.keys = {id(m): key for m, key in self.components}
+        self.fast_blocks = fast_blocks
+        self.saved: list[tuple[torch.nn.Module, Any]] = []
+        self.saved_blocks: list[tuple[torch.nn.Module, Any]] = []
+
+    def eligible(self, hook: _StepHook) -> bool:
+        """Whether bypassing the hooks skips nothing but ditaccel's: the transformer's hook wraps its class
+        forward, and each component runs its class forward (or ``compile_components``') beneath the cache hook."""
+        return _class_forward(hook.fn_ref.original_forward, hook.rt.adapter.transformer) and all(
+            plain_component(m, HOOK_NAME) and (_class_forward(fn := Slot(m).get(), m) or is_compiled_forward(fn))
+            for m, _ in self.components)
+
+    def enter(self) -> None:
+        _WHOLE_OUTS.clear()
+        self.saved = [(m, m.__dict__["forward"]) for m, _ in self.components]  # the cache hooks' forwards
+        self.saved_blocks = [(block, Slot(block).get()) for block, _ in self.fast_blocks]
+        for m, _ in self.components:
+            m.forward = types.MethodType(_capture_forward(type(m)), m)
+        for block, prev in self.fast_blocks:
+            Slot(block).set(prev)
+
+    def exit(self) -> None:
+        for m, fn in self.saved:
+            m.forward = fn
+        for block, fast in self.saved_blocks:
+            Slot(block).set(fast)
+        self.saved, self.saved_blocks = [], []
+        _WHOLE_OUTS.clear()
+
+
+def _class_forward(fn: Any, module: torch.nn.Module) -> bool:
+    return getattr(fn, "__self__", None) is module and getattr(fn, "__func__", None) is type(module).forward
 
 
 @torch.compiler.disable
@@ -394,6 +470,7 @@ class CacheHandle:
                 if compile is None and self._fast_blocks:
                     fast = Slot(self._fast_blocks[0][0]).get()  # a _FastBlock: its components are plain modules
                     self._rt.follow_compiled = next((m for m in fast.components if m is not None), None)
+            self._rt.whole = _WholeCall(self._rt, self._fast_blocks)
             self._invalidate()
             if compile is not None and compile is not False:
                 self.compile_components()
@@ -418,6 +495,8 @@ class CacheHandle:
             self._compiled = None
         self._rt.variants = None
         self._rt.follow_compiled = None
+        if self._rt.whole is not None:
+            self._rt.whole.exit()
         _remove_fast_blocks(self._fast_blocks)
         self._fast_blocks = []
         for module, name, had_registry, had_forward in reversed(self._installed):
