@@ -22,10 +22,12 @@ How it works
   (``ditaccel.caching.compile``): ``apply_schedule(..., compile=True)`` or ``compile_components``
   compile them. When the user's ``torch.compile(transformer)`` traces a scheduled call, the step
   hook decides outside the graph (a graph break before any compute) whether every component
-  computes in this call: if so the call stays in the user's whole graph, which also returns the
-  component outputs for the cache (a graph break after it, to store them); if not, the call leaves
-  the graph and the hook compiles the components itself. Dynamo guards on that yes/no only: two
-  entries, both made by a first generation with full and partial steps.
+  computes in this call. If so, the model looks unhooked for the call (``_WholeCall``) and it is
+  traced whole, like the user's own graph but also returning the component outputs, which are
+  cached after it (a second graph break); that graph guards on nothing a handle owns, so new
+  handles and schedules reuse it. If not, the call leaves the graph and the hook compiles the
+  components itself. Dynamo guards on that yes/no only: two entries, both made by a first
+  generation with full and partial steps (``_begin_user_compiled_call``).
   A handle that compiles (those two cases), or one applied with ``compile=None`` while a standalone
   ``compile_components`` (``--compile``) is on (checked once per transformer call), also runs
   fast-path blocks as compiled block variants: one whole-block graph per cache pattern, glue
@@ -292,9 +294,9 @@ def _begin_user_compiled_call(hook: _StepHook, module: torch.nn.Module, args: tu
     """Decide, outside the user's graph, whether this call computes every component.
 
     Either way the tracker has advanced. True: the model now looks unhooked (``_WholeCall``) and the
-    caller runs its class forward, which dynamo traces whole: the user's fused graph, the component
-    outputs returned beside its output, and guards on nothing a handle owns, so a new handle or
-    schedule reuses it; ``_end_whole_call`` caches them and puts the hooks back. False: the caller
+    caller runs its class forward, which dynamo traces whole (fused as the user's graph is, the
+    component outputs returned beside the output; one more whole-model compile at warm-up), guarding
+    on nothing a handle owns, so a new handle or schedule reuses it; ``_end_whole_call`` caches them and puts the hooks back. False: the caller
     leaves the graph (``_escape_user_compile``). Dynamo guards on the returned bool, so the code
     after this call has two cache entries, made by the first call of each kind: a first generation
     with full and partial steps (e.g. FORA(n): step 0 always computes) makes both; after one with
@@ -317,7 +319,8 @@ def _whole_forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 
 #: the component outputs of the call traced whole, as (module, output) in call order: appended inside the
-#: graph (a side effect dynamo replays), read by ``_end_whole_call``. Module-level, so no guard names a handle.
+#: graph (a side effect dynamo replays), read by ``_end_whole_call``. Module-level, so no guard names a handle
+#: (one traced-whole call at a time per process, as the step tracker assumes of each model anyway).
 _WHOLE_OUTS: list[tuple[torch.nn.Module, Any]] = []
 
 
