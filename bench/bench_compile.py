@@ -112,7 +112,8 @@ def _counters() -> dict[str, int]:
 
     return {"graph_breaks": sum(counters["graph_break"].values()),
             "unique_graphs": int(counters["stats"]["unique_graphs"]),
-            "recompiles": sum(counters["recompiles"].values()) if "recompiles" in counters else 0}
+            "recompiles": sum(counters["recompiles"].values()) if "recompiles" in counters else 0,
+            "recompiled": dict(counters["recompiles"]) if "recompiles" in counters else {}}
 
 
 def bench_model(name: str, t: torch.nn.Module, run: Callable[[Any], Any], info: dict[str, Any],
@@ -269,13 +270,15 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "- Modes: **eager** (no compile); **regional** = `compile_components(t)` / `--compile` (inductor, "
         "each cacheable component compiled once per class; with a schedule applied beside it, fast-path blocks "
         "run as block variants, below); **user whole** = the user's `torch.compile(transformer)` (inductor, "
-        "whole model) as baseline; with a schedule applied that compiled model leaves the graph at its entry, "
-        "and the schedule compiles its own graphs. Block variants: where blocks have the fast path (PixArt), "
+        "whole model) as baseline; with a schedule applied, a call where every component computes (always step "
+        "0; FORA(n)'s every n-th step) runs as one whole-model graph (the user's model traced whole, also "
+        "returning the component outputs to cache), and a call that skips components leaves the graph at its "
+        "entry and runs ditaccel's own graphs (block variants; the embedders and final layer eager). Block variants: where blocks have the fast path (PixArt), "
         "one whole-block graph per cache pattern (norms, adaLN modulation, gates and residual adds included; "
         "`BlockVariants` in `ditaccel.caching.compile`), every pattern made at warm-up, the choice of pattern "
         "in Python; elsewhere the compiled components with eager glue.",
-        "- The `full` section predates the block variants (measured 03:42 UTC, when scheduled calls in both "
-        "compiled modes ran compiled components and eager glue); the `bundled` section was re-measured with them.",
+        "- Both model sections were measured with full steps traced whole under the user's compile (the "
+        "per-pattern section, timing single blocks, does not depend on it).",
         "- Times: seconds per generation, median (min-max) of the interleaved repeats (every mode and schedule "
         "once per repeat), after warm-up calls; each speedup is against the same mode's `none` row.",
         "- Target (#14): compiled speedup >= 0.9x the eager speedup of the same schedule (column `vs eager`, "
@@ -298,7 +301,10 @@ def report(results: dict[str, dict[str, Any]]) -> str:
                   f"{aw['recompiles']} recompiles; during the timed repeats (schedules and modes switched before "
                   f"every call) {af['unique_graphs'] - aw['unique_graphs']} new graphs, "
                   f"{af['graph_breaks'] - aw['graph_breaks']} new graph breaks, "
-                  f"{af['recompiles'] - aw['recompiles']} recompiles.",
+                  f"{af['recompiles'] - aw['recompiles']} recompiles."
+                  + (" Recompiles at warm-up, by code: " + ", ".join(f"{k} {v}" for k, v in aw["recompiled"].items())
+                     + " (a block variant's second input layout; the hook's second branch, whole or escape)."
+                     if aw.get("recompiled") else ""),
                   "Warm-up calls (the first of each mode includes its compile), s: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in res["warm"].items()) + "."
                   + (" In CPU time of the calling thread: compile work in other threads or processes is not in it, "

@@ -336,3 +336,24 @@ def test_user_compile_runs_full_steps_as_its_whole_graph(setup, monkeypatch, fir
         with apply_schedule(t, mixed, compile=AOT) as h:
             _assert_same(_generate(compiled, inputs), want)
             assert np.array_equal(h.counts, want_counts)
+
+
+def test_user_compile_whole_call_that_raises_leaves_the_hooks_working(setup):
+    """A call traced whole that fails inside the model (bad input) leaves the components in their capture state
+    only until the next call or ``remove()``: the next call runs the schedule exactly as eager does."""
+    t, inputs = setup
+    fora = presets.fora(t, 2, steps=4)
+    expected, counts = _eager(t, inputs, fora)
+    compiled = torch.compile(t, backend="aot_eager")
+    bad = {**inputs, "encoder_hidden_states": inputs["encoder_hidden_states"][..., :-1], "timestep": torch.tensor([9.0, 9.0])}
+    with apply_schedule(t, fora, compile=AOT) as h:
+        with pytest.raises(Exception), torch.no_grad():  # noqa: B017 (whatever dynamo wraps the shape error in)
+            compiled(**bad)
+        assert h._rt.whole.saved  # entered, not yet restored
+        h.reset_counts()
+        _assert_same(_generate(compiled, inputs), expected)
+        assert np.array_equal(h.counts, counts)
+        with pytest.raises(Exception), torch.no_grad():  # noqa: B017
+            compiled(**bad)
+    assert all("forward" not in getattr(blk, n).__dict__ for blk in t.transformer_blocks for n in ("attn1", "ff"))
+    assert not hasattr(t.transformer_blocks[0].ff, "_diffusers_hook")
