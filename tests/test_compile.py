@@ -357,3 +357,27 @@ def test_user_compile_whole_call_that_raises_leaves_the_hooks_working(setup):
             compiled(**bad)
     assert all("forward" not in getattr(blk, n).__dict__ for blk in t.transformer_blocks for n in ("attn1", "ff"))
     assert not hasattr(t.transformer_blocks[0].ff, "_diffusers_hook")
+
+
+@pytest.mark.parametrize("family", ["flux", "sana"])
+def test_user_compile_whole_steps_other_families(family):
+    """The whole-graph path is not PixArt-specific: on other replicas, under the user's compile, a schedule gives
+    eager's outputs and counts bitwise (aot_eager), and a second handle recompiles nothing."""
+    t = replicas.build_transformer(family)
+    inputs = replicas.transformer_inputs(family, t)
+
+    def generate(model) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [model(**{**inputs, "timestep": torch.full_like(inputs["timestep"], ts)}, return_dict=False)[0]
+                    for ts in TIMESTEPS]
+
+    fora = presets.fora(t, 2, steps=4)
+    with apply_schedule(t, fora) as h:
+        expected, counts = generate(t), h.counts
+    compiled = torch.compile(t, backend="aot_eager")
+    with apply_schedule(t, fora, compile=AOT) as h:
+        _assert_same(generate(compiled), expected)  # warm-up: step 0 whole, step 1 leaves the graph
+        assert h._rt.whole.eligible(t._diffusers_hook.get_hook("ditaccel_cache_step"))
+    with torch._dynamo.config.patch(error_on_recompile=True), apply_schedule(t, fora, compile=AOT) as h:
+        _assert_same(generate(compiled), expected)
+        assert np.array_equal(h.counts, counts)
