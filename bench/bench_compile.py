@@ -9,8 +9,9 @@ times, in one run with interleaved repeats:
 - regional: ``compile_components(t)`` (what ``--compile`` does), each schedule vs the regional
   baseline;
 - user whole: the user's ``torch.compile(transformer)`` of the whole model as the baseline; with a
-  schedule applied, that compiled model leaves the graph at its entry and runs the regionally
-  compiled components (what a user who compiles the transformer themselves gets).
+  schedule applied, calls where every component computes still run that whole graph (which also
+  returns the component outputs, to cache), and calls that skip components leave it at its entry and
+  run ditaccel's block variants (what a user who compiles the transformer themselves gets).
 
 Schedules: none, FORA(2), FORA(3) and a seeded ECAD-style mixed schedule (bits differ per step,
 block and component). Target (#14): compiled speedup >= 0.9x the eager speedup of the same
@@ -44,6 +45,7 @@ import torch
 from ditaccel._io import atomic_write_text
 from ditaccel._machine import machine_description
 from ditaccel.caching import CacheSchedule, apply_schedule, compile_components, presets, schedule_macs
+from ditaccel.caching.compile import count_recompiles
 
 HERE = Path(__file__).resolve().parent
 MODES = ("eager", "regional", "user whole")
@@ -110,7 +112,8 @@ def _counters() -> dict[str, int]:
 
     return {"graph_breaks": sum(counters["graph_break"].values()),
             "unique_graphs": int(counters["stats"]["unique_graphs"]),
-            "recompiles": sum(counters["recompiles"].values()) if "recompiles" in counters else 0}
+            "recompiles": sum(counters["recompiles"].values()) if "recompiles" in counters else 0,
+            "recompiled": dict(counters["recompiles"]) if "recompiles" in counters else {}}
 
 
 def bench_model(name: str, t: torch.nn.Module, run: Callable[[Any], Any], info: dict[str, Any],
@@ -142,8 +145,9 @@ def bench_model(name: str, t: torch.nn.Module, run: Callable[[Any], Any], info: 
                 cc.remove()
 
     # Warm-up: compiles happen on a mode's first call; the user's whole-model graph is traced again
-    # once a schedule's hooks are on it (the escape). Schedules need no warm-up of their own: the
-    # counters after the timed runs show whether any schedule compiled anything.
+    # once a schedule's hooks are on it (FORA(2)'s first generation makes both the whole-graph and the
+    # escape entries). Schedules need no warm-up of their own: the counters after the timed runs show
+    # whether any schedule compiled anything.
     warm = {}
     for mode, sched in [(m, "none") for m in MODES] + [("user whole", "fora(2)")]:
         warm[f"{mode}/{sched}"] = call(mode, sched)[0]
@@ -266,13 +270,15 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "- Modes: **eager** (no compile); **regional** = `compile_components(t)` / `--compile` (inductor, "
         "each cacheable component compiled once per class; with a schedule applied beside it, fast-path blocks "
         "run as block variants, below); **user whole** = the user's `torch.compile(transformer)` (inductor, "
-        "whole model) as baseline; with a schedule applied that compiled model leaves the graph at its entry, "
-        "and the schedule compiles its own graphs. Block variants: where blocks have the fast path (PixArt), "
+        "whole model) as baseline; with a schedule applied, a call where every component computes (always step "
+        "0; FORA(n)'s every n-th step) runs as one whole-model graph (the user's model traced whole, also "
+        "returning the component outputs to cache), and a call that skips components leaves the graph at its "
+        "entry and runs ditaccel's own graphs (block variants; the embedders and final layer eager). Block variants: where blocks have the fast path (PixArt), "
         "one whole-block graph per cache pattern (norms, adaLN modulation, gates and residual adds included; "
         "`BlockVariants` in `ditaccel.caching.compile`), every pattern made at warm-up, the choice of pattern "
         "in Python; elsewhere the compiled components with eager glue.",
-        "- The `full` section predates the block variants (measured 03:42 UTC, when scheduled calls in both "
-        "compiled modes ran compiled components and eager glue); the `bundled` section was re-measured with them.",
+        "- Both model sections were measured with full steps traced whole under the user's compile (the "
+        "per-pattern section, timing single blocks, does not depend on it).",
         "- Times: seconds per generation, median (min-max) of the interleaved repeats (every mode and schedule "
         "once per repeat), after warm-up calls; each speedup is against the same mode's `none` row.",
         "- Target (#14): compiled speedup >= 0.9x the eager speedup of the same schedule (column `vs eager`, "
@@ -295,7 +301,10 @@ def report(results: dict[str, dict[str, Any]]) -> str:
                   f"{aw['recompiles']} recompiles; during the timed repeats (schedules and modes switched before "
                   f"every call) {af['unique_graphs'] - aw['unique_graphs']} new graphs, "
                   f"{af['graph_breaks'] - aw['graph_breaks']} new graph breaks, "
-                  f"{af['recompiles'] - aw['recompiles']} recompiles.",
+                  f"{af['recompiles'] - aw['recompiles']} recompiles."
+                  + (" Recompiles at warm-up, by code: " + ", ".join(f"{k} {v}" for k, v in aw["recompiled"].items())
+                     + " (see How to read it)."
+                     if aw.get("recompiled") else ""),
                   "Warm-up calls (the first of each mode includes its compile), s: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in res["warm"].items()) + "."
                   + (" In CPU time of the calling thread: compile work in other threads or processes is not in it, "
@@ -323,31 +332,42 @@ def report(results: dict[str, dict[str, Any]]) -> str:
     lines += [
         "## How to read it",
         "",
-        "- Per pattern (the section above): on the bundled model's block at the bench's batch, every cache "
-        "pattern's compiled variant took less CPU time than the eager fast path, 0.69-0.94 of it, the "
-        "all-cached pattern included (58 vs 83 us in block 0, 55 vs 64 us in block 1: the guard and dispatch "
-        "cost of entering a graph is below what the variant saves there). So no pattern is routed to eager: "
-        "every fast-path block call under compile runs its variant. This refutes the earlier guess that "
-        "entering a graph cost as much as a partly cached block and explained the mixed schedule's low share "
-        "(0.72 at 05:39 UTC, wall clock, load 3.8); re-measured here on CPU time at a lower load, the mixed "
-        "schedule keeps 0.91 under the user's whole-model compile.",
-        "- Compile's share: the regional baseline (`--compile` without a schedule) compiles only the components; "
-        "with a schedule, blocks run their variants, which also fuse the glue, so the scheduled rows gain a "
-        "little more from compile than the baseline does (shares slightly above 1). A whole-model `torch.compile` "
-        "baseline also fuses the embedders, the final layer and the glue of every block; a scheduled call under "
-        "it runs the block variants, one graph per block, and the embedders and final layer eagerly. Separate "
-        "probes (scripts not kept; thread CPU time, load 2.5-4.3, one transformer call at the bench's batch): a "
-        "fully computed call took 65.3 ms as the user's whole graph and 70.9 ms through the escape with block "
-        "variants; an all-cached call 3.5 ms through the escape, 3.5 ms with `apply_schedule(compile=True)` (no "
-        "escape: the escape itself costs nothing measurable), and compiling the embedders and final layer too "
-        "left it at 3.3 ms (3.2 eager). So what the whole graph keeps over the variants is fusion across "
-        "blocks in computed steps, which a per-block graph cannot have.",
-        "- Run to run: the same command without `--patterns` at 06:14 UTC (load 4.1) gave regional 1.01, 1.03, "
-        "0.99 and user whole 0.89, 0.90, 0.89 (FORA(2), FORA(3), mixed): under the user's whole-model compile "
-        "the share sits at the 0.9 target (0.89-0.92 over the two runs), with `--compile` above it.",
-        "- Recompiles and graph breaks: the counters are read after warm-up and after the timed repeats, in "
-        "which every call switched schedule or mode. The graph breaks after warm-up are the user-compile "
-        "escape (counted once at the compiled root frame and once at the hook frame); none is inside a block.",
+        "- Per pattern (the section above, measured before full steps were traced whole; it times single "
+        "blocks, which that change does not touch): on the bundled model's block at the bench's batch, every "
+        "cache pattern's compiled variant took less CPU time than the eager fast path, 0.69-0.94 of it, the "
+        "all-cached pattern included (58 vs 83 us in block 0, 55 vs 64 us in block 1). So no pattern is routed "
+        "to eager: every fast-path block call under compile runs its variant.",
+        "- Under the user's whole-model compile, a call where every component computes now stays in a "
+        "whole-model graph (`_begin_user_compiled_call` in `ditaccel.caching.runtime`): FORA(n)'s computed "
+        "steps get the fusion across blocks, embedders and final layer that the baseline has. Before, every "
+        "scheduled call left the graph and ran one graph per block, and the bundled shares were 0.92, 0.89, "
+        "0.91 (FORA(2), FORA(3), mixed; 06:03 UTC) and 0.89, 0.90, 0.89 (06:14 UTC, load 4.1). With it, three "
+        "runs of `--models bundled --repeats 5` gave 0.97, 0.95, 0.92 (07:24 UTC, load 2.8), 0.94, 0.92, 0.88 "
+        "(07:45 UTC, load 3.8, a test suite running beside it) and 0.94, 0.95, 0.94 (07:51 UTC, the table "
+        "above); `--compile` 1.07, 1.07, 1.06 / 1.04, 0.99, 0.99 / 1.02, 1.03, 1.03. Full-size: 0.98, 0.98, "
+        "0.98 (`--compile` 1.00, 0.97, 1.00).",
+        "- The mixed schedule computes everything only at step 0; its other 19 steps each skip some components "
+        "and still run one graph per block, so it gains least: 0.92, 0.88, 0.94 over the three bundled runs, "
+        "at the 0.9 bar within run-to-run noise (0.98 full-size). A graph per step pattern would recompile for every new pattern. Compiling the "
+        "embedders and final layer for partial steps was not built: an earlier probe (thread CPU time, one "
+        "all-cached call at the bench's batch) measured 3.5 ms through the escape and 3.3 ms with them "
+        "compiled, about 4 ms over a 20-step generation of 0.72 s.",
+        "- Cost of keeping the component outputs: a whole-model graph that also returns them (to cache) is "
+        "not free. With the `none` schedule applied (every call whole, every output kept) a bundled generation "
+        "under the user's compile took 1.359 s against 1.300 s bare (thread CPU time, medians of 5 interleaved "
+        "repeats, spread 1.346-1.381 and 1.292-1.316, load 3.4; a probe script, not kept); ditaccel's own "
+        "begin/end work per whole call (deciding, setting the hooks aside and back) measured 0.26 ms of that "
+        "(about 5 ms per generation).",
+        "- Recompiles (counted by `ditaccel.caching.compile.count_recompiles`, which wraps dynamo's "
+        "recompile-reason function: this torch has no recompile counter, so the '0 recompiles' in versions "
+        "of this file before 07:24 UTC were not measured): all at warm-up, none during the timed repeats, in which every call "
+        "switched schedule or mode and applied a new handle. At warm-up: each block variant once (the first "
+        "block's transposed input layout), the hook's second branch (whole or escape) once, and one frame named "
+        "`forward` once (a compiled forward whose guards failed once at warm-up; the counter gives only the "
+        "code name).",
+        "- Graph breaks after warm-up: 4, all the step hook's (deciding before any compute, counted at the "
+        "compiled root frame and at the hook; storing after a whole call; leaving the graph for a partial "
+        "call); none inside a block or inside the whole-model graph.",
         "",
     ]
     return "\n".join(lines) + "\n"
@@ -383,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(out, report(results))
 
         info["clock"] = args.clock
-        with torch.no_grad():
+        with torch.no_grad(), count_recompiles():
             if args.patterns and name == "bundled":
                 results["patterns"] = bench_patterns(t, run, args.repeats)
             bench_model(name, t, run, info, args.repeats, save,

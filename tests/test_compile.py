@@ -19,6 +19,7 @@ from torch._dynamo.utils import counters
 
 import ditaccel.caching.compile as compile_mod
 from ditaccel.caching import CacheSchedule, apply_schedule, compile_components, presets
+from ditaccel.caching.compile import count_recompiles
 from ditaccel.testing import replicas
 
 AOT = {"backend": "aot_eager"}
@@ -67,6 +68,11 @@ def _graph_breaks() -> int:
     return sum(counters["graph_break"].values())
 
 
+def _hook_break(reason: str) -> bool:
+    """Whether a graph break is one of the step hook's (deciding, storing, or leaving the graph)."""
+    return any(f in reason for f in ("_begin_user_compiled_call", "_end_whole_call", "_escape_user_compile"))
+
+
 def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
@@ -94,9 +100,9 @@ def test_user_compile_no_recompiles_when_schedule_changes(setup, order):
             assert np.array_equal(h.counts, expected[i][1])
     assert counters["stats"]["unique_graphs"] == graphs
     assert _graph_breaks() == breaks
-    # the only graph break is the one at the transformer's entry, before any compute
+    # the only graph breaks are the step hook's, at the transformer's entry and exit: none inside a block
     reasons = [r for r in counters["graph_break"] if counters["graph_break"][r]]
-    assert len(reasons) == 1 and "_escape_user_compile" in reasons[0]
+    assert reasons and all(_hook_break(r) for r in reasons)
     h.remove()
     assert "forward" not in t.transformer_blocks[0].attn1.__dict__  # the compile went with the handle
 
@@ -279,3 +285,99 @@ def test_block_variants_compile_the_glue_without_breaks_or_recompiles(setup):
         assert _graph_breaks() == 0
     assert h._rt.variants is None
     assert all("forward" not in blk.__dict__ for blk in t.transformer_blocks)
+
+
+@pytest.mark.parametrize("first", ["fora(2)", "none"])
+def test_user_compile_runs_full_steps_as_its_whole_graph(setup, monkeypatch, first):
+    """Under the user's torch.compile(transformer), a call where every component computes stays in the user's
+    whole graph (its component outputs come back from that graph and are cached); only calls that skip
+    components leave it. Same outputs and counts as eager, bitwise (aot_eager). Both branches exist after a
+    generation with full and partial steps; a schedule with full steps only (``none``) makes the partial
+    branch on the first partial call after it, once (documented in ``_begin_user_compiled_call``)."""
+    from ditaccel.caching import runtime
+
+    t, inputs = setup
+    fora = presets.fora(t, 2, steps=4)
+    expected, counts = _eager(t, inputs, fora)
+    plain = _generate(t, inputs)
+    calls: list[str] = []
+    real_end, real_escape = runtime._end_whole_call, runtime._escape_user_compile
+    monkeypatch.setattr(runtime, "_end_whole_call",
+                        torch.compiler.disable(lambda rt: calls.append("whole") or real_end(rt)))
+    monkeypatch.setattr(runtime, "_escape_user_compile",
+                        torch.compiler.disable(lambda *a: calls.append("escape") or real_escape(*a)))
+    compiled = torch.compile(t, backend="aot_eager")
+    with apply_schedule(t, presets.none(t, steps=4) if first == "none" else fora, compile=AOT) as h:
+        out = _generate(compiled, inputs)
+        _assert_same(out, plain if first == "none" else expected)
+        assert calls == (["whole"] * 4 if first == "none" else ["whole", "escape", "whole", "escape"])
+        h.set_schedule(fora)
+        h.reset_counts()
+        calls.clear()
+        with count_recompiles() as recompiles:
+            _assert_same(_generate(compiled, inputs), expected)
+        # after `none`, the first partial call makes the escape's entry of the hook's resumed frame (and the
+        # block variants warm up); after fora(2), both existed already
+        resumed = sum(n for code, n in recompiles.items() if code.startswith("torch_dynamo_resume_in_new_forward"))
+        assert resumed == (1 if first == "none" else 0)
+        assert (not recompiles) == (first != "none")
+        if first == "none":  # from then on nothing recompiles
+            calls.clear()
+            with torch._dynamo.config.patch(error_on_recompile=True):
+                _assert_same(_generate(compiled, inputs), expected)
+        assert calls == ["whole", "escape", "whole", "escape"]
+        assert np.array_equal(h.counts, counts * (2 if first == "none" else 1))
+        assert not runtime._WHOLE_OUTS and not h._rt.whole.saved  # the hooks are back after each whole call
+        assert t.transformer_blocks[0].ff.forward.func.__name__ != "capture"
+    _assert_same(_generate(compiled, inputs), plain)  # the handle removed: the user's graph as before
+    mixed = _mixed(t)
+    want, want_counts = _eager(t, inputs, mixed)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a new handle (as the search makes) reuses it all
+        with apply_schedule(t, mixed, compile=AOT) as h:
+            _assert_same(_generate(compiled, inputs), want)
+            assert np.array_equal(h.counts, want_counts)
+
+
+def test_user_compile_whole_call_that_raises_leaves_the_hooks_working(setup):
+    """A call traced whole that fails inside the model (bad input) leaves the components in their capture state
+    only until the next call or ``remove()``: the next call runs the schedule exactly as eager does."""
+    t, inputs = setup
+    fora = presets.fora(t, 2, steps=4)
+    expected, counts = _eager(t, inputs, fora)
+    compiled = torch.compile(t, backend="aot_eager")
+    bad = {**inputs, "encoder_hidden_states": inputs["encoder_hidden_states"][..., :-1], "timestep": torch.tensor([9.0, 9.0])}
+    with apply_schedule(t, fora, compile=AOT) as h:
+        with pytest.raises(Exception), torch.no_grad():  # noqa: B017 (whatever dynamo wraps the shape error in)
+            compiled(**bad)
+        assert h._rt.whole.saved  # entered, not yet restored
+        h.reset_counts()
+        _assert_same(_generate(compiled, inputs), expected)
+        assert np.array_equal(h.counts, counts)
+        with pytest.raises(Exception), torch.no_grad():  # noqa: B017
+            compiled(**bad)
+    assert all("forward" not in getattr(blk, n).__dict__ for blk in t.transformer_blocks for n in ("attn1", "ff"))
+    assert not hasattr(t.transformer_blocks[0].ff, "_diffusers_hook")
+
+
+@pytest.mark.parametrize("family", ["flux", "sana"])
+def test_user_compile_whole_steps_other_families(family):
+    """The whole-graph path is not PixArt-specific: on other replicas, under the user's compile, a schedule gives
+    eager's outputs and counts bitwise (aot_eager), and a second handle recompiles nothing."""
+    t = replicas.build_transformer(family)
+    inputs = replicas.transformer_inputs(family, t)
+
+    def generate(model) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [model(**{**inputs, "timestep": torch.full_like(inputs["timestep"], ts)}, return_dict=False)[0]
+                    for ts in TIMESTEPS]
+
+    fora = presets.fora(t, 2, steps=4)
+    with apply_schedule(t, fora) as h:
+        expected, counts = generate(t), h.counts
+    compiled = torch.compile(t, backend="aot_eager")
+    with apply_schedule(t, fora, compile=AOT) as h:
+        _assert_same(generate(compiled), expected)  # warm-up: step 0 whole, step 1 leaves the graph
+        assert h._rt.whole.eligible(t._diffusers_hook.get_hook("ditaccel_cache_step"))
+    with torch._dynamo.config.patch(error_on_recompile=True), apply_schedule(t, fora, compile=AOT) as h:
+        _assert_same(generate(compiled), expected)
+        assert np.array_equal(h.counts, counts)

@@ -18,10 +18,12 @@ and residual adds, and the transformer's embedders and final layer, stay eager.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import types
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -211,6 +213,33 @@ class BlockVariants:
             if all(i in outs for i in range(slots) if mask >> i & 1):
                 cached = tuple(outs[i] if mask >> i & 1 else None for i in range(slots))
                 self._fn(fn, mask)(block, cached, forwards, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def count_recompiles() -> Iterator[Counter]:
+    """Count dynamo's recompiles (a frame traced again because every cache entry's guards failed) per code
+    name while the block runs: in the yielded ``Counter`` and in ``torch._dynamo.utils.counters["recompiles"]``.
+
+    Why: dynamo counts graphs and graph breaks but not recompiles (its ``error_on_recompile`` raises at
+    the first one instead); the bench and tests need the number. Wraps the function dynamo calls to
+    explain a recompile, so it counts exactly the frames dynamo itself treats as recompiled.
+    """
+    import torch._dynamo.convert_frame as convert_frame
+    from torch._dynamo.utils import counters
+
+    real = convert_frame.get_and_maybe_log_recompilation_reasons
+    seen: Counter = Counter()
+
+    def counting(cache_entries: Any, frame: Any, *args: Any, **kwargs: Any) -> Any:
+        seen[frame.f_code.co_name] += 1
+        counters["recompiles"][frame.f_code.co_name] += 1
+        return real(cache_entries, frame, *args, **kwargs)
+
+    convert_frame.get_and_maybe_log_recompilation_reasons = counting
+    try:
+        yield seen
+    finally:
+        convert_frame.get_and_maybe_log_recompilation_reasons = real
 
 
 def _layout(values: tuple) -> tuple:

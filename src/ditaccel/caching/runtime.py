@@ -20,8 +20,14 @@ How it works
   at the schedule's last step, and every new generation starts empty.
 - Under ``torch.compile`` the decisions stay in Python and the components are what gets compiled
   (``ditaccel.caching.compile``): ``apply_schedule(..., compile=True)`` or ``compile_components``
-  compile them; when the user's ``torch.compile(transformer)`` traces a scheduled call, the step
-  hook leaves the graph (one graph break, before any compute) and compiles the components itself.
+  compile them. When the user's ``torch.compile(transformer)`` traces a scheduled call, the step
+  hook decides outside the graph (a graph break before any compute) whether every component
+  computes in this call. If so, the model looks unhooked for the call (``_WholeCall``) and it is
+  traced whole, like the user's own graph but also returning the component outputs, which are
+  cached after it (a second graph break); that graph guards on nothing a handle owns, so new
+  handles and schedules reuse it. If not, the call leaves the graph and the hook compiles the
+  components itself. Dynamo guards on that yes/no only: two entries, both made by a first
+  generation with full and partial steps (``_begin_user_compiled_call``).
   A handle that compiles (those two cases), or one applied with ``compile=None`` while a standalone
   ``compile_components`` (``--compile``) is on (checked once per transformer call), also runs
   fast-path blocks as compiled block variants: one whole-block graph per cache pattern, glue
@@ -54,6 +60,7 @@ For the ECAD search (sharing a schedule prefix between candidates)
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,7 +110,10 @@ class _Runtime:
         self.counts = np.zeros((adapter.num_blocks, len(adapter.component_names)), dtype=np.int64)
         self.tracker = StepTracker()
         self.caches: list[dict[tuple[int, int], Any]] = []
+        self.hooked: list[tuple[int, int]] = []  # (block, slot) of every component with a cache hook
         self.in_call = False
+        self.whole: _WholeCall | None = None  # set by CacheHandle once its hooks are in
+        self.stack: StackState | None = None  # residual step reuse's block hooks, where installed
         self.on_user_compile: Callable[[], None] | None = None
         self.variants: BlockVariants | None = None  # compiled block variants (``CacheHandle.compile_components``)
         #: where the handle compiles nothing itself: follow a standalone ``compile_components`` (``--compile``)
@@ -128,6 +138,8 @@ class _Runtime:
         self.caches = []
 
     def begin_call(self, t: float) -> None:
+        if self.whole is not None:
+            self.whole.exit()  # (only after a call traced whole raised)
         if self.tracker.advance(t):  # a new generation drops every cache
             self.caches = []
         elif self.step >= self.steps:
@@ -155,6 +167,11 @@ class _Runtime:
         if self.step == self.steps - 1 and self.context < len(self.caches):
             self.caches[self.context] = {}  # last step of this context: nothing will read it again
 
+    def computes_everything(self) -> bool:
+        """Whether every hooked component recomputes in this call (its bit is set or nothing is cached yet)."""
+        cache, bits = self.caches[self.context], self.bits[self.step]
+        return all(bits[b, c] or (b, c) not in cache for b, c in self.hooked)
+
 
 class _StepHook(ModelHook):
     """On the transformer: derives (step, context) from the timestep argument of each call."""
@@ -166,10 +183,15 @@ class _StepHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():  # traced by the user's torch.compile(transformer)
-            return _escape_user_compile(self, module, args, kwargs)
+            if _begin_user_compiled_call(self, module, args, kwargs):  # graph break; dynamo guards on the bool
+                out = _whole_forward(module, *args, **kwargs)  # every component computes: one whole graph
+                _end_whole_call(module)  # graph break; caches what the graph returned
+                return out
+            return _escape_user_compile(self, args, kwargs)
         return self.call(module, args, kwargs)
 
-    def call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+    def begin(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Advance the step tracker for this call (``module`` names the model in the error)."""
         t = self._timestep(args, kwargs)
         if t is None:
             raise ScheduleError(
@@ -177,6 +199,13 @@ class _StepHook(ModelHook):
                 f"know the step"
             )
         self.rt.begin_call(t)
+
+    def call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        self.begin(module, args, kwargs)
+        return self.run(args, kwargs)
+
+    def run(self, args: tuple, kwargs: dict) -> Any:
+        """The rest of a call whose ``begin`` has run: the forward, then the end of the call."""
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:
@@ -223,7 +252,7 @@ class _FastBlock:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         rt = self.rt
-        if not rt.in_call or torch.compiler.is_compiling():  # compiled regions keep today's path
+        if torch.compiler.is_compiling() or not rt.in_call:  # traced: the block's own forward (no guard on rt)
             return self.prev(*args, **kwargs)
         cache, bits, b = rt.caches[rt.context], rt.bits[rt.step, self.index], self.index
         cached = tuple(None if bits[c] else cache.get((b, c)) for c in self.slots)
@@ -264,17 +293,124 @@ def _remove_fast_blocks(installed: list[tuple[torch.nn.Module, Callable[..., Any
 
 
 @torch.compiler.disable
-def _escape_user_compile(hook: _StepHook, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-    """Run a scheduled transformer call that the user's ``torch.compile`` is tracing.
+def _begin_user_compiled_call(hook: _StepHook, module: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Decide, outside the user's graph, whether this call computes every component.
 
-    A whole-transformer graph cannot skip a component without a graph break or a recompile per
-    step pattern, so the call leaves the graph here (one graph break, before any compute) and
-    runs with the components compiled by ditaccel (``ditaccel.caching.compile``), the
-    per-step decisions in Python.
+    Either way the tracker has advanced. True: the model now looks unhooked (``_WholeCall``) and the
+    caller runs its class forward, which dynamo traces whole (fused as the user's graph is, the
+    component outputs returned beside the output; one more whole-model compile at warm-up), guarding
+    on nothing a handle owns, so a new handle or schedule reuses it; ``_end_whole_call`` caches them and puts the hooks back. False: the caller
+    leaves the graph (``_escape_user_compile``). Dynamo guards on the returned bool, so the code
+    after this call has two cache entries, made by the first call of each kind: a first generation
+    with full and partial steps (e.g. FORA(n): step 0 always computes) makes both; after one with
+    full steps only (e.g. ``none``), the first partial call compiles the escape's (no graph, one recompile).
     """
-    if hook.rt.on_user_compile is not None:
-        hook.rt.on_user_compile()
-    return hook.call(module, args, kwargs)
+    rt = hook.rt
+    if rt.on_user_compile is not None:  # block variants for the partial calls
+        rt.on_user_compile()
+    hook.begin(module, args, kwargs)
+    whole = rt.whole is not None and rt.whole.eligible(hook) and rt.computes_everything()
+    if whole:
+        rt.in_call = False
+        rt.whole.enter()
+    return whole
+
+
+def _whole_forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The transformer's class forward (``_WholeCall.eligible``: what the step hook wraps), traced whole."""
+    return type(module).forward(module, *args, **kwargs)
+
+
+#: the component outputs of the call traced whole, as (module, output) in call order: appended inside the
+#: graph (a side effect dynamo replays), read by ``_end_whole_call``. Module-level, so no guard names a handle
+#: (one traced-whole call at a time per process, as the step tracker assumes of each model anyway).
+_WHOLE_OUTS: list[tuple[torch.nn.Module, Any]] = []
+
+
+_CAPTURES: dict[type, Callable[..., Any]] = {}
+
+
+def _capture_forward(cls: type) -> Callable[..., Any]:
+    """The forward of ``cls``'s components during a call traced whole: the class forward, the output kept for
+    the cache. One function per class, made once (dynamo cannot call ``type(self).forward`` of every class)."""
+    if cls not in _CAPTURES:
+        forward = cls.forward
+
+        def capture(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            out = forward(self, *args, **kwargs)
+            _WHOLE_OUTS.append((self, out))
+            return out
+
+        _CAPTURES[cls] = capture
+    return _CAPTURES[cls]
+
+
+@torch.compiler.disable
+def _end_whole_call(module: torch.nn.Module) -> None:
+    """After a call traced whole: cache (and count) the component outputs, put the hooks back."""
+    rt = module._diffusers_hook.get_hook(_STEP_HOOK_NAME).rt
+    whole = rt.whole
+    for m, out in _WHOLE_OUTS:
+        rt.computed(*whole.keys[id(m)], out)
+    whole.exit()
+    rt.end_call()
+
+
+class _WholeCall:
+    """Makes a scheduled model look unhooked for one call that the user's compile traces whole.
+
+    Why: a graph traced through the hooks guards on the hook objects, so every new handle (the
+    search applies one per candidate) would recompile the whole model. For the call, each hooked
+    component's forward becomes ``_capture_forward`` (one function per class, bound per call) and each
+    fast-path block gets its previous forward back; ``exit`` restores both (idempotent).
+    """
+
+    def __init__(self, rt: _Runtime, fast_blocks: list[tuple[torch.nn.Module, Callable[..., Any]]]) -> None:
+        self.components = [(rt.adapter.component_module(b, c), (b, c)) for b, c in rt.hooked]
+        self.keys = {id(m): key for m, key in self.components}
+        self.fast_blocks = fast_blocks
+        self.saved: list[tuple[torch.nn.Module, Any]] = []
+        self.saved_blocks: list[tuple[torch.nn.Module, Any]] = []
+
+    def eligible(self, hook: _StepHook) -> bool:
+        """Whether bypassing the hooks skips nothing but ditaccel's: the transformer's hook wraps its class
+        forward, and each component runs its class forward (or ``compile_components``') beneath the cache hook."""
+        if hook.rt.stack is not None:  # residual step reuse hooks the blocks: its residuals need them, so escape
+            return False
+        return _class_forward(hook.fn_ref.original_forward, hook.rt.adapter.transformer) and all(
+            plain_component(m, HOOK_NAME) and (_class_forward(fn := Slot(m).get(), m) or is_compiled_forward(fn))
+            for m, _ in self.components)
+
+    def enter(self) -> None:
+        _WHOLE_OUTS.clear()
+        self.saved = [(m, m.__dict__["forward"]) for m, _ in self.components]  # the cache hooks' forwards
+        self.saved_blocks = [(block, Slot(block).get()) for block, _ in self.fast_blocks]
+        for m, _ in self.components:
+            m.forward = types.MethodType(_capture_forward(type(m)), m)
+        for block, prev in self.fast_blocks:
+            Slot(block).set(prev)
+
+    def exit(self) -> None:
+        for m, fn in self.saved:
+            m.forward = fn
+        for block, fast in self.saved_blocks:
+            Slot(block).set(fast)
+        self.saved, self.saved_blocks = [], []
+        _WHOLE_OUTS.clear()
+
+
+def _class_forward(fn: Any, module: torch.nn.Module) -> bool:
+    return getattr(fn, "__self__", None) is module and getattr(fn, "__func__", None) is type(module).forward
+
+
+@torch.compiler.disable
+def _escape_user_compile(hook: _StepHook, args: tuple, kwargs: dict) -> Any:
+    """Run a scheduled transformer call that skips some components while the user's ``torch.compile``
+    is tracing it: the call leaves the graph here (before any compute) and runs with the block
+    variants or components compiled by ditaccel (``ditaccel.caching.compile``), the decisions in Python.
+    A whole-transformer graph could only skip components with a graph break or a recompile per pattern.
+    """
+    return hook.run(args, kwargs)
 
 
 @torch.compiler.disable
@@ -337,11 +473,13 @@ class CacheHandle:
                 mod = adapter.component_module(b, c)
                 m, reg, fwd = _register(mod, _ComponentHook(self._rt, b, c), HOOK_NAME)
                 self._installed.append((m, HOOK_NAME, reg, fwd))
+                self._rt.hooked.append((b, c))
             if fast_path:
                 self._fast_blocks = _install_fast_blocks(self._rt)
                 if compile is None and self._fast_blocks:
                     fast = Slot(self._fast_blocks[0][0]).get()  # a _FastBlock: its components are plain modules
                     self._rt.follow_compiled = next((m for m in fast.components if m is not None), None)
+            self._rt.whole = _WholeCall(self._rt, self._fast_blocks)
             if schedule.step_reuse == "residual":
                 self._install_stack()
             self._invalidate()
@@ -353,7 +491,7 @@ class CacheHandle:
 
     def _install_stack(self) -> None:
         """Residual step reuse (``ditaccel.caching.stack``): one hook per block, outside the component hooks."""
-        self._stack = StackState(self._rt)
+        self._stack = self._rt.stack = StackState(self._rt)
         blocks = [spec.module for spec in self.adapter.blocks]
         for i, blk in enumerate(blocks):
             m, reg, fwd = _register(blk, StackHook(self._stack, i == 0, i == len(blocks) - 1), STACK_HOOK_NAME)
@@ -376,12 +514,14 @@ class CacheHandle:
             self._compiled = None
         self._rt.variants = None
         self._rt.follow_compiled = None
+        if self._rt.whole is not None:
+            self._rt.whole.exit()
         _remove_fast_blocks(self._fast_blocks)
         self._fast_blocks = []
         for module, name, had_registry, had_forward in reversed(self._installed):
             unregister_hook(module, name, had_registry, had_forward)
         self._installed = []
-        self._stack = None
+        self._stack = self._rt.stack = None
         self._rt.reset()
         self._invalidate()
 
