@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ditaccel.errors import DitaccelError
+from ditaccel.quant import native
 from ditaccel.quant.formats import (
     FPFormat,
     IntFormat,
@@ -311,8 +312,17 @@ def _dequantize_packed(layers: tuple[QuantLinear, ...], dtype: torch.dtype) -> t
     and high nibble), then an in-place broadcast multiply by the group scales: bit-identical to
     :func:`decode`, without unpacking or expanding scales. Several layers (same format, shape and
     group size) decode in one pass over their concatenated codes: fewer small ops per call.
+    On the CPU the native kernel (:mod:`ditaccel.quant.native`), when available, does the unpack,
+    lookup and scaling of each layer in one pass instead, with the same float32 products.
     """
     m = layers[0]
+    if m.qweight.is_cpu and not torch.compiler.is_compiling() and native.library() is not None:
+        out = torch.empty(len(layers) * m.out_features, m.scales.shape[1], m.group_size)
+        for i, lay in enumerate(layers):  # one pass per layer, straight into its rows
+            zeros = lay.zeros if lay.zeros.numel() else None
+            native.decode_into(out[i * m.out_features:(i + 1) * m.out_features], lay.qweight, code_values(lay),
+                               lay.scales, zeros, m.group_size)
+        return out.to(dtype)
     cat = (lambda ts: ts[0]) if len(layers) == 1 else torch.cat
     idx = cat([lay.qweight.view(-1) for lay in layers]).to(torch.int32)
     vals = pair_table(m.fmt, m.qweight.device).index_select(0, idx).view(torch.float32)
