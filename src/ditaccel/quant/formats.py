@@ -447,7 +447,7 @@ def quantize_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat | str, inplace
     f = parse_format(fmt)
     res = _native_per_token(x, f, inplace, out, levels=False)
     if res is not None:
-        return res.to(x.dtype)  # type: ignore[union-attr]
+        return res if x.dtype is torch.float32 else res.to(x.dtype)  # type: ignore[union-attr]
     levels, scale = per_token_levels(x, f, inplace, out)
     return levels.mul_(scale).to(x.dtype)
 
@@ -461,30 +461,40 @@ def _native_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat, inplace: bool,
     The destination follows the eager rules: ``x`` itself when it is owned, else ``out``, else new.
     """
     if (not x.is_cpu or x.requires_grad or x.dim() == 0 or x.numel() == 0 or torch.compiler.is_compiling()
-            or x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64)):
+            or x.dtype not in _NATIVE_DTYPES):
         return None
     from ditaccel.quant import native
 
     if native.library() is None:
         return None
-    xf = x.float()
+    xf = x if x.dtype is torch.float32 else x.float()
     own = inplace or xf is not x
     if not xf.is_contiguous():
         xf, own = xf.contiguous(), True
     if own:
         dest = xf
-    elif out is not None and out.dtype == torch.float32 and out.is_contiguous() and out.shape == xf.shape:
+    elif out is not None and out.dtype is torch.float32 and out.is_contiguous() and out.shape == xf.shape:
         dest = out
     else:
         dest = torch.empty_like(xf)
     scale = torch.empty(*xf.shape[:-1], 1, dtype=torch.float32) if levels else None
-    if isinstance(fmt, FPFormat):
-        native.round_rows(xf, dest, (fmt.int_max, 1.5 * 2.0 ** (23 - fmt.man_bits)), None, scale)
-    else:
-        native.round_rows(xf, dest, None, float(2 ** (fmt.int_bits - 1) - 1), scale)
+    native.round_rows(xf, dest, _native_params(fmt), scale)
     if dest is x and not x.is_inference():
         torch.autograd.graph.increment_version(x)  # written in place behind autograd's back: say so
     return (dest, scale) if levels else dest  # type: ignore[return-value]
+
+
+_NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@cache
+def _native_params(fmt: FPFormat | IntFormat) -> tuple[bool, float, float]:
+    """The native kernel's arguments for a per-token format (see ``native.round_params``)."""
+    from ditaccel.quant import native
+
+    if isinstance(fmt, FPFormat):
+        return native.round_params(True, fmt.int_max, fmt.man_bits)
+    return native.round_params(False, 2 ** (fmt.int_bits - 1) - 1)
 
 
 # -- the named formats ditaccel offers ---------------------------------------------------------

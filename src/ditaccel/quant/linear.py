@@ -23,6 +23,7 @@ from ditaccel.quant import native
 from ditaccel.quant.formats import (
     FPFormat,
     IntFormat,
+    _native_params,
     _scratch,
     decode,
     encode,
@@ -99,6 +100,8 @@ class QuantLinear(nn.Module):
         #: ``(group, position)`` when :func:`group_projections` made this layer one of sibling
         #: projections that read one input (Q/K/V): they then run as one GEMM and one rounding.
         self.group: tuple[_ProjectionGroup, int] | None = None
+        #: The 16 code values on the CPU, once the native decode found this layer's storage suits it.
+        self._native_values: torch.Tensor | None = None
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False)
         else:
@@ -111,6 +114,7 @@ class QuantLinear(nn.Module):
         bias and the compute dtype follow the model.
         """
         scales = self.scales
+        self._native_values = None  # re-checked on the next native call (the storage may have moved)
         out = super()._apply(fn, recurse)
         self._buffers["scales"] = scales.to(device=self.scales.device)
         if self.bias is not None:
@@ -193,6 +197,10 @@ class QuantLinear(nn.Module):
         if self._int8_ready(x):
             y = self._forward_int8(x, None if self.compiled is None else compiled_levels(*self.compiled))
             return quant_owned(y, self.out_act_format) if self.out_act_format is not None else y
+        if self.compiled is None and x.dtype is torch.float32:
+            y = self._forward_native(x)
+            if y is not None:
+                return y
         if self.act_format is not None:
             x = _shared_act_quant(x, self.act_format, quant)
         b = self.bias.to(x.dtype) if self.bias is not None else None
@@ -205,6 +213,43 @@ class QuantLinear(nn.Module):
         if self.out_act_format is not None:
             y = quant_owned(y, self.out_act_format)  # y is this call's own output: rounded in place
         return y
+
+    def _forward_native(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The eager float path with the native kernels called directly (float32 CPU input), or ``None``.
+
+        Why: on small layers (the bundled model, one image) the Python around each kernel cost more
+        than the kernels: ``dequantize`` + ``quantize_per_token`` added ~45 us per call to a 128-wide
+        layer whose ``F.linear`` takes ~8 us. Same operations, same values as the general path.
+        """
+        lib = native.library()
+        if lib is None or x.requires_grad or not x.is_cpu or torch.compiler.is_compiling():
+            return None
+        w = self._native_weight(lib)
+        if w is None:
+            return None
+        if self.act_format is not None:
+            x = _shared_act_quant(x, self.act_format, _into_input_buffer)
+        y = F.linear(x, w, self.bias)
+        if self.out_act_format is not None:
+            native.round_rows(y, y, _act_params(self.out_act_format))  # y: this call's own output
+        return y
+
+    def _native_weight(self, lib: Any) -> torch.Tensor | None:
+        """The float32 weight ``[out, in]`` decoded by the native kernel (fresh, not kept), or ``None``
+        when this layer's storage does not suit it (8-bit codes, a partial last group, not contiguous)."""
+        values = self._native_values
+        if values is None:
+            if not (self.packed and self.in_features % self.group_size == 0 and self.qweight.is_contiguous()
+                    and self.scales.is_contiguous() and self.qweight.is_cpu):
+                return None
+            values = self._native_values = code_values(self)
+        z = self.zeros
+        w = torch.empty(self.out_features, self.in_features)
+        n = w.numel()
+        lib.dq_decode(self.qweight.data_ptr(), values.data_ptr(), self.scales.data_ptr(),
+                      z.data_ptr() if z.numel() else None, w.data_ptr(), self.out_features, self.scales.shape[1],
+                      self.group_size, torch.get_num_threads() if n >= native.PARALLEL_MIN else 1)
+        return w
 
     def _int8_ready(self, x: torch.Tensor) -> bool:
         """Whether this call can run as int8 x int8 GEMMs (``torch._int_mm``; CPU only: unmeasured on GPUs)."""
@@ -509,6 +554,12 @@ def _shared_act_int8(x: torch.Tensor, fmt: str,
     return out
 
 
+@functools.cache
+def _act_params(fmt: str) -> tuple[bool, float, float]:
+    """The native rounding kernel's arguments for an activation format name."""
+    return _native_params(parse_format(fmt))
+
+
 def _into_input_buffer(x: torch.Tensor, fmt: str) -> torch.Tensor:
     """``quantize_per_token(x, fmt)`` written into a per-thread buffer reused by every layer's input.
 
@@ -517,6 +568,10 @@ def _into_input_buffer(x: torch.Tensor, fmt: str) -> torch.Tensor:
     rounded input's only readers are this layer's matmul, run at once, and its siblings
     through :func:`_shared_act_quant`'s cache, which is replaced whenever the buffer is rewritten.
     """
+    if x.dtype is torch.float32 and x.is_contiguous() and x.is_cpu and not x.requires_grad and x.numel():
+        buf = _scratch(x, slot=1)
+        if buf is not None and native.round_rows(x, buf, _act_params(fmt)):
+            return buf
     return quantize_per_token(x, fmt, out=_scratch(x, slot=1) if x.dtype == torch.float32 else None)
 
 

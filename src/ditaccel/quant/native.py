@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CACHE_ENV", "ENABLE_ENV", "available", "decode_into", "enabled", "library", "round_rows",
-           "unavailable_reason"]
+__all__ = ["CACHE_ENV", "ENABLE_ENV", "available", "decode_into", "enabled", "library", "round_params",
+           "round_rows", "unavailable_reason"]
 
 #: Where the compiled library is cached (default ``$XDG_CACHE_HOME/ditaccel/native``, ``~/.cache`` by default).
 CACHE_ENV = "DITACCEL_NATIVE_CACHE"
@@ -105,29 +105,93 @@ int dq_round_int(const float* src, float* dst, float* scale_out, int64_t rows, i
 }
 
 /* Packed nibbles [rows, groups * gs / 2] (low nibble first) to float [rows, groups * gs]:
-   (values[code] - zero) * scale per group, as QuantLinear.dequantize. zeros may be 0 (none). */
+   (values[code] - zero) * scale per group, as QuantLinear.dequantize. zeros may be 0 (none).
+   The 16-entry lookup runs as register permutes where the CPU has them (AVX-512F or AVX2): the
+   same float32 values, subtractions and products as the scalar loop, in another order of work. */
+static void decode_scalar(const uint8_t* qb, const float* values, float* o, int64_t from, int64_t half,
+                          float z, float s, int has_zero) {
+    for (int64_t j = from; j < half; j++) {
+        uint8_t b = qb[j];
+        float l = values[b & 15], h = values[b >> 4];
+        if (has_zero) { l = l - z; h = h - z; }
+        o[2 * j] = l * s; o[2 * j + 1] = h * s;
+    }
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static int64_t decode_simd(const uint8_t* qb, const float* values, float* o, int64_t half,
+                           float z, float s, int has_zero) {
+    const __m512 tab = _mm512_loadu_ps(values), vs = _mm512_set1_ps(s), vz = _mm512_set1_ps(z);
+    const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i m15 = _mm512_set1_epi32(15);
+    int64_t j = 0;
+    for (; j + 16 <= half; j += 16) {
+        __m512i bi = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(qb + j)));
+        __m512 vl = _mm512_permutexvar_ps(_mm512_and_epi32(bi, m15), tab);
+        __m512 vh = _mm512_permutexvar_ps(_mm512_srli_epi32(bi, 4), tab);
+        if (has_zero) { vl = _mm512_sub_ps(vl, vz); vh = _mm512_sub_ps(vh, vz); }
+        _mm512_storeu_ps(o + 2 * j, _mm512_mul_ps(_mm512_permutex2var_ps(vl, ilo, vh), vs));
+        _mm512_storeu_ps(o + 2 * j + 16, _mm512_mul_ps(_mm512_permutex2var_ps(vl, ihi, vh), vs));
+    }
+    return j;
+}
+#elif defined(__AVX2__)
+#include <immintrin.h>
+static inline __m256 lookup16(__m256 t0, __m256 t1, __m256i idx) {
+    /* idx in [0, 16): bit 3 picks the table half (moved to the sign bit for blendv) */
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(t0, idx), _mm256_permutevar8x32_ps(t1, idx),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+static int64_t decode_simd(const uint8_t* qb, const float* values, float* o, int64_t half,
+                           float z, float s, int has_zero) {
+    const __m256 t0 = _mm256_loadu_ps(values), t1 = _mm256_loadu_ps(values + 8);
+    const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z);
+    const __m256i m15 = _mm256_set1_epi32(15);
+    int64_t j = 0;
+    for (; j + 8 <= half; j += 8) {
+        __m256i bi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(qb + j)));
+        __m256 vl = lookup16(t0, t1, _mm256_and_si256(bi, m15));
+        __m256 vh = lookup16(t0, t1, _mm256_srli_epi32(bi, 4));
+        if (has_zero) { vl = _mm256_sub_ps(vl, vz); vh = _mm256_sub_ps(vh, vz); }
+        __m256 a = _mm256_unpacklo_ps(vl, vh), b = _mm256_unpackhi_ps(vl, vh);
+        _mm256_storeu_ps(o + 2 * j, _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x20), vs));
+        _mm256_storeu_ps(o + 2 * j + 8, _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x31), vs));
+    }
+    return j;
+}
+#else
+static int64_t decode_simd(const uint8_t* qb, const float* values, float* o, int64_t half,
+                           float z, float s, int has_zero) {
+    (void)qb; (void)values; (void)o; (void)half; (void)z; (void)s; (void)has_zero;
+    return 0;
+}
+#endif
+
 int dq_decode(const uint8_t* q, const float* values, const float* scales, const uint8_t* zeros,
               float* out, int64_t rows, int64_t groups, int64_t gs, int nthreads) {
-    float lo[256], hi[256];
-    for (int b = 0; b < 256; b++) { lo[b] = values[b & 15]; hi[b] = values[b >> 4]; }
     int64_t half = gs / 2;
     #pragma omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1)
     for (int64_t rg = 0; rg < rows * groups; rg++) {
         const uint8_t* qb = q + rg * half;
         float* o = out + rg * gs;
-        float s = scales[rg];
-        if (zeros) {
-            float z = (float)zeros[rg];
-            for (int64_t j = 0; j < half; j++) {
-                uint8_t b = qb[j]; o[2 * j] = (lo[b] - z) * s; o[2 * j + 1] = (hi[b] - z) * s;
-            }
-        } else {
-            for (int64_t j = 0; j < half; j++) {
-                uint8_t b = qb[j]; o[2 * j] = lo[b] * s; o[2 * j + 1] = hi[b] * s;
-            }
-        }
+        float z = zeros ? (float)zeros[rg] : 0.0f;
+        int64_t done = decode_simd(qb, values, o, half, z, scales[rg], zeros != 0);
+        decode_scalar(qb, values, o, done, half, z, scales[rg], zeros != 0);
     }
     return 0;
+}
+
+/* Which vector path dq_decode was built with (for reports and tests). */
+int dq_simd(void) {
+#if defined(__AVX512F__)
+    return 512;
+#elif defined(__AVX2__)
+    return 256;
+#else
+    return 0;
+#endif
 }
 """
 
@@ -141,6 +205,7 @@ _SIGNATURES = {
     "dq_round_fp": [_P, _P, _P, _I64, _I64, _F, _F, _INT],
     "dq_round_int": [_P, _P, _P, _I64, _I64, _F, _INT],
     "dq_decode": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _INT],
+    "dq_simd": [],
 }
 
 
@@ -272,15 +337,17 @@ def enabled(on: bool) -> Iterator[None]:
         st.enabled = before
 
 
-def _threads(n: int) -> int:
-    return torch.get_num_threads() if n >= PARALLEL_MIN else 1
+def round_params(fp: bool, int_max: float, man_bits: int = 0) -> tuple[bool, float, float]:
+    """The kernel arguments of a per-token format: FP ``(True, int_max, 1.5 * 2^(23 - M))`` (the binade
+    constant of ``formats._fp_round_normalised_`` for float32), INT ``(False, qmax, 0)``."""
+    return (True, float(int_max), 1.5 * 2.0 ** (23 - man_bits)) if fp else (False, float(int_max), 0.0)
 
 
-def round_rows(x: torch.Tensor, dst: torch.Tensor, fp: tuple[float, float] | None, qmax: float | None,
+def round_rows(x: torch.Tensor, dst: torch.Tensor, params: tuple[bool, float, float],
                scale_out: torch.Tensor | None = None) -> bool:
-    """Per-token rounding of the float32 contiguous CPU tensor ``x`` (rows = last-dim vectors) into ``dst``.
+    """Per-token rounding of the float32 contiguous CPU tensor ``x`` (rows = last-dim vectors) into ``dst``
+    (float32, contiguous, ``x``'s size; may be ``x``), with :func:`round_params`' arguments.
 
-    ``fp=(int_max, k)``: the bias-0 FP grid (``k = 1.5 * 2^(23 - M)``); else ``qmax``: symmetric INT.
     With ``scale_out`` (float32, one per row) ``dst`` receives the levels and ``scale_out`` the
     scales; without, the rounded values. Returns ``False`` (nothing written) when the library is
     unavailable; the caller then runs the eager path.
@@ -289,13 +356,13 @@ def round_rows(x: torch.Tensor, dst: torch.Tensor, fp: tuple[float, float] | Non
     if lib is None:
         return False
     cols = x.shape[-1]
-    rows = x.numel() // cols
+    n = x.numel()
     so = None if scale_out is None else scale_out.data_ptr()
-    nt = _threads(x.numel())
-    if fp is not None:
-        lib.dq_round_fp(x.data_ptr(), dst.data_ptr(), so, rows, cols, fp[0], fp[1], nt)
+    nt = torch.get_num_threads() if n >= PARALLEL_MIN else 1
+    if params[0]:
+        lib.dq_round_fp(x.data_ptr(), dst.data_ptr(), so, n // cols, cols, params[1], params[2], nt)
     else:
-        lib.dq_round_int(x.data_ptr(), dst.data_ptr(), so, rows, cols, qmax, nt)
+        lib.dq_round_int(x.data_ptr(), dst.data_ptr(), so, n // cols, cols, params[1], nt)
     return True
 
 
@@ -311,5 +378,5 @@ def decode_into(out: torch.Tensor, qweight: torch.Tensor, values: torch.Tensor, 
     zeros = None if zeros is None else zeros.contiguous()
     lib.dq_decode(qweight.data_ptr(), values.data_ptr(), scales.data_ptr(),
                   None if zeros is None else zeros.data_ptr(), out.data_ptr(), rows, groups, group_size,
-                  _threads(out.numel()))
+                  torch.get_num_threads() if out.numel() >= PARALLEL_MIN else 1)
     return True
