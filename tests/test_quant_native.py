@@ -2,6 +2,7 @@
 on hard inputs, in every vector build, through ``QuantLinear`` and a whole quantized model; and the
 eager fallback when no kernel can be built."""
 
+import copy
 import platform
 import shutil
 
@@ -181,3 +182,15 @@ def test_compiled_layers_on_the_cpu_take_the_native_kernels(monkeypatch):
     monkeypatch.setattr(fused, "_COMPILED", {})
     monkeypatch.setattr(fused.torch, "compile", lambda *a, **k: pytest.fail("compiled on the CPU"))
     assert m.compiled is not None and torch.equal(m(x), want)
+
+
+def test_a_deep_copied_layer_decodes_its_own_buffers():
+    """The decode's arguments are kept between calls: a copy must not read the original's memory."""
+    m = QuantLinear.from_linear(nn.Linear(64, 32), "e2m1", 32)
+    x = torch.randn(3, 64)
+    m(x)  # the arguments are built
+    c = copy.deepcopy(m)
+    c.scales.mul_(2)  # the copy's own storage changes, the original's does not
+    assert torch.equal(c(x), _eager(c, x)) and not torch.equal(c(x), m(x))
+    c.load_state_dict({k: v.clone() for k, v in m.state_dict().items()})
+    assert torch.equal(c(x), m(x))

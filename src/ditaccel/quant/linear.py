@@ -100,8 +100,8 @@ class QuantLinear(nn.Module):
         #: ``(group, position)`` when :func:`group_projections` made this layer one of sibling
         #: projections that read one input (Q/K/V): they then run as one GEMM and one rounding.
         self.group: tuple[_ProjectionGroup, int] | None = None
-        #: The 16 code values on the CPU, once the native decode found this layer's storage suits it.
-        self._native_values: torch.Tensor | None = None
+        #: The native decode's arguments (see ``_native_weight``), keyed by the buffers' addresses.
+        self._native_plan: tuple[Any, ...] | None = None
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False)
         else:
@@ -114,7 +114,6 @@ class QuantLinear(nn.Module):
         bias and the compute dtype follow the model.
         """
         scales = self.scales
-        self._native_values = None  # re-checked on the next native call (the storage may have moved)
         out = super()._apply(fn, recurse)
         self._buffers["scales"] = scales.to(device=self.scales.device)
         if self.bias is not None:
@@ -230,7 +229,7 @@ class QuantLinear(nn.Module):
             return None
         if self.act_format is not None:
             x = _shared_act_quant(x, self.act_format, _into_input_buffer)
-        y = F.linear(x, w, self.bias)
+        y = F.linear(x, w, self._parameters["bias"])
         if self.out_act_format is not None:
             native.round_rows(y, y, _act_params(self.out_act_format))  # y: this call's own output
         return y
@@ -238,19 +237,35 @@ class QuantLinear(nn.Module):
     def _native_weight(self, lib: Any) -> torch.Tensor | None:
         """The float32 weight ``[out, in]`` decoded by the native kernel (fresh, not kept), or ``None``
         when this layer's storage does not suit it (8-bit codes, a partial last group, not contiguous)."""
-        values = self._native_values
-        if values is None:
-            if not (self.packed and self.in_features % self.group_size == 0 and self.qweight.is_contiguous()
-                    and self.scales.is_contiguous() and self.qweight.is_cpu):
-                return None
-            values = self._native_values = code_values(self)
-        z = self.zeros
+        plan = self._native_args()
+        if plan is None:
+            return None
         w = torch.empty(self.out_features, self.in_features)
-        n = w.numel()
-        lib.dq_decode(self.qweight.data_ptr(), values.data_ptr(), self.scales.data_ptr(),
-                      z.data_ptr() if z.numel() else None, w.data_ptr(), self.out_features, self.scales.shape[1],
-                      self.group_size, torch.get_num_threads() if n >= native.PARALLEL_MIN else 1)
+        lib.dq_decode(*plan[2], w.data_ptr(), *plan[3], torch.get_num_threads() if plan[4] else 1)
         return w
+
+    def _native_args(self) -> tuple[Any, ...] | None:
+        """The native decode's arguments as ``(key, values, (codes, values, scales, zeros) addresses,
+        (rows, groups, group), parallel)``, or ``None`` when the storage does not suit the kernel.
+
+        Kept between calls, keyed by the buffers' addresses (so a moved, replaced or deep-copied buffer
+        makes a new set): the per-call Python cost was most of the decode's time on the bundled model's
+        layers (5 of 10 us for a 512x128 weight).
+        """
+        b = self._buffers
+        q, s, z = b["qweight"], b["scales"], b["zeros"]
+        key = (q.data_ptr(), s.data_ptr(), z.data_ptr())
+        plan = self._native_plan
+        if plan is None or plan[0] != key:
+            if not (self.packed and self.in_features % self.group_size == 0 and q.is_contiguous()
+                    and s.is_contiguous() and z.is_contiguous() and q.is_cpu and s.dtype == torch.float32):
+                return None
+            values = code_values(self)
+            args = (key[0], values.data_ptr(), key[1], key[2] if z.numel() else None)
+            shape = (self.out_features, s.shape[1], self.group_size)
+            big = self.out_features * self.in_features >= native.PARALLEL_MIN
+            plan = self._native_plan = (key, values, args, shape, big)
+        return plan
 
     def _int8_ready(self, x: torch.Tensor) -> bool:
         """Whether this call can run as int8 x int8 GEMMs (``torch._int_mm``; CPU only: unmeasured on GPUs)."""
@@ -367,12 +382,13 @@ def _dequantize_packed(layers: tuple[QuantLinear, ...], dtype: torch.dtype) -> t
     lookup and scaling of each layer in one pass instead, with the same float32 products.
     """
     m = layers[0]
-    if m.qweight.is_cpu and not torch.compiler.is_compiling() and native.library() is not None:
+    lib = native.library() if m.qweight.is_cpu and not torch.compiler.is_compiling() else None
+    plans = [lay._native_args() for lay in layers] if lib is not None else []
+    if plans and all(p is not None for p in plans):
         out = torch.empty(len(layers) * m.out_features, m.scales.shape[1], m.group_size)
-        for i, lay in enumerate(layers):  # one pass per layer, straight into its rows
-            zeros = lay.zeros if lay.zeros.numel() else None
-            native.decode_into(out[i * m.out_features:(i + 1) * m.out_features], lay.qweight, code_values(lay),
-                               lay.scales, zeros, m.group_size)
+        base, step = out.data_ptr(), m.out_features * m.in_features * out.element_size()
+        for i, p in enumerate(plans):  # one pass per layer, straight into its rows
+            lib.dq_decode(*p[2], base + i * step, *p[3], torch.get_num_threads() if p[4] else 1)  # type: ignore[index]
         return out.to(dtype)
     cat = (lambda ts: ts[0]) if len(layers) == 1 else torch.cat
     idx = cat([lay.qweight.view(-1) for lay in layers]).to(torch.int32)
@@ -574,8 +590,8 @@ def _into_input_buffer(x: torch.Tensor, fmt: str) -> torch.Tensor:
     rounded input's only readers are this layer's matmul, run at once, and its siblings
     through :func:`_shared_act_quant`'s cache, which is replaced whenever the buffer is rewritten.
     """
-    if x.dtype is torch.float32 and x.is_contiguous() and x.is_cpu and not x.requires_grad and x.numel():
-        buf = _scratch(x, slot=1)
+    if x.dtype is torch.float32:
+        buf = _scratch(x, slot=1)  # None on GPUs, with gradients, when tracing or not contiguous
         if buf is not None and native.round_rows(x, buf, _act_params(fmt)):
             return buf
     return quantize_per_token(x, fmt, out=_scratch(x, slot=1) if x.dtype == torch.float32 else None)

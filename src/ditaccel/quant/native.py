@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CACHE_ENV", "ENABLE_ENV", "available", "decode_into", "enabled", "library", "round_params",
+__all__ = ["CACHE_ENV", "ENABLE_ENV", "available", "enabled", "library", "round_params",
            "round_rows", "unavailable_reason"]
 
 #: Where the compiled library is cached (default ``$XDG_CACHE_HOME/ditaccel/native``, ``~/.cache`` by default).
@@ -357,26 +357,12 @@ def round_rows(x: torch.Tensor, dst: torch.Tensor, params: tuple[bool, float, fl
         return False
     cols = x.shape[-1]
     n = x.numel()
+    if n == 0:
+        return True
     so = None if scale_out is None else scale_out.data_ptr()
     nt = torch.get_num_threads() if n >= PARALLEL_MIN else 1
     if params[0]:
         lib.dq_round_fp(x.data_ptr(), dst.data_ptr(), so, n // cols, cols, params[1], params[2], nt)
     else:
         lib.dq_round_int(x.data_ptr(), dst.data_ptr(), so, n // cols, cols, params[1], nt)
-    return True
-
-
-def decode_into(out: torch.Tensor, qweight: torch.Tensor, values: torch.Tensor, scales: torch.Tensor,
-                zeros: torch.Tensor | None, group_size: int) -> bool:
-    """Decode packed nibbles ``[rows, groups * group_size / 2]`` into float32 ``out`` (contiguous,
-    ``rows * groups * group_size`` values): ``(values[code] - zero) * scale``. ``False``: unavailable."""
-    lib = library()
-    if lib is None:
-        return False
-    rows, groups = scales.shape
-    qweight, values, scales = qweight.contiguous(), values.contiguous(), scales.contiguous()
-    zeros = None if zeros is None else zeros.contiguous()
-    lib.dq_decode(qweight.data_ptr(), values.data_ptr(), scales.data_ptr(),
-                  None if zeros is None else zeros.data_ptr(), out.data_ptr(), rows, groups, group_size,
-                  torch.get_num_threads() if out.numel() >= PARALLEL_MIN else 1)
     return True
