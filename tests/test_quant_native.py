@@ -194,3 +194,17 @@ def test_a_deep_copied_layer_decodes_its_own_buffers():
     assert torch.equal(c(x), _eager(c, x)) and not torch.equal(c(x), m(x))
     c.load_state_dict({k: v.clone() for k, v in m.state_dict().items()})
     assert torch.equal(c(x), m(x))
+
+
+def test_rows_split_over_threads_give_the_same_values():
+    x = torch.randn(300, 128) * torch.rand(300, 1) * 9  # 38400 values: over native.PARALLEL_MIN
+    m = QuantLinear.from_linear(nn.Linear(256, 160), "int4", 32)  # 40960 weights
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert x.numel() >= native.PARALLEL_MIN and m.out_features * m.in_features >= native.PARALLEL_MIN
+        for name in ("e3m4", "int8"):
+            assert torch.equal(quantize_per_token(x, name), _eager(quantize_per_token, x, name))
+        assert torch.equal(m.dequantize(), _eager(m.dequantize))
+    finally:
+        torch.set_num_threads(before)
