@@ -23,6 +23,7 @@ from functools import cache
 
 import torch
 
+import ditaccel.quant.native as native
 from ditaccel.errors import DitaccelError
 
 __all__ = [
@@ -463,8 +464,6 @@ def _native_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat, inplace: bool,
     if (not x.is_cpu or x.requires_grad or x.dim() == 0 or x.numel() == 0 or torch.compiler.is_compiling()
             or x.dtype not in _NATIVE_DTYPES):
         return None
-    from ditaccel.quant import native
-
     if native.library() is None:
         return None
     xf = x if x.dtype is torch.float32 else x.float()
@@ -490,8 +489,6 @@ _NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 @cache
 def _native_params(fmt: FPFormat | IntFormat) -> tuple[bool, float, float]:
     """The native kernel's arguments for a per-token format (see ``native.round_params``)."""
-    from ditaccel.quant import native
-
     if isinstance(fmt, FPFormat):
         return native.round_params(True, fmt.int_max, fmt.man_bits)
     return native.round_params(False, 2 ** (fmt.int_bits - 1) - 1)

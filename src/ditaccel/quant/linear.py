@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import ditaccel.quant.native as native
 from ditaccel.errors import DitaccelError
-from ditaccel.quant import native
 from ditaccel.quant.formats import (
     FPFormat,
     IntFormat,
