@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from ditaccel._io import user_cache_dir
+
 __all__ = ["CACHE_ENV", "ENABLE_ENV", "available", "enabled", "library", "round_params",
            "round_rows", "unavailable_reason"]
 
@@ -224,11 +226,7 @@ _STATE = _State()
 
 def cache_dir() -> Path:
     """``$DITACCEL_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/ditaccel/native`` (``~/.cache`` by default)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ditaccel" / "native"
+    return user_cache_dir(CACHE_ENV, "native")
 
 
 def _compiler() -> str | None:
