@@ -513,7 +513,10 @@ def main() -> None:
              "- Ratios: each round calls every path once in turn; a ratio is fp32 time / path time within one round; "
              "the median over rounds is shown with the min-max range in brackets.",
              f"- Clock: {'thread CPU time (time.thread_time)' if args.cpu_time else 'wall time (time.perf_counter)'}; "
-             f"load average {load0:.1f} at the start."]
+             f"load average {load0:.1f} at the start.",
+             "- Native kernels (`ditaccel.quant.native`): " + (
+                 f"built, {native.library().dq_simd() or 'no'}-bit vector decode" if native.available()
+                 else f"not available ({native.unavailable_reason()}): current == no native kernels")]
     if not args.skip_models:
         for title, (t, call), reps in (
                 ("Bundled model, batch 2 (one image with CFG, 64 image tokens)", bundled(2), args.repeats),
