@@ -208,3 +208,11 @@ def test_rows_split_over_threads_give_the_same_values():
         assert torch.equal(m.dequantize(), _eager(m.dequantize))
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_bias_that_needs_grad_keeps_the_rounding_visible_to_autograd():
+    m = QuantLinear.from_linear(nn.Linear(32, 16), "e2m1", 32, act_format="e3m4", out_act_format="e3m4")
+    m.bias.requires_grad_(True)
+    x = torch.randn(3, 32)
+    y = m(x)
+    assert y.requires_grad and y.grad_fn is not None and torch.equal(y, _eager(m, x))
