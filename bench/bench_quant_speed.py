@@ -4,10 +4,11 @@ Why: 4-bit weights only help a user if generation is not much slower (issue 11: 
 ran at 0.35x of full precision). This times, in one process with interleaved repeats:
 
 1. the per-layer options: weight decode (the previous ``[256, 2]`` embedding table, the
-   int64 pair table, ``torch.compile``) and per-token FP rounding (log2/floor/exp2 vs
-   exponent bits);
+   int64 pair table, the native kernel, ``torch.compile``) and per-token FP rounding
+   (log2/floor/exp2 vs exponent bits in eager torch vs the native kernel);
 2. whole transformer forwards: full precision vs W4A8 / W4A6 / weight-only FP and W4A8
-   INT, through the previous portable path (a frozen copy below), the current one (int8
+   INT, through the previous portable path (a frozen copy below), the current one (native
+   kernels for decode and rounding, and without them: eager torch; int8
    GEMM where both sides fit int8, and its float-GEMM form; Q/K/V grouped into one GEMM and
    one rounding, and each projection alone) and, with ``--compile``, the
    compiled kernel; float paths are checked bit-identical, the int8 GEMM's difference shown;
@@ -33,7 +34,14 @@ import torch.nn.functional as F
 
 from ditaccel._io import atomic_write_text
 from ditaccel._machine import machine_description
-from ditaccel.quant import FP4DiTConfig, QuantLinear, quantize_, quantized_layers, set_activation_quant
+from ditaccel.quant import (
+    FP4DiTConfig,
+    QuantLinear,
+    native,
+    quantize_,
+    quantized_layers,
+    set_activation_quant,
+)
 from ditaccel.quant.formats import quantize_per_token
 from ditaccel.quant.kernels import compile_linears
 from ditaccel.quant.linear import group_projections
@@ -185,7 +193,8 @@ def model_rows(t: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tenso
             ref, cur = fns.get("current, float GEMM", fns["current"])(), fns["current"]()
             # previous == the float path; compiled == current (both take the int8 GEMM where it applies)
             same = (torch.equal(fns["previous"](), ref) and torch.equal(fns["current, Q/K/V separate"](), cur)
-                    and (not compiled or torch.equal(fns["compiled"](), cur)))
+                    and torch.equal(fns["current, no native kernels"](), cur)
+                    and (not compiled or torch.equal(fns["compiled, no native kernels"](), cur)))
             rel = float((cur - ref).abs().max() / ref.abs().max())
             times = interleaved(fns, repeats)
         row: dict[str, object] = {"variant": label, "fp_ms": 1e3 * statistics.median(times["fp"]), "identical": same,
@@ -215,11 +224,20 @@ def model_paths(q: torch.nn.Module, call: Callable[[torch.nn.Module], torch.Tens
                 setter(q, not on)
         return go
 
-    fns = {"previous": legacy, "current": lambda: call(q), "current, Q/K/V separate": toggled(set_grouped, False)}
+    def eager() -> torch.Tensor:
+        with native.enabled(False):
+            return call(q)
+
+    fns = {"previous": legacy, "current": lambda: call(q), "current, no native kernels": eager,
+           "current, Q/K/V separate": toggled(set_grouped, False)}
     if int8:
         fns["current, float GEMM"] = toggled(set_int_gemm, False)
-    if compiled:
-        fns["compiled"] = toggled(set_compiled, True)
+    if compiled:  # on the CPU compiled layers take the native kernels where built: time the compiled rounding
+        def compiled_rounding() -> torch.Tensor:
+            with native.enabled(False):
+                return toggled(set_compiled, True)()
+
+        fns["compiled, no native kernels"] = compiled_rounding
     return fns
 
 
@@ -241,14 +259,33 @@ def layer_table(name: str, o: int, i: int, tokens: int, repeats: int, compiled: 
     lin = torch.nn.Linear(i, o)
     m = QuantLinear.from_linear(lin, "e2m1", 128)
     x = torch.randn(tokens, i)
+
+    def eager(f: Callable[[], object]) -> Callable[[], object]:
+        def go() -> object:
+            with native.enabled(False):
+                return f()
+        return go
+
+    def dec() -> object:
+        return F.linear(x, m.dequantize(x.dtype), m.bias)
+
+    def a8() -> object:
+        return quantize_per_token(x, "e3m4")
+
+    def int8() -> object:
+        return quantize_per_token(x, "int8")
+
     fns: dict[str, Callable[[], object]] = {
         "fp32 linear": lambda: F.linear(x, lin.weight, lin.bias),
         "decode: [256,2] embedding (previous)": lambda: F.linear(x, legacy_dequant(m, x.dtype), m.bias),
-        "decode: int64 pair table (current)": lambda: F.linear(x, m.dequantize(x.dtype), m.bias),
+        "decode: int64 pair table (eager)": eager(dec),
         "A8 rounding: log2/floor/exp2 (previous)": lambda: previous_per_token(x, "e3m4"),
-        "A8 rounding: exponent bits (current)": lambda: quantize_per_token(x, "e3m4"),
-        "A8 INT8 rounding (current)": lambda: quantize_per_token(x, "int8"),
+        "A8 rounding: exponent bits (eager)": eager(a8),
+        "A8 INT8 rounding (eager)": eager(int8),
     }
+    if native.available():
+        fns |= {"decode: native kernel (current)": dec, "A8 rounding: native kernel (current)": a8,
+                "A8 INT8 rounding: native kernel (current)": int8}
     if compiled:
         fns["decode: torch.compile dequant+linear"] = lambda: compiled_fn()(
             x, m.qweight, code_values(m), m.scales, None, m.bias, m.group_size)
@@ -324,7 +361,8 @@ def ecad_rows(repeats: int, images: int, compiled: bool, schedule_files: list[st
                 set_compiled(q, comp)
                 h = apply_schedule(pipe, schedule) if schedule is not None else None
                 try:
-                    return generate_images(pipe, prompts, list(range(images)), batch_size=images, **kw)
+                    with native.enabled(not comp):  # compiled: its own rounding, not the native kernels
+                        return generate_images(pipe, prompts, list(range(images)), batch_size=images, **kw)
                 finally:
                     if h is not None:
                         h.remove()
@@ -334,8 +372,8 @@ def ecad_rows(repeats: int, images: int, compiled: bool, schedule_files: list[st
         fns = {"baseline": run(fp, None), sname: run(fp, sched), "fp4 W4A8": run(q, None),
                f"fp4 W4A8 + {sname}": run(q, sched)}
         if compiled:
-            fns["fp4 W4A8 compiled"] = run(q, None, True)
-            fns[f"fp4 W4A8 compiled + {sname}"] = run(q, sched, True)
+            fns["fp4 W4A8 compiled, no native"] = run(q, None, True)
+            fns[f"fp4 W4A8 compiled, no native + {sname}"] = run(q, sched, True)
         times = interleaved(fns, repeats, warmup=1)
         base = times["baseline"]
         lines.append(f"\nSchedule {sname}; {images} images per generation call (batch {2 * images} with CFG), "
@@ -378,8 +416,9 @@ def pixart_schedule_rows(blocks: int, steps: int, repeats: int, compiled: bool) 
             h = apply_schedule(model, presets.fora(model, n, steps)) if n else None
             try:
                 x = x0
-                for ts in timesteps:
-                    x = x + 0.05 * (model(x, timestep=ts.expand(2), **kw)[0][:, :4] - x)
+                with native.enabled(not comp):  # compiled: its own rounding, not the native kernels
+                    for ts in timesteps:
+                        x = x + 0.05 * (model(x, timestep=ts.expand(2), **kw)[0][:, :4] - x)
                 return x
             finally:
                 if h is not None:
@@ -389,12 +428,12 @@ def pixart_schedule_rows(blocks: int, steps: int, repeats: int, compiled: bool) 
 
     fns = {"baseline": run(fp, None), "fp4 W4A8": run(q, None)}
     if compiled:
-        fns["fp4 W4A8 compiled"] = run(q, None, True)
+        fns["fp4 W4A8 compiled, no native"] = run(q, None, True)
     for n in (2, 3):
         fns[f"fora:{n}"] = run(fp, n)
         fns[f"fp4 W4A8 + fora:{n}"] = run(q, n)
         if compiled:
-            fns[f"fp4 W4A8 compiled + fora:{n}"] = run(q, n, True)
+            fns[f"fp4 W4A8 compiled, no native + fora:{n}"] = run(q, n, True)
     with torch.no_grad():
         times = interleaved(fns, repeats, warmup=1)
     base = times["baseline"]
@@ -411,9 +450,11 @@ def pixart_schedule_rows(blocks: int, steps: int, repeats: int, compiled: bool) 
 
 
 def table(title: str, rows: list[dict[str, object]], compiled: bool) -> list[str]:
-    cols = ["previous", "current", "current, Q/K/V separate", "current, float GEMM"] + (["compiled"] if compiled else [])
+    cols = ["previous", "current", "current, no native kernels", "current, Q/K/V separate",
+            "current, float GEMM"] + (["compiled, no native kernels"] if compiled else [])
     out = [f"\n### {title}\n", "| variant | fp32 ms | " + " | ".join(f"{c}: ms, speed vs fp32" for c in cols)
-           + " | bitwise: previous == current float path, Q/K/V separate == current (and compiled == current) "
+           + " | bitwise: previous == current float path, no native kernels == Q/K/V separate == current "
+           "(and compiled == current) "
            "| int8 GEMM max diff / max abs |",
            "|---" * (4 + len(cols)) + "|"]
     for r in rows:
@@ -472,7 +513,10 @@ def main() -> None:
              "- Ratios: each round calls every path once in turn; a ratio is fp32 time / path time within one round; "
              "the median over rounds is shown with the min-max range in brackets.",
              f"- Clock: {'thread CPU time (time.thread_time)' if args.cpu_time else 'wall time (time.perf_counter)'}; "
-             f"load average {load0:.1f} at the start."]
+             f"load average {load0:.1f} at the start.",
+             "- Native kernels (`ditaccel.quant.native`): " + (
+                 f"built, {native.library().dq_simd() or 'no'}-bit vector decode" if native.available()
+                 else f"not available ({native.unavailable_reason()}): current == no native kernels")]
     if not args.skip_models:
         for title, (t, call), reps in (
                 ("Bundled model, batch 2 (one image with CFG, 64 image tokens)", bundled(2), args.repeats),

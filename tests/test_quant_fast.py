@@ -7,7 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ditaccel.errors import DitaccelError
-from ditaccel.quant import FP4DiTConfig, QuantLinear, collect_calibration, quantize_, quantize_per_token
+from ditaccel.quant import (
+    FP4DiTConfig,
+    QuantLinear,
+    collect_calibration,
+    native,
+    quantize_,
+    quantize_per_token,
+)
 from ditaccel.quant import linear as linear_mod
 from ditaccel.quant.api import _auto_assignments, _auto_errors
 from ditaccel.quant.formats import FPFormat, _fp_round_normalised, decode, fp_step, int8_digits, parse_format
@@ -17,6 +24,13 @@ from ditaccel.testing.quant_reference import log2_round, log2_step, previous_per
 from ditaccel.testing.replicas import build_pipeline, call_kwargs
 
 FP_FORMATS = ["e2m1", "e1m2", "e3m0", "e2m3", "e3m4", "e4m3"]
+
+
+@pytest.fixture
+def no_native():
+    """The eager torch path only: on the CPU compiled layers take the native kernels where they are built."""
+    with native.enabled(False):
+        yield
 
 
 def _hard_values(fmt: FPFormat, dtype: torch.dtype) -> torch.Tensor:
@@ -94,7 +108,7 @@ def test_qkv_siblings_see_one_quantization_and_match_separate_ones():
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
-def test_compiled_kernel_inductor_is_bit_identical_and_keeps_4bit_buffers():
+def test_compiled_kernel_inductor_is_bit_identical_and_keeps_4bit_buffers(no_native):
     """The weight-only path meant for GPUs (and its activation rounding), generated for the CPU here."""
     check_kernel("compiled")  # this machine has a C++ compiler
     torch.manual_seed(0)
@@ -110,7 +124,7 @@ def test_compiled_kernel_inductor_is_bit_identical_and_keeps_4bit_buffers():
     assert all(m.qweight.dtype == torch.uint8 for m in model.modules() if isinstance(m, QuantLinear))
 
 
-def test_compiled_rounding_writes_no_caller_tensor_and_matches_under_inference_mode():
+def test_compiled_rounding_writes_no_caller_tensor_and_matches_under_inference_mode(no_native):
     """The compiled kernel rounds a layer input into the reused buffer and its own output in place:
     the caller's input stays untouched and results equal the eager path, also in inference mode."""
     check_kernel("compiled")
@@ -295,7 +309,7 @@ def test_compiled_dequant_linear_for_gpus_is_bit_identical_on_the_cpu():
         assert torch.equal(got, F.linear(x, m.dequantize(), m.bias))
 
 
-def test_compiled_kernel_rounds_int8_gemm_levels_like_the_portable_path():
+def test_compiled_kernel_rounds_int8_gemm_levels_like_the_portable_path(no_native):
     check_kernel("compiled")
     torch.manual_seed(0)
     m = QuantLinear.from_linear(nn.Linear(128, 64), "e2m1", 64, act_format="e2m3", out_act_format="e2m3")

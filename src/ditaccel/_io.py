@@ -19,6 +19,16 @@ def _umask() -> int:
     return mask
 
 
+def user_cache_dir(env: str, name: str) -> Path:
+    """``$env`` if set, else ``$XDG_CACHE_HOME/ditaccel/name`` (``~/.cache`` by default): where ditaccel
+    keeps what it can rebuild (latency profiles, compiled native kernels)."""
+    value = os.environ.get(env)
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ditaccel" / name
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
     """Call ``writer(tmp_path)`` on a temp file in the same folder, then rename it over ``path``."""
     path = Path(path)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ditaccel._io import CHECKSUM_KEY, atomic_write_checked_json, verify_checksum
+from ditaccel._io import CHECKSUM_KEY, atomic_write_checked_json, user_cache_dir, verify_checksum
 from ditaccel.caching.runtime import apply_schedule
 from ditaccel.caching.schedule import CacheSchedule, effective_bits
 from ditaccel.caching.stack import skip_steps, tail_skip_steps
@@ -119,11 +119,7 @@ class LatencyProfile:
 
 def cache_dir() -> Path:
     """``$DITACCEL_LATENCY_CACHE``, else ``$XDG_CACHE_HOME/ditaccel/latency`` (``~/.cache`` by default)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ditaccel" / "latency"
+    return user_cache_dir(CACHE_ENV, "latency")
 
 
 def save_profile(profile: LatencyProfile, path: str | os.PathLike) -> None:

@@ -23,6 +23,7 @@ from functools import cache
 
 import torch
 
+import ditaccel.quant.native as native
 from ditaccel.errors import DitaccelError
 
 __all__ = [
@@ -349,8 +350,12 @@ def per_token_levels(x: torch.Tensor, fmt: FPFormat | IntFormat, inplace: bool =
     ``inplace=True``: ``x`` (float32, owned by the caller, e.g. a fresh layer output) becomes
     the levels. ``out``: a float32 buffer of ``x``'s shape to receive the levels otherwise.
     Temporaries go to a per-thread scratch buffer (:func:`_scratch`); the values are those of
-    plain out-of-place ops.
+    plain out-of-place ops. On the CPU the native kernel (:mod:`ditaccel.quant.native`) computes
+    the same values in one pass when it is available.
     """
+    res = _native_per_token(x, fmt, inplace, out, levels=True)
+    if res is not None:
+        return res  # type: ignore[return-value]
     xf = x.float()
     own = (inplace or xf is not x) and not xf.requires_grad  # xf is a fresh copy unless x was float32
     dest = xf if own else out if out is not None and not xf.requires_grad else None
@@ -440,8 +445,53 @@ def quantize_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat | str, inplace
     float32 tensor the caller owns and no longer needs): one full-size allocation fewer;
     ``out`` (float32, ``x``'s shape) receives the result of a float32 ``x`` instead.
     """
-    levels, scale = per_token_levels(x, parse_format(fmt), inplace, out)
+    f = parse_format(fmt)
+    res = _native_per_token(x, f, inplace, out, levels=False)
+    if res is not None:
+        return res if x.dtype is torch.float32 else res.to(x.dtype)  # type: ignore[union-attr]
+    levels, scale = per_token_levels(x, f, inplace, out)
     return levels.mul_(scale).to(x.dtype)
+
+
+def _native_per_token(x: torch.Tensor, fmt: FPFormat | IntFormat, inplace: bool, out: torch.Tensor | None,
+                      levels: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`per_token_levels` (``levels=True``) or the rounded float32 values through the native kernel,
+    or ``None``: not applicable (GPU, gradients, tracing, empty) or no kernel here, so run the eager ops.
+
+    Bit-identical to the eager path: the kernel does the same float32 operations in the same order.
+    The destination follows the eager rules: ``x`` itself when it is owned, else ``out``, else new.
+    """
+    if (not x.is_cpu or x.requires_grad or x.dim() == 0 or x.numel() == 0 or torch.compiler.is_compiling()
+            or x.dtype not in _NATIVE_DTYPES):
+        return None
+    if native.library() is None:
+        return None
+    xf = x if x.dtype is torch.float32 else x.float()
+    own = inplace or xf is not x
+    if not xf.is_contiguous():
+        xf, own = xf.contiguous(), True
+    if own:
+        dest = xf
+    elif out is not None and out.dtype is torch.float32 and out.is_contiguous() and out.shape == xf.shape:
+        dest = out
+    else:
+        dest = torch.empty_like(xf)
+    scale = torch.empty(*xf.shape[:-1], 1, dtype=torch.float32) if levels else None
+    native.round_rows(xf, dest, _native_params(fmt), scale)
+    if dest is x and not x.is_inference():
+        torch.autograd.graph.increment_version(x)  # written in place behind autograd's back: say so
+    return (dest, scale) if levels else dest  # type: ignore[return-value]
+
+
+_NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@cache
+def _native_params(fmt: FPFormat | IntFormat) -> tuple[bool, float, float]:
+    """The native kernel's arguments for a per-token format (see ``native.round_params``)."""
+    if isinstance(fmt, FPFormat):
+        return native.round_params(True, fmt.int_max, fmt.man_bits)
+    return native.round_params(False, 2 ** (fmt.int_bits - 1) - 1)
 
 
 # -- the named formats ditaccel offers ---------------------------------------------------------

@@ -8,7 +8,8 @@ kernel feeding the matmul (with ``mode="max-autotune"`` it may fuse the dequanti
 into the matmul's prologue); the full-size weight exists only inside one call. On the
 CPU the eager pair-table decode measured faster than the generated C++ one, so there
 only the per-token activation rounding is compiled (one reduction + one elementwise
-pass, for the float and the int8 GEMM paths). Outputs are bit-identical to the portable
+pass, for the float and the int8 GEMM paths), and only where the native kernels
+(:mod:`ditaccel.quant.native`, faster still) are not built. Outputs are bit-identical to the portable
 path (same operations in the same order; checked in the tests, the GPU form included:
 it is generated as C++ on the CPU there).
 """
