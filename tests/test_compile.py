@@ -381,3 +381,22 @@ def test_user_compile_whole_steps_other_families(family):
     with torch._dynamo.config.patch(error_on_recompile=True), apply_schedule(t, fora, compile=AOT) as h:
         _assert_same(generate(compiled), expected)
         assert np.array_equal(h.counts, counts)
+
+
+def test_user_compile_with_residual_step_reuse_matches_eager(setup):
+    """Residual step reuse's block hooks keep the residuals in Python, so its calls leave the user's graph
+    (whole steps included) and give eager's outputs bitwise; switching schedules then recompiles nothing."""
+    t, inputs = setup
+    fora = presets.fora(t, 2, steps=4)
+    bits = fora.bits.copy()
+    bits[3, 0] = True  # step 3 runs block 0 only: a tail skip; step 1 a whole skip
+    scheds = [CacheSchedule(b, fora.components, "pixart", step_reuse="residual") for b in (fora.bits, bits)]
+    expected = [_eager(t, inputs, s)[0] for s in scheds]
+    assert not all(torch.equal(a, b) for a, b in zip(expected[0], _eager(t, inputs, fora)[0], strict=True))
+    compiled = torch.compile(t, backend="aot_eager")
+    with apply_schedule(t, scheds[0], compile=AOT) as h:
+        _assert_same(_generate(compiled, inputs), expected[0])
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for i in (1, 0):
+                h.set_schedule(scheds[i])
+                _assert_same(_generate(compiled, inputs), expected[i])
