@@ -38,7 +38,7 @@ from ditaccel.pipeline import generate_images, pipeline_call_kwargs
 #: steps with block 0 kept (FirstBlockCache's skip). Per-component seeds ("component") measured 20-30 dB
 #: worse than whole-step ones at equal predicted speed on the bundled model (58 dB at 1.16x against 87 dB
 #: at 1.10x), so the search does not spend population slots on them; ``threshold_bits`` still makes them.
-TARGETS = {"step": (1.1, 1.3, 1.6, 2.0, 2.5, 3.2), "tail": (1.1, 1.6, 2.2)}
+TARGETS = {"step": (1.1, 1.3, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0), "tail": (1.1, 1.6, 2.2)}
 #: Images in the probe call: enough to average out one prompt's quirks, one batch.
 PROBE_IMAGES = 8
 
