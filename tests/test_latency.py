@@ -248,3 +248,26 @@ def test_cli_cost_choices(capsys):
     assert main(["search", "--cost", "flops"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ditaccel: error:") and "latency-model" in err[0]
+
+
+def test_a_search_folder_with_a_version_2_profile_resumes_on_it(pipe, tmp_path, monkeypatch):
+    """Profiles before residual reuse (version 2) price components-rule schedules as version 3 does: a search
+    of that kind resumes on its own profile, not a new one."""
+    from ditaccel._io import CHECKSUM_KEY, atomic_write_checked_json
+
+    kw = _kw(4)
+    kw.pop("output_type")
+    cfg = dict(prompts=["a red fox"], seeds=[0], metric="psnr", population=4, seed=1, call_kwargs=kw,
+               batch_size=8, step_reuse="components", seeding="presets", out=tmp_path / "s")
+    search(pipe, SearchConfig(generations=1, **cfg))
+    path = tmp_path / "s" / "latency_profile.json"
+    d = json.loads(path.read_text())
+    d.pop(CHECKSUM_KEY)
+    d["version"] = 2
+    d["profile"]["step_s"] = 123.0  # a marker: prices from this file, not from a new profile
+    del d["profile"]["stack_s"]
+    atomic_write_checked_json(path, d)
+    monkeypatch.setattr(lat, "profile_latency", lambda *a, **k: pytest.fail("re-profiled on resume"))
+    search(pipe, SearchConfig(generations=2, resume=True, **cfg))
+    assert json.loads(path.read_text())["profile"]["step_s"] == 123.0
+    assert lat.load_profile(path) is None and lat.load_profile(path, older=True).stack_s == 0.0

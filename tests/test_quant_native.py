@@ -15,7 +15,7 @@ from ditaccel.quant.formats import parse_format, per_token_levels
 from ditaccel.quant.linear import group_projections
 from ditaccel.testing.replicas import build_transformer, transformer_inputs
 
-pytestmark = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.unavailable_reason()}")
+needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.unavailable_reason()}")
 
 ACT_FORMATS = ["e3m4", "e2m3", "e4m3", "e2m1", "int8", "int6"]
 
@@ -39,6 +39,7 @@ def _eager(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+@needs_native
 @pytest.mark.parametrize("name", ACT_FORMATS)
 def test_rounding_is_bit_identical_to_the_eager_path(name):
     x = _hard_rows()
@@ -51,6 +52,7 @@ def test_rounding_is_bit_identical_to_the_eager_path(name):
         assert torch.equal(quantize_per_token(y, name), _eager(quantize_per_token, y, name))
 
 
+@needs_native
 @pytest.mark.parametrize("name", ["e3m4", "int8"])
 def test_rounding_keeps_the_eager_destinations_and_dtypes(name):
     x = _hard_rows()
@@ -71,6 +73,7 @@ def test_rounding_keeps_the_eager_destinations_and_dtypes(name):
     assert quantize_per_token(g, name).requires_grad
 
 
+@needs_native
 def test_rounding_of_inf_and_nan_rows_matches_the_eager_nan_pattern():
     x = torch.randn(4, 40)
     x[0, 3] = float("inf")
@@ -82,6 +85,7 @@ def test_rounding_of_inf_and_nan_rows_matches_the_eager_nan_pattern():
         assert not a[3].isnan().any()  # a finite row is unaffected
 
 
+@needs_native
 @pytest.mark.parametrize("fmt", ["e2m1", "e1m2", "e3m0", "int4", "int4sym"])
 @pytest.mark.parametrize("shape", [(384, 512, 128), (5, 64, 32), (3, 48, 48), (2, 16, 16)])
 def test_decode_is_bit_identical_to_the_pair_table(fmt, shape):
@@ -91,6 +95,7 @@ def test_decode_is_bit_identical_to_the_pair_table(fmt, shape):
     assert m._native_weight(native.library()) is not None
 
 
+@needs_native
 @pytest.mark.parametrize("acts", [None, "e3m4", "e2m3", "int8"])
 @pytest.mark.parametrize("weights", ["e2m1", "int4"])
 def test_quant_linear_forward_is_bit_identical(weights, acts):
@@ -104,6 +109,7 @@ def test_quant_linear_forward_is_bit_identical(weights, acts):
     assert odd._native_weight(native.library()) is None and torch.equal(odd(x), _eager(odd, x))
 
 
+@needs_native
 @pytest.mark.parametrize("acts", ["e3m4", "none"])
 def test_quantized_model_is_bit_identical_with_grouped_projections(acts):
     t = build_transformer("pixart-alpha")
@@ -133,6 +139,7 @@ def _has_avx2() -> bool:
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not shutil.which("gcc") or not _has_avx2(),
                     reason="x86 vector builds need gcc on an x86-64 CPU with AVX2")
+@needs_native
 @pytest.mark.parametrize("flags,simd", [(["-mavx2", "-mfma", "-mno-avx512f"], 256), (["-mno-avx2", "-mno-avx"], 0)])
 def test_every_vector_build_gives_the_same_values(tmp_path, monkeypatch, flags, simd):
     """This machine's build is tested above; the AVX2 and plain builds (other CPUs) must agree too."""
@@ -157,11 +164,15 @@ def test_without_a_compiler_the_eager_path_runs(monkeypatch, tmp_path):
     monkeypatch.setenv(native.ENABLE_ENV, "0")
     assert native._build() == (None, f"{native.ENABLE_ENV}=0")
     monkeypatch.setattr(native._STATE, "lib", None)  # as if nothing could be built
+    monkeypatch.setattr(native._STATE, "tried", True)
+    assert native.library() is None
     m = QuantLinear.from_linear(nn.Linear(64, 32), "e2m1", 32, act_format="e3m4")
     x = torch.randn(5, 64)
-    assert torch.equal(m(x), _eager(m, x))
+    y = m(x)
+    assert y.shape == (5, 32) and torch.isfinite(y).all() and torch.equal(y, _eager(m, x))
 
 
+@needs_native
 def test_a_failed_compile_is_reported_and_the_library_is_cached(monkeypatch, tmp_path):
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
     monkeypatch.setenv("CC", "gcc" if shutil.which("gcc") else native._compiler())
@@ -177,6 +188,7 @@ def test_a_failed_compile_is_reported_and_the_library_is_cached(monkeypatch, tmp
     assert lib is None and reason.startswith("could not build the native kernels")
 
 
+@needs_native
 def test_compiled_layers_on_the_cpu_take_the_native_kernels(monkeypatch):
     """Bit-identical and measured faster than the compiled rounding (bench/results/quant_speed.md)."""
     from ditaccel.quant import fused
@@ -191,6 +203,7 @@ def test_compiled_layers_on_the_cpu_take_the_native_kernels(monkeypatch):
     assert m.compiled is not None and torch.equal(m(x), want)
 
 
+@needs_native
 def test_a_deep_copied_layer_decodes_its_own_buffers():
     """The decode's arguments are kept between calls: a copy must not read the original's memory."""
     m = QuantLinear.from_linear(nn.Linear(64, 32), "e2m1", 32)
@@ -203,6 +216,7 @@ def test_a_deep_copied_layer_decodes_its_own_buffers():
     assert torch.equal(c(x), m(x))
 
 
+@needs_native
 def test_rows_split_over_threads_give_the_same_values():
     x = torch.randn(300, 128) * torch.rand(300, 1) * 9  # 38400 values: over native.PARALLEL_MIN
     m = QuantLinear.from_linear(nn.Linear(256, 160), "int4", 32)  # 40960 weights
@@ -217,9 +231,33 @@ def test_rows_split_over_threads_give_the_same_values():
         torch.set_num_threads(before)
 
 
+@needs_native
 def test_a_bias_that_needs_grad_keeps_the_rounding_visible_to_autograd():
     m = QuantLinear.from_linear(nn.Linear(32, 16), "e2m1", 32, act_format="e3m4", out_act_format="e3m4")
     m.bias.requires_grad_(True)
     x = torch.randn(3, 32)
     y = m(x)
     assert y.requires_grad and y.grad_fn is not None and torch.equal(y, _eager(m, x))
+
+
+@needs_native
+def test_a_damaged_cached_library_is_built_again(monkeypatch, tmp_path):
+    """A torn .so must never reach dlopen (it can kill the process): its sha256 sidecar no longer matches,
+    so it is rebuilt under the same name."""
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    loads = []
+    monkeypatch.setattr(native, "_load", lambda path: loads.append(path.read_bytes()) or "lib")  # no dlopen here
+    assert native._build() == ("lib", None)
+    (built,) = tmp_path.glob("*.so")
+    good = built.read_bytes()
+    built.write_bytes(good[: len(good) // 2])
+    assert native._build() == ("lib", None) and built.read_bytes() == good and loads[-1] == good
+    built.with_name(built.name + ".sha256").unlink()  # no sidecar (e.g. an older build): rebuilt as well
+    assert native._build() == ("lib", None) and native._intact(built) and loads[-1] == good
+
+
+def test_a_half_layer_takes_float32_input_as_the_eager_path_does():
+    m = QuantLinear.from_linear(nn.Linear(64, 32), "e2m1", 32, act_format="e3m4").half()
+    x = torch.randn(5, 64)
+    y = m(x)
+    assert y.dtype == torch.float32 and torch.equal(y, _eager(m, x))

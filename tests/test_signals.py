@@ -78,8 +78,16 @@ def test_seeded_search_starts_from_the_signals_and_resume_reuses_them(pipe, tmp_
     assert fr.info["seeding"] == "signals" and (tmp_path / "s" / "signals.json").is_file()
     rows = [json.loads(x) for x in (tmp_path / "s" / "candidates.jsonl").read_text().splitlines()]
     assert rows[0]["name"] == "none" and any(r["name"].startswith("signal:") for r in rows)
-    monkeypatch.setattr(sig, "measure_signals", lambda *a, **k: pytest.fail("signals measured again on resume"))
+    from ditaccel.search import engine
+
+    monkeypatch.setattr(engine, "measure_signals", lambda *a, **k: pytest.fail("signals measured again on resume"))
     search(pipe, SearchConfig(generations=2, out=tmp_path / "s", resume=True, **cfg))
+    from ditaccel._io import atomic_write_checked_json
+    from ditaccel.errors import DitaccelError
+
+    atomic_write_checked_json(tmp_path / "s" / "signals.json", {"stack": [0.0]})  # damaged by hand
+    with pytest.raises(DitaccelError, match="not a ditaccel change-signals file"):
+        search(pipe, SearchConfig(generations=3, out=tmp_path / "s", resume=True, **cfg))
     paper = search(pipe, SearchConfig(generations=1, strategy="ecad", **cfg))  # the paper's start: no signals
     assert paper.info["seeding"] == "presets"
 

@@ -98,7 +98,14 @@ def test_no_skip_step_means_no_difference_and_remove_restores(pipe):
         res = _images(pipe)
     assert np.array_equal(comp, res)
     assert np.array_equal(_images(pipe), base)
-    assert not any(hasattr(spec, "_diffusers_hook") for spec in pipe.transformer.transformer_blocks)
+    blocks = pipe.transformer.transformer_blocks
+    assert not any(hasattr(b, "_diffusers_hook") or "forward" in b.__dict__ for b in blocks)
+    with apply_schedule(pipe, presets.fora(pipe, 2, steps=STEPS)) as h:  # residual in, then out again
+        h.set_schedule(_residual(presets.fora(pipe, 2, steps=STEPS)))
+        assert h._stack is not None
+        h.set_schedule(presets.fora(pipe, 2, steps=STEPS))
+        assert h._stack is None and not any(hasattr(b, "_diffusers_hook") for b in blocks)
+    assert not any(hasattr(b, "_diffusers_hook") or "forward" in b.__dict__ for b in blocks)
 
 
 def test_prefix_sharing_stays_bit_identical_with_residual_reuse(pipe):
@@ -123,6 +130,10 @@ def test_prefix_sharing_stays_bit_identical_with_residual_reuse(pipe):
     alone, _ = ev.images(scheds, share=False)
     for xs, ys in zip(shared, alone, strict=True):
         assert all(np.array_equal(x, y) for x, y in zip(xs, ys, strict=True))
+    from ditaccel.errors import DitaccelError
+
+    with pytest.raises(DitaccelError, match="one step_reuse"):  # same bits, other reuse: never shared
+        ev.images([presets.fora(pipe, 2, steps=STEPS), _residual(presets.fora(pipe, 2, steps=STEPS))])
 
 
 def test_set_schedule_switches_the_reuse_mode(pipe):

@@ -127,14 +127,22 @@ def save_profile(profile: LatencyProfile, path: str | os.PathLike) -> None:
     atomic_write_checked_json(path, {"format": FORMAT, "version": VERSION, "profile": profile.to_dict()})
 
 
-def load_profile(path: str | os.PathLike, key: dict[str, Any] | None = None) -> LatencyProfile | None:
-    """The profile in ``path``, or None when it is missing, unsigned, corrupt, of another format or another ``key``."""
+#: Versions ``load_profile(..., older=True)`` also reads: a version-2 profile prices every components-rule
+#: schedule as version 3 does (it lacks only ``stack_s``, residual reuse's saving), so a search folder written
+#: before version 3 resumes with its own prices.
+OLDER_VERSIONS = (2,)
+
+
+def load_profile(path: str | os.PathLike, key: dict[str, Any] | None = None, older: bool = False,
+                 ) -> LatencyProfile | None:
+    """The profile in ``path``, or None when it is missing, unsigned, corrupt, of another format or another
+    ``key`` (or of an older version, unless ``older``)."""
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(d, dict) or CHECKSUM_KEY not in d:
             return None
         d = verify_checksum(d, os.fspath(path), "it is measured again")
-        if d.get("format") != FORMAT or d.get("version") != VERSION:
+        if d.get("format") != FORMAT or d.get("version") not in (VERSION, *(OLDER_VERSIONS if older else ())):
             return None
         profile = LatencyProfile.from_dict(d["profile"])
     except (OSError, ValueError, KeyError, TypeError, DitaccelError):

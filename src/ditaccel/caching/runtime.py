@@ -497,6 +497,19 @@ class CacheHandle:
             m, reg, fwd = _register(blk, StackHook(self._stack, i == 0, i == len(blocks) - 1), STACK_HOOK_NAME)
             self._installed.append((m, STACK_HOOK_NAME, reg, fwd))
 
+    def _remove_stack(self) -> None:
+        """Unregister the residual-reuse block hooks. Why before the fast blocks go: the hooks were registered
+        over a ``_FastBlock`` forward, so unregistering them puts that back, and ``_remove_fast_blocks`` then
+        leaves the block without a ``forward`` attribute, as it found it (else a stale bound method stays)."""
+        if self._stack is None:
+            return
+        stack = [e for e in self._installed if e[1] == STACK_HOOK_NAME]
+        for module, name, had_registry, had_forward in reversed(stack):
+            unregister_hook(module, name, had_registry, had_forward)
+        self._installed = [e for e in self._installed if e[1] != STACK_HOOK_NAME]
+        self._stack = self._rt.stack = None
+        self._invalidate()
+
     def compile_components(self) -> None:
         """Compile the cacheable components (``ditaccel.caching.compile``) and, where blocks have the
         fast path, one whole-block graph per cache pattern (``BlockVariants``), until ``remove()``; idempotent."""
@@ -516,12 +529,12 @@ class CacheHandle:
         self._rt.follow_compiled = None
         if self._rt.whole is not None:
             self._rt.whole.exit()
+        self._remove_stack()  # before the fast blocks: its hooks wrap them (see _remove_stack)
         _remove_fast_blocks(self._fast_blocks)
         self._fast_blocks = []
         for module, name, had_registry, had_forward in reversed(self._installed):
             unregister_hook(module, name, had_registry, had_forward)
         self._installed = []
-        self._stack = self._rt.stack = None
         self._rt.reset()
         self._invalidate()
 
@@ -588,8 +601,10 @@ class CacheHandle:
         if self._stack is None and schedule.step_reuse == "residual":
             self._install_stack()
             self._invalidate()
+        elif self._stack is not None and schedule.step_reuse != "residual":
+            self._remove_stack()  # its block hooks would keep whole steps out of the user's compiled graph
         elif self._stack is not None:
-            self._stack.set_bits(schedule.bits, schedule.step_reuse == "residual")
+            self._stack.set_bits(schedule.bits, True)
 
 
 def apply_schedule(

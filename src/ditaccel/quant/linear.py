@@ -221,15 +221,20 @@ class QuantLinear(nn.Module):
         than the kernels: ``dequantize`` + ``quantize_per_token`` added ~45 us per call to a 128-wide
         layer whose ``F.linear`` takes ~8 us. Same operations, same values as the general path.
         """
+        if x.requires_grad or not x.is_cpu or torch.compiler.is_compiling():  # before library(): no build traced
+            return None
         lib = native.library()
-        if lib is None or x.requires_grad or not x.is_cpu or torch.compiler.is_compiling():
+        if lib is None:
             return None
         w = self._native_weight(lib)
         if w is None:
             return None
         if self.act_format is not None:
             x = _shared_act_quant(x, self.act_format, _into_input_buffer)
-        y = F.linear(x, w, self._parameters["bias"])
+        bias = self._parameters["bias"]
+        if bias is not None and bias.dtype != x.dtype:  # a .half() layer given float32 input, as the eager path allows
+            bias = bias.to(x.dtype)
+        y = F.linear(x, w, bias)
         if self.out_act_format is not None:
             if y.requires_grad:  # a bias that needs grad: autograd must see the rounding
                 return _quantize_owned(y, self.out_act_format)
@@ -368,7 +373,7 @@ def _rounding(layer: QuantLinear, x: torch.Tensor) -> tuple[Callable[[torch.Tens
     and faster (bundled model, batch 16, W4A8: 0.90x of fp32 against 0.77x compiled, 7 interleaved
     rounds, ``bench/results/quant_speed.md``; the compiled rounding pays Dynamo's guards on every call).
     """
-    if layer.compiled is None or (x.is_cpu and native.library() is not None):
+    if layer.compiled is None or (x.is_cpu and not torch.compiler.is_compiling() and native.library() is not None):
         return quantize_per_token, _quantize_owned
     return _compiled_quants(compiled_per_token(*layer.compiled))
 

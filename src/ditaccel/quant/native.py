@@ -240,7 +240,8 @@ def _cpu_key() -> str:
     """What ``-march=native`` depends on: the CPU model and flags (a cached library is per CPU kind)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        return "\n".join(sorted({ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))}))
+        keep = ("model name", "flags", "Features", "CPU implementer", "CPU architecture", "CPU variant", "CPU part")
+        return "\n".join(sorted({ln for ln in text.splitlines() if ln.startswith(keep)}))  # x86 and arm64 lines
     except OSError:
         return platform.processor() or platform.machine()
 
@@ -259,8 +260,27 @@ def _compile(cc: str, flags: list[str], target: Path) -> str | None:
         if proc.returncode != 0:
             lines = (proc.stderr or proc.stdout or "failed").strip().splitlines()
             return lines[0] if lines else "failed"
+        data = out.read_bytes()
+        with open(out, "rb+") as f:
+            os.fsync(f.fileno())  # on disk before the rename: a crash never leaves a torn library under its name
+        digest = Path(tmp) / (target.name + ".sha256")
+        digest.write_text(hashlib.sha256(data).hexdigest())
+        os.replace(digest, _digest_path(target))
         os.replace(out, target)
     return None
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _intact(path: Path) -> bool:
+    """Whether a cached library is the one we built (its sha256 sidecar matches): a torn or foreign file
+    must not reach ``dlopen``, where it can kill the process (SIGBUS) instead of raising."""
+    try:
+        return _digest_path(path).read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return False
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -285,15 +305,21 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
         key = hashlib.sha256("\0".join([_SOURCE, cc, *flags, platform.machine(), _cpu_key(),
                                         torch.__version__]).encode()).hexdigest()[:16]
         path = cache_dir() / f"ditaccel_native_{key}.so"
-        try:
-            if not path.exists():
-                err = _compile(cc, flags, path)
-                if err is not None:
-                    errors.append(err)
-                    continue
-            return _load(path), None
-        except OSError as e:  # unwritable cache, or a library that does not load (an OpenMP mismatch)
-            errors.append(str(e))
+        for attempt in range(2):  # a damaged cached library is removed and built again, once
+            try:
+                if not (path.exists() and _intact(path)):
+                    path.unlink(missing_ok=True)
+                    err = _compile(cc, flags, path)
+                    if err is not None:
+                        errors.append(err)
+                        break
+                return _load(path), None
+            except Exception as e:  # unwritable cache, a library that does not load (an OpenMP mismatch), a missing symbol
+                errors.append(str(e))
+                if attempt == 0:
+                    path.unlink(missing_ok=True)
+        else:
+            continue
     return None, f"could not build the native kernels with {cc}: {errors[-1] if errors else 'unknown error'}"
 
 

@@ -359,7 +359,7 @@ def _latency_model(pipe: Any, plan: _Plan) -> Any:
 
     path = plan.out / "latency_profile.json" if plan.out is not None else None
     if path is not None and plan.resume_state is not None:
-        found = load_profile(path)
+        found = load_profile(path, older=not plan.residual)  # residual prices need stack_s (version 3)
         if found is not None:
             return found
     profile = latency_profile(pipe, plan.call_kwargs, batch=1)
@@ -647,8 +647,15 @@ class _SearchRun:
         plan = self.plan
         path = plan.out / "signals.json" if plan.out is not None else None
         if path is not None and plan.resume_state is not None and path.is_file():
-            d = read_json(path, "search change signals", f"remove {path} to measure them again")
-            self._signal_cache = ChangeSignals.from_dict(d)
+            fix = f"remove {path} to measure them again"
+            d = read_json(path, "search change signals", fix)
+            try:
+                self._signal_cache = ChangeSignals.from_dict(d)
+            except (KeyError, TypeError, ValueError):
+                raise DitaccelError(f"{path} is not a ditaccel change-signals file; {fix}") from None
+            if self._signal_cache.component.shape != plan.shape or self._signal_cache.stack.shape != plan.shape[:1]:
+                raise DitaccelError(f"{path} holds signals of shape {self._signal_cache.component.shape}, not "
+                                    f"this search's {plan.shape}; {fix}")
         else:
             self._signal_cache = measure_signals(self.pipe, plan.prompts, plan.seeds, plan.steps, plan.call_kwargs)
             if path is not None:

@@ -201,6 +201,9 @@ class PrefixEvaluator:
             return [], EvalStats()
         for s in schedules:
             s.validate_for(self.pipe)
+        if share and len({s.step_reuse for s in schedules}) > 1:  # equal bits, other reuse: other images
+            raise DitaccelError("schedules that share prefixes must have one step_reuse; evaluate the "
+                                "components and residual ones in separate calls")
         out: list[list[np.ndarray]] = [[] for _ in schedules]
         stats = EvalStats(candidates=len(schedules))
         live = np.zeros(len(schedules), dtype=np.int64)
