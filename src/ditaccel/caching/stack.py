@@ -74,6 +74,12 @@ class StackState:
         self.skipped_calls = 0
         self.tail_skipped_calls = 0
 
+    def skips(self, steps: np.ndarray, key: tuple[int, int], cache: dict) -> bool:
+        """Whether this call skips from here (a skip step of this kind, its residual cached); remembered for
+        the later blocks."""
+        self.skipping = bool(steps[self.rt.step]) and key in cache
+        return self.skipping
+
     def set_bits(self, bits: np.ndarray, residual: bool) -> None:
         self.skip, self.tail = skip_steps(bits), tail_skip_steps(bits)
         self.active = residual
@@ -102,21 +108,18 @@ class StackHook(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         cache = rt.caches[rt.context]
         if self.first:
-            h = _hidden(args, kwargs)
-            st.skipping = bool(st.skip[rt.step]) and STACK_KEY in cache
-            if st.skipping:
+            h = st.stack_input = _hidden(args, kwargs)
+            if st.skips(st.skip, STACK_KEY, cache):
                 st.skipped_calls += 1
                 return h + cache[STACK_KEY]
-            st.stack_input = h
         elif st.skipping:
             return _hidden(args, kwargs)
         out = self.fn_ref.original_forward(*args, **kwargs)
         if self.first and not self.last:
-            st.skipping = bool(st.tail[rt.step]) and TAIL_KEY in cache
-            if st.skipping:
+            st.tail_input = out
+            if st.skips(st.tail, TAIL_KEY, cache):
                 st.tail_skipped_calls += 1
                 return out + cache[TAIL_KEY]
-            st.tail_input = out
         if self.last:
             if rt.step < rt.steps - 1:
                 cache[STACK_KEY] = out - st.stack_input
