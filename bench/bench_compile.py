@@ -46,6 +46,7 @@ from ditaccel._io import atomic_write_text
 from ditaccel._machine import machine_description
 from ditaccel.caching import CacheSchedule, apply_schedule, compile_components, presets, schedule_macs
 from ditaccel.caching.compile import count_recompiles
+from ditaccel.models import get_adapter
 
 HERE = Path(__file__).resolve().parent
 MODES = ("eager", "regional", "user whole")
@@ -123,6 +124,11 @@ def bench_model(name: str, t: torch.nn.Module, run: Callable[[Any], Any], info: 
     steps = info["steps"]
     scheds = {"none": presets.none(t, steps=steps), "fora(2)": presets.fora(t, 2, steps=steps),
               "fora(3)": presets.fora(t, 3, steps=steps), "mixed": mixed_schedule(t, steps)}
+    if get_adapter(t).stack_residual:  # residual step reuse (the search's default here): whole-step skips
+        for n in (2, 3):
+            base = scheds[f"fora({n})"]
+            scheds[f"fora({n}) residual"] = CacheSchedule(base.bits, base.components, base.family,
+                                                          step_reuse="residual")
     macs = {k: schedule_macs(info["pipe"], s, info["height"], info["width"], batch=info["batch"],
                              text_len=info.get("text_len")) for k, s in scheds.items()}
     whole = torch.compile(t)

@@ -383,9 +383,18 @@ def test_user_compile_whole_steps_other_families(family):
         assert np.array_equal(h.counts, counts)
 
 
-def test_user_compile_with_residual_step_reuse_matches_eager(setup):
-    """Residual step reuse's block hooks keep the residuals in Python, so its calls leave the user's graph
-    (whole steps included) and give eager's outputs bitwise; switching schedules then recompiles nothing."""
+def test_user_compile_with_residual_step_reuse_matches_eager(setup, monkeypatch):
+    """Under residual step reuse, steps that compute everything also stay in the user's whole graph, which
+    returns the first and last blocks' inputs and outputs for the stack residuals; skip steps leave it. Same
+    outputs as eager, bitwise; switching schedules then recompiles nothing."""
+    from ditaccel.caching import runtime
+
+    calls: list[str] = []
+    real_end, real_escape = runtime._end_whole_call, runtime._escape_user_compile
+    monkeypatch.setattr(runtime, "_end_whole_call",
+                        torch.compiler.disable(lambda rt: calls.append("whole") or real_end(rt)))
+    monkeypatch.setattr(runtime, "_escape_user_compile",
+                        torch.compiler.disable(lambda *a: calls.append("escape") or real_escape(*a)))
     t, inputs = setup
     fora = presets.fora(t, 2, steps=4)
     bits = fora.bits.copy()
@@ -396,7 +405,10 @@ def test_user_compile_with_residual_step_reuse_matches_eager(setup):
     compiled = torch.compile(t, backend="aot_eager")
     with apply_schedule(t, scheds[0], compile=AOT) as h:
         _assert_same(_generate(compiled, inputs), expected[0])
+        assert calls == ["whole", "escape", "whole", "escape"]  # fora(2): steps 0 and 2 compute everything
         with torch._dynamo.config.patch(error_on_recompile=True):
             for i in (1, 0):
                 h.set_schedule(scheds[i])
                 _assert_same(_generate(compiled, inputs), expected[i])
+    assert not any("forward" in b.__dict__ for b in t.transformer_blocks)
+    _assert_same(_generate(compiled, inputs), _generate(t, inputs))  # removed: the user's graph as before

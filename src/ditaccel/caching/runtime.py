@@ -345,13 +345,40 @@ def _capture_forward(cls: type) -> Callable[..., Any]:
     return _CAPTURES[cls]
 
 
+#: residual step reuse in a call traced whole: (block, its hidden-state input, its output) of the first and the
+#: last block, kept like ``_WHOLE_OUTS`` so ``_end_whole_call`` can store the stack residuals.
+_WHOLE_STACK: list[tuple[torch.nn.Module, Any, Any]] = []
+_BLOCK_CAPTURES: dict[type, Callable[..., Any]] = {}
+
+
+def _capture_block(cls: type) -> Callable[..., Any]:
+    """The forward of the first and last block during a call traced whole under residual step reuse: the class
+    forward, its input and output kept for the stack residuals (``ditaccel.caching.stack``)."""
+    if cls not in _BLOCK_CAPTURES:
+        forward = cls.forward
+
+        def capture_block(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            out = forward(self, *args, **kwargs)
+            _WHOLE_STACK.append((self, args[0] if args else kwargs["hidden_states"], out))
+            return out
+
+        _BLOCK_CAPTURES[cls] = capture_block
+    return _BLOCK_CAPTURES[cls]
+
+
 @torch.compiler.disable
 def _end_whole_call(module: torch.nn.Module) -> None:
-    """After a call traced whole: cache (and count) the component outputs, put the hooks back."""
+    """After a call traced whole: cache (and count) the component outputs and any stack residuals, put the
+    hooks back."""
     rt = module._diffusers_hook.get_hook(_STEP_HOOK_NAME).rt
     whole = rt.whole
     for m, out in _WHOLE_OUTS:
         rt.computed(*whole.keys[id(m)], out)
+    if rt.stack is not None and _WHOLE_STACK:
+        first, last = whole.stack_blocks[0], whole.stack_blocks[-1]
+        seen = {id(b): (h, out) for b, h, out in _WHOLE_STACK}
+        tail_input = seen[id(first)][1] if first is not last else None
+        rt.stack.store(rt.caches[rt.context], seen[id(first)][0], tail_input, seen[id(last)][1])
     whole.exit()
     rt.end_call()
 
@@ -366,16 +393,20 @@ class _WholeCall:
     """
 
     def __init__(self, rt: _Runtime, fast_blocks: list[tuple[torch.nn.Module, Callable[..., Any]]]) -> None:
+        self.rt = rt
         self.components = [(rt.adapter.component_module(b, c), (b, c)) for b, c in rt.hooked]
         self.keys = {id(m): key for m, key in self.components}
         self.fast_blocks = fast_blocks
+        self.stack_blocks = [spec.module for spec in rt.adapter.blocks]
         self.saved: list[tuple[torch.nn.Module, Any]] = []
         self.saved_blocks: list[tuple[torch.nn.Module, Any]] = []
+        self.saved_stack: list[tuple[torch.nn.Module, Any]] = []
 
     def eligible(self, hook: _StepHook) -> bool:
         """Whether bypassing the hooks skips nothing but ditaccel's: the transformer's hook wraps its class
-        forward, and each component runs its class forward (or ``compile_components``') beneath the cache hook."""
-        if hook.rt.stack is not None:  # residual step reuse hooks the blocks: its residuals need them, so escape
+        forward, each component runs its class forward (or ``compile_components``') beneath the cache hook,
+        and under residual step reuse each block holds the stack hook only."""
+        if hook.rt.stack is not None and not all(_plain_block(b) for b in self.stack_blocks):
             return False
         return _class_forward(hook.fn_ref.original_forward, hook.rt.adapter.transformer) and all(
             plain_component(m, HOOK_NAME) and (_class_forward(fn := Slot(m).get(), m) or is_compiled_forward(fn))
@@ -383,20 +414,36 @@ class _WholeCall:
 
     def enter(self) -> None:
         _WHOLE_OUTS.clear()
+        _WHOLE_STACK.clear()
         self.saved = [(m, m.__dict__["forward"]) for m, _ in self.components]  # the cache hooks' forwards
         self.saved_blocks = [(block, Slot(block).get()) for block, _ in self.fast_blocks]
         for m, _ in self.components:
             m.forward = types.MethodType(_capture_forward(type(m)), m)
         for block, prev in self.fast_blocks:
             Slot(block).set(prev)
+        if self.rt.stack is not None:  # the stack hooks' forwards: the ends capture, the others run their own
+            blocks = self.stack_blocks
+            self.saved_stack = [(b, b.__dict__.pop("forward")) for b in blocks]
+            for b in {id(blocks[0]): blocks[0], id(blocks[-1]): blocks[-1]}.values():
+                b.forward = types.MethodType(_capture_block(type(b)), b)
 
     def exit(self) -> None:
         for m, fn in self.saved:
             m.forward = fn
         for block, fast in self.saved_blocks:
             Slot(block).set(fast)
-        self.saved, self.saved_blocks = [], []
+        for block, fn in self.saved_stack:
+            block.forward = fn
+        self.saved, self.saved_blocks, self.saved_stack = [], [], []
         _WHOLE_OUTS.clear()
+        _WHOLE_STACK.clear()
+
+
+def _plain_block(block: torch.nn.Module) -> bool:
+    """A block whose only wrapper is the stack hook, over its class forward (no offload hook, no fast block)."""
+    reg = getattr(block, "_diffusers_hook", None)
+    return (reg is not None and list(reg.hooks) == [STACK_HOOK_NAME] and not hasattr(block, "_hf_hook")
+            and "forward" in block.__dict__)
 
 
 def _class_forward(fn: Any, module: torch.nn.Module) -> bool:

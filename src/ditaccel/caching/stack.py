@@ -80,6 +80,16 @@ class StackState:
         self.skipping = bool(steps[self.rt.step]) and key in cache
         return self.skipping
 
+    def store(self, cache: dict, stack_input: torch.Tensor, tail_input: torch.Tensor | None,
+              out: torch.Tensor) -> None:
+        """After a call that ran the stack: its residuals, for later skip steps (none after the last step).
+        The block hooks call it, and so does a call the user's compile traced whole (``caching.runtime``)."""
+        if self.rt.step < self.rt.steps - 1:
+            cache[STACK_KEY] = out - stack_input
+            if tail_input is not None:
+                cache[TAIL_KEY] = out - tail_input
+        self.stack_input = self.tail_input = None
+
     def set_bits(self, bits: np.ndarray, residual: bool) -> None:
         self.skip, self.tail = skip_steps(bits), tail_skip_steps(bits)
         self.active = residual
@@ -121,11 +131,7 @@ class StackHook(ModelHook):
                 st.tail_skipped_calls += 1
                 return out + cache[TAIL_KEY]
         if self.last:
-            if rt.step < rt.steps - 1:
-                cache[STACK_KEY] = out - st.stack_input
-                if st.tail_input is not None:
-                    cache[TAIL_KEY] = out - st.tail_input
-            st.stack_input = st.tail_input = None
+            st.store(cache, st.stack_input, st.tail_input, out)
         return out
 
 
