@@ -27,7 +27,9 @@ How it works
   cached after it (a second graph break); that graph guards on nothing a handle owns, so new
   handles and schedules reuse it. If not, the call leaves the graph and the hook compiles the
   components itself. Dynamo guards on that yes/no only: two entries, both made by a first
-  generation with full and partial steps (``_begin_user_compiled_call``).
+  generation with full and partial steps (``_begin_user_compiled_call``). Under residual step
+  reuse the whole graph also returns the first and last blocks' inputs and outputs (the stack
+  residuals, ``_capture_block``): its own entry, compiled by the first residual generation.
   A handle that compiles (those two cases), or one applied with ``compile=None`` while a standalone
   ``compile_components`` (``--compile``) is on (checked once per transformer call), also runs
   fast-path blocks as compiled block variants: one whole-block graph per cache pattern, glue
