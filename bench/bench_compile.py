@@ -371,12 +371,13 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "recompile-reason function: this torch has no recompile counter, so the '0 recompiles' in versions "
         "of this file before 07:24 UTC were not measured): all at warm-up, none during the timed repeats, in which every call "
         "switched schedule or mode and applied a new handle. At warm-up: each block variant once (the first "
-        "block's transposed input layout), the hook's second branch (whole or escape) once, and one frame named "
-        "`forward` once (a compiled forward whose guards failed once at warm-up; the counter gives only the "
-        "code name).",
-        "- Graph breaks after warm-up: 4, all the step hook's (deciding before any compute, counted at the "
-        "compiled root frame and at the hook; storing after a whole call; leaving the graph for a partial "
-        "call); none inside a block or inside the whole-model graph.",
+        "block's transposed input layout), the hook's second branch (whole or escape) once, the residual "
+        "whole graph once where residual rows are timed (it also returns the first and last blocks' inputs and "
+        "outputs), and one frame named `forward` once (a compiled forward whose guards failed once at warm-up; "
+        "the counter gives only the code name).",
+        "- Graph breaks after warm-up: all the step hook's (deciding before any compute, counted at the "
+        "compiled root frame and at the hook; storing after a whole call, once more for the residual whole "
+        "graph; leaving the graph for a partial call); none inside a block or inside the whole-model graph.",
         "",
     ]
     return "\n".join(lines) + "\n"
