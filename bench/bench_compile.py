@@ -352,12 +352,15 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "scheduled call left the graph and ran one graph per block, and the bundled shares were 0.92, 0.89, "
         "0.91 (FORA(2), FORA(3), mixed; 06:03 UTC) and 0.89, 0.90, 0.89 (06:14 UTC, load 4.1). With it, three "
         "runs of `--models bundled --repeats 5` gave 0.97, 0.95, 0.92 (07:24 UTC, load 2.8), 0.94, 0.92, 0.88 "
-        "(07:45 UTC, load 3.8, a test suite running beside it) and 0.94, 0.95, 0.94 (07:51 UTC, the table "
-        "above); `--compile` 1.07, 1.07, 1.06 / 1.04, 0.99, 0.99 / 1.02, 1.03, 1.03. Full-size: 0.98, 0.98, "
-        "0.98 (`--compile` 1.00, 0.97, 1.00).",
+        "(07:45 UTC, load 3.8, a test suite running beside it) and 0.94, 0.95, 0.94 (07:51 UTC); "
+        "`--compile` 1.07, 1.07, 1.06 / 1.04, 0.99, 0.99 / 1.02, 1.03, 1.03. The bundled table above (08:46 "
+        "UTC, load 0.8, with the residual rows: residual schedules' all-compute steps run whole too) gave 0.95, "
+        "0.95, 0.92 and 0.95, 0.96 for residual FORA(2), FORA(3); `--compile` 1.04-1.06. Full-size: 0.98, 0.98, "
+        "0.98 (`--compile` 1.00, 0.97, 1.00) at 07:40 UTC; 0.99-1.01 in both modes, residual rows included, in "
+        "the table above (09:12 UTC).",
         "- The mixed schedule computes everything only at step 0; its other 19 steps each skip some components "
-        "and still run one graph per block, so it gains least: 0.92, 0.88, 0.94 over the three bundled runs, "
-        "at the 0.9 bar within run-to-run noise (0.98 full-size). A graph per step pattern would recompile for every new pattern. Compiling the "
+        "and still run one graph per block, so it gains least: 0.92, 0.88, 0.94, 0.92 over the four bundled "
+        "runs, at the 0.9 bar within run-to-run noise (0.98-0.99 full-size). A graph per step pattern would recompile for every new pattern. Compiling the "
         "embedders and final layer for partial steps was not built: an earlier probe (thread CPU time, one "
         "all-cached call at the bench's batch) measured 3.5 ms through the escape and 3.3 ms with them "
         "compiled, about 4 ms over a 20-step generation of 0.72 s.",
