@@ -78,6 +78,20 @@ def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
         assert torch.equal(x, y)
 
 
+def _record_whole_or_escape(monkeypatch) -> list[str]:
+    """A list that gets "whole" for each call the user's compile ran as its whole graph and "escape" for each
+    call that left it (the step hook's two exits, wrapped)."""
+    from ditaccel.caching import runtime
+
+    calls: list[str] = []
+    real_end, real_escape = runtime._end_whole_call, runtime._escape_user_compile
+    monkeypatch.setattr(runtime, "_end_whole_call",
+                        torch.compiler.disable(lambda rt: calls.append("whole") or real_end(rt)))
+    monkeypatch.setattr(runtime, "_escape_user_compile",
+                        torch.compiler.disable(lambda *a: calls.append("escape") or real_escape(*a)))
+    return calls
+
+
 @pytest.mark.parametrize("order", ["compile-then-apply", "apply-then-compile"])
 def test_user_compile_no_recompiles_when_schedule_changes(setup, order):
     t, inputs = setup
@@ -300,12 +314,7 @@ def test_user_compile_runs_full_steps_as_its_whole_graph(setup, monkeypatch, fir
     fora = presets.fora(t, 2, steps=4)
     expected, counts = _eager(t, inputs, fora)
     plain = _generate(t, inputs)
-    calls: list[str] = []
-    real_end, real_escape = runtime._end_whole_call, runtime._escape_user_compile
-    monkeypatch.setattr(runtime, "_end_whole_call",
-                        torch.compiler.disable(lambda rt: calls.append("whole") or real_end(rt)))
-    monkeypatch.setattr(runtime, "_escape_user_compile",
-                        torch.compiler.disable(lambda *a: calls.append("escape") or real_escape(*a)))
+    calls = _record_whole_or_escape(monkeypatch)
     compiled = torch.compile(t, backend="aot_eager")
     with apply_schedule(t, presets.none(t, steps=4) if first == "none" else fora, compile=AOT) as h:
         out = _generate(compiled, inputs)
@@ -387,14 +396,7 @@ def test_user_compile_with_residual_step_reuse_matches_eager(setup, monkeypatch)
     """Under residual step reuse, steps that compute everything also stay in the user's whole graph, which
     returns the first and last blocks' inputs and outputs for the stack residuals; skip steps leave it. Same
     outputs as eager, bitwise; switching schedules then recompiles nothing."""
-    from ditaccel.caching import runtime
-
-    calls: list[str] = []
-    real_end, real_escape = runtime._end_whole_call, runtime._escape_user_compile
-    monkeypatch.setattr(runtime, "_end_whole_call",
-                        torch.compiler.disable(lambda rt: calls.append("whole") or real_end(rt)))
-    monkeypatch.setattr(runtime, "_escape_user_compile",
-                        torch.compiler.disable(lambda *a: calls.append("escape") or real_escape(*a)))
+    calls = _record_whole_or_escape(monkeypatch)
     t, inputs = setup
     fora = presets.fora(t, 2, steps=4)
     bits = fora.bits.copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -37,7 +38,7 @@ def _images(pipe, family: str = "pixart-alpha") -> np.ndarray:
 
 
 def _residual(s: CacheSchedule) -> CacheSchedule:
-    return CacheSchedule(s.bits, s.components, s.family, s.resolution, dict(s.metrics), dict(s.meta), "residual")
+    return dataclasses.replace(s, step_reuse="residual")
 
 
 def test_skip_steps_are_the_all_zero_steps_after_step_zero():
@@ -85,7 +86,7 @@ def test_block_zero_only_steps_equal_first_block_cache_skipping_them(pipe):
     assert tail_skip_steps(s.bits).tolist() == [False] + [True] * (STEPS - 1)
     with apply_schedule(pipe, _residual(s)) as handle:
         got = _images(pipe)
-        assert handle._stack.tail_skipped_calls == STEPS - 1 and handle._stack.skipped_calls == 0
+        assert handle._rt.stack.tail_skipped_calls == STEPS - 1 and handle._rt.stack.skipped_calls == 0
     assert np.array_equal(got, ref)
 
 
@@ -102,9 +103,9 @@ def test_no_skip_step_means_no_difference_and_remove_restores(pipe):
     assert not any(hasattr(b, "_diffusers_hook") or "forward" in b.__dict__ for b in blocks)
     with apply_schedule(pipe, presets.fora(pipe, 2, steps=STEPS)) as h:  # residual in, then out again
         h.set_schedule(_residual(presets.fora(pipe, 2, steps=STEPS)))
-        assert h._stack is not None
+        assert h._rt.stack is not None
         h.set_schedule(presets.fora(pipe, 2, steps=STEPS))
-        assert h._stack is None and not any(hasattr(b, "_diffusers_hook") for b in blocks)
+        assert h._rt.stack is None and not any(hasattr(b, "_diffusers_hook") for b in blocks)
     assert not any(hasattr(b, "_diffusers_hook") or "forward" in b.__dict__ for b in blocks)
 
 
@@ -184,7 +185,7 @@ def test_sana_skips_the_stack_too():
     s = presets.fora(sana, 2, steps=STEPS)
     with apply_schedule(sana, _residual(s)) as h:
         res = _images(sana, "sana")
-        assert h._stack.skipped_calls == int(skip_steps(s.bits).sum())
+        assert h._rt.stack.skipped_calls == int(skip_steps(s.bits).sum())
     with apply_schedule(sana, s):
         comp = _images(sana, "sana")
     assert res.shape == base.shape and np.isfinite(res).all()

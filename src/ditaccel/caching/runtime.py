@@ -510,7 +510,6 @@ class CacheHandle:
         self._installed: list[tuple[torch.nn.Module, str, bool, bool]] = []
         self._fast_blocks: list[tuple[torch.nn.Module, Callable[..., Any]]] = []
         self._compiled: CompiledComponents | None = None
-        self._stack: StackState | None = None
         self._compile_options = compile if isinstance(compile, dict) else {}
         if compile is None:
             self._rt.on_user_compile = self.compile_components
@@ -540,23 +539,23 @@ class CacheHandle:
 
     def _install_stack(self) -> None:
         """Residual step reuse (``ditaccel.caching.stack``): one hook per block, outside the component hooks."""
-        self._stack = self._rt.stack = StackState(self._rt)
+        stack = self._rt.stack = StackState(self._rt)
         blocks = [spec.module for spec in self.adapter.blocks]
         for i, blk in enumerate(blocks):
-            m, reg, fwd = _register(blk, StackHook(self._stack, i == 0, i == len(blocks) - 1), STACK_HOOK_NAME)
+            m, reg, fwd = _register(blk, StackHook(stack, i == 0, i == len(blocks) - 1), STACK_HOOK_NAME)
             self._installed.append((m, STACK_HOOK_NAME, reg, fwd))
 
     def _remove_stack(self) -> None:
         """Unregister the residual-reuse block hooks. Why before the fast blocks go: the hooks were registered
         over a ``_FastBlock`` forward, so unregistering them puts that back, and ``_remove_fast_blocks`` then
         leaves the block without a ``forward`` attribute, as it found it (else a stale bound method stays)."""
-        if self._stack is None:
+        if self._rt.stack is None:
             return
         stack = [e for e in self._installed if e[1] == STACK_HOOK_NAME]
         for module, name, had_registry, had_forward in reversed(stack):
             unregister_hook(module, name, had_registry, had_forward)
         self._installed = [e for e in self._installed if e[1] != STACK_HOOK_NAME]
-        self._stack = self._rt.stack = None
+        self._rt.stack = None
         self._invalidate()
 
     def compile_components(self) -> None:
@@ -647,13 +646,13 @@ class CacheHandle:
             )
         self.schedule = schedule
         self._rt.bits = schedule.bits
-        if self._stack is None and schedule.step_reuse == "residual":
+        if self._rt.stack is None and schedule.step_reuse == "residual":
             self._install_stack()
             self._invalidate()
-        elif self._stack is not None and schedule.step_reuse != "residual":
+        elif self._rt.stack is not None and schedule.step_reuse != "residual":
             self._remove_stack()  # its block hooks would keep whole steps out of the user's compiled graph
-        elif self._stack is not None:
-            self._stack.set_bits(schedule.bits, True)
+        elif self._rt.stack is not None:
+            self._rt.stack.set_bits(schedule.bits, True)
 
 
 def apply_schedule(

@@ -260,8 +260,8 @@ def _compile(cc: str, flags: list[str], target: Path) -> str | None:
         if proc.returncode != 0:
             lines = (proc.stderr or proc.stdout or "failed").strip().splitlines()
             return lines[0] if lines else "failed"
-        data = out.read_bytes()
-        with open(out, "rb+") as f:
+        with open(out, "rb") as f:
+            data = f.read()
             os.fsync(f.fileno())  # on disk before the rename: a crash never leaves a torn library under its name
         digest = Path(tmp) / (target.name + ".sha256")
         digest.write_text(hashlib.sha256(data).hexdigest())
@@ -301,8 +301,9 @@ def _build() -> tuple[ctypes.CDLL | None, str | None]:
     if cc is None:
         return None, "no C compiler (cc, gcc or clang) found: install one, or set CC"
     errors = []
+    cpu = _cpu_key()
     for flags in (_FLAGS + _ARCH + _OPENMP, _FLAGS + _ARCH, _FLAGS):
-        key = hashlib.sha256("\0".join([_SOURCE, cc, *flags, platform.machine(), _cpu_key(),
+        key = hashlib.sha256("\0".join([_SOURCE, cc, *flags, platform.machine(), cpu,
                                         torch.__version__]).encode()).hexdigest()[:16]
         path = cache_dir() / f"ditaccel_native_{key}.so"
         for attempt in range(2):  # a damaged cached library is removed and built again, once

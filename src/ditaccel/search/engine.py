@@ -53,7 +53,7 @@ from ditaccel.search.genome import (
     structured_population,
     unpack,
 )
-from ditaccel.search.signals import TARGETS, ChangeSignals, ladder, measure_signals, signal_seeds
+from ditaccel.search.signals import ChangeSignals, ladders, measure_signals, signal_seeds
 
 CHECKPOINT_FORMAT = "ditaccel.search_checkpoint"
 LATENCY_MODEL = "latency-model"
@@ -632,12 +632,13 @@ class _SearchRun:
         seeds (``seeding`` "signals"), then the strategy's presets."""
         named = self.plan.named
         if self.plan.seeding == "signals":
-            seeds = signal_seeds(self._signals(), self.pricer.speedup)
+            rungs = ladders(self._signals())
+            seeds = signal_seeds(rungs, self.pricer.speedup)
             at = 1 + sum(1 for n, _ in named[1:] if n.startswith("init:"))  # a --init frontier stays first
             named = [*named[:at], *seeds, *named[at:]]
             for n, b in seeds:
                 self.names.setdefault(pack(b), n)  # a seed equal to a preset keeps the preset's name
-            self._ladder = [b for level in TARGETS for b in ladder(self._signals(), level)]
+            self._ladder = [b for level_rungs in rungs.values() for b in level_rungs]
         return named
 
     def _signals(self) -> ChangeSignals:

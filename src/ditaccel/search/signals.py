@@ -197,13 +197,19 @@ def ladder(signals: ChangeSignals, level: str, points: int = 64) -> list[np.ndar
     return out
 
 
-def signal_seeds(signals: ChangeSignals, speedup_of: Callable[[np.ndarray], float],
+def ladders(signals: ChangeSignals) -> dict[str, list[np.ndarray]]:
+    """The ``ladder`` of every level the search seeds from (``TARGETS``)."""
+    return {level: ladder(signals, level) for level in TARGETS}
+
+
+def signal_seeds(rungs_by_level: dict[str, list[np.ndarray]], speedup_of: Callable[[np.ndarray], float],
                  ) -> list[tuple[str, np.ndarray]]:
-    """Named seeds: for each target speedup, the ladder schedule whose predicted speedup is nearest (log scale)."""
+    """Named seeds: for each target speedup, the ladder schedule (``ladders``) whose predicted speedup is
+    nearest (log scale)."""
     out: list[tuple[str, np.ndarray]] = []
     seen: set[bytes] = set()
     for level, targets in TARGETS.items():
-        rungs = [(math.log(speedup_of(b)), b) for b in ladder(signals, level)]
+        rungs = [(math.log(speedup_of(b)), b) for b in rungs_by_level.get(level, [])]
         for target in targets:
             if not rungs:
                 break
