@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--profile", type=Path, required=True, help="latency_profile.json that prices every folder")
     ap.add_argument("searches", nargs="+", metavar="NAME=FOLDER")
     args = ap.parse_args()
-    profile = load_profile(args.profile, older=True)
+    profile = load_profile(args.profile, older=(2, 3))
     if profile is None:
         raise SystemExit(f"compare_searches: {args.profile} is not a readable latency profile")
     print("| search | evaluations | CPU s | " + " | ".join(f">= {t}x" for t in TARGETS) + " |")

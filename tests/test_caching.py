@@ -143,7 +143,7 @@ def test_snapshot_restore_and_schedule_swap_share_a_prefix():
     with apply_schedule(t, b) as h:
         full_b = _drive(t, h, inputs, times)
     # bits of a and b agree on step 0 (both compute), so the search can share it
-    with apply_schedule(t, a) as h:
+    with apply_schedule(t, a, lean=False) as h:
         _drive(t, h, inputs[:1], times[:1])
         state = h.snapshot()
         h.reset_counts()

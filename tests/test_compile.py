@@ -100,9 +100,9 @@ def test_user_compile_no_recompiles_when_schedule_changes(setup, order):
     if order == "compile-then-apply":
         compiled = torch.compile(t, backend="aot_eager")
         _generate(compiled, inputs)  # the user's compiled model ran before any schedule
-        h = apply_schedule(t, schedules[0], compile=AOT)
+        h = apply_schedule(t, schedules[0], compile=AOT, lean=False)
     else:
-        h = apply_schedule(t, schedules[0], compile=AOT)
+        h = apply_schedule(t, schedules[0], compile=AOT, lean=False)
         compiled = torch.compile(t, backend="aot_eager")
     _assert_same(_generate(compiled, inputs), expected[0][0])  # warm-up
     graphs, breaks = counters["stats"]["unique_graphs"], _graph_breaks()
@@ -193,7 +193,7 @@ def test_prefix_sharing_under_compile(setup):
     a, b = presets.fora(t, 2, steps=4), _mixed(t)
     b.bits[:2] = a.bits[:2]  # same first two steps
     want_a, want_b = _eager(t, inputs, a)[0], _eager(t, inputs, b)[0]
-    with compile_components(t, **AOT), apply_schedule(t, a) as h, torch.no_grad():
+    with compile_components(t, **AOT), apply_schedule(t, a, lean=False) as h, torch.no_grad():
         first = [t(**{**inputs, "timestep": torch.tensor([ts, ts])}).sample for ts in TIMESTEPS[:2]]
         state = h.snapshot()
         for sched, want in ((a, want_a), (b, want_b)):
@@ -251,7 +251,7 @@ def test_compiled_blocks_no_recompiles(setup):
     t, inputs = setup
     schedules = [presets.fora(t, 2, steps=4), _mixed(t)]
     expected = [_eager(t, inputs, s) for s in schedules]
-    h = apply_schedule(t, schedules[0], compile=AOT)
+    h = apply_schedule(t, schedules[0], compile=AOT, lean=False)
     for block in t.transformer_blocks:
         block.compile(backend="aot_eager")
     _assert_same(_generate(t, inputs), expected[0][0])  # warm-up
@@ -277,7 +277,7 @@ def test_block_variants_compile_the_glue_without_breaks_or_recompiles(setup):
     expected = [_eager(t, inputs, s) for s in schedules]
     made = []
     real = compile_mod.BlockVariants.run
-    with apply_schedule(t, schedules[0], compile={**AOT, "fullgraph": True}) as h:  # a break would raise
+    with apply_schedule(t, schedules[0], compile={**AOT, "fullgraph": True}, lean=False) as h:  # a break would raise
         assert h._rt.variants is not None
         compile_mod.BlockVariants.run = lambda self, *a: made.append(1) or real(self, *a)
         try:
@@ -316,7 +316,7 @@ def test_user_compile_runs_full_steps_as_its_whole_graph(setup, monkeypatch, fir
     plain = _generate(t, inputs)
     calls = _record_whole_or_escape(monkeypatch)
     compiled = torch.compile(t, backend="aot_eager")
-    with apply_schedule(t, presets.none(t, steps=4) if first == "none" else fora, compile=AOT) as h:
+    with apply_schedule(t, presets.none(t, steps=4) if first == "none" else fora, compile=AOT, lean=False) as h:
         out = _generate(compiled, inputs)
         _assert_same(out, plain if first == "none" else expected)
         assert calls == (["whole"] * 4 if first == "none" else ["whole", "escape", "whole", "escape"])
@@ -405,7 +405,7 @@ def test_user_compile_with_residual_step_reuse_matches_eager(setup, monkeypatch)
     expected = [_eager(t, inputs, s)[0] for s in scheds]
     assert not all(torch.equal(a, b) for a, b in zip(expected[0], _eager(t, inputs, fora)[0], strict=True))
     compiled = torch.compile(t, backend="aot_eager")
-    with apply_schedule(t, scheds[0], compile=AOT) as h:
+    with apply_schedule(t, scheds[0], compile=AOT, lean=False) as h:
         _assert_same(_generate(compiled, inputs), expected[0])
         assert calls == ["whole", "escape", "whole", "escape"]  # fora(2): steps 0 and 2 compute everything
         with torch._dynamo.config.patch(error_on_recompile=True):

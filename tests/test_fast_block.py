@@ -104,7 +104,7 @@ def test_snapshot_restore_set_schedule_bitwise_and_remove_restores():
         with apply_schedule(t, s, fast_path=False) as h:
             want[key] = (_drive(t, inputs, times), h.counts)
     before = {n: tuple(sorted(m.__dict__)) for n, m in t.named_modules()}
-    with apply_schedule(t, a) as h:
+    with apply_schedule(t, a, lean=False) as h:
         assert all(isinstance(blk.forward, _FastBlock) for blk in t.transformer_blocks)
         first = _drive(t, inputs, times[:2])
         state, prefix_counts = h.snapshot(), h.counts

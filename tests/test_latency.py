@@ -78,6 +78,29 @@ def test_fit_prices_residual_skip_steps_from_the_skipped_calls():
         cached_total - 4 * 3e-4, abs=1e-6)  # runs are rounded to the microsecond
 
 
+def test_fit_prices_the_hooks_a_lean_handle_leaves_out():
+    """Plain calls are timed lean: a slot no step reads runs bare, saving hook_s per call. hook_s is the
+    all-recompute call hooked everywhere minus bare, per component call; the line and stack_s see the calls as
+    if hooked everywhere, so the fit recovers the device exactly."""
+    comp, hit, step_s, fixed = _truth()
+    hook_s = 2e-5
+    runs = _runs(comp, hit, step_s, fixed)
+    for r in runs:
+        if "comp" not in r:
+            r["total_s"] -= hook_s * lat.unhooked_calls(r["bits"], False)
+    none_hooked = next(r for r in runs if r["kind"] == "none" and "comp" not in r)
+    runs.append({"kind": "hooked", "bits": none_hooked["bits"], "total_s": none_hooked["total_s"]
+                 + hook_s * STEPS * B * C})
+    prof = lat.fit_profile(runs, KEY, STEPS)
+    assert prof.hook_s == pytest.approx(hook_s) and prof.fixed_s == pytest.approx(fixed)
+    assert prof.scale == pytest.approx(1.0) and np.allclose(prof.component_s, comp)
+    assert all(r["predicted_s"] == pytest.approx(r["measured_s"], abs=1e-6) for r in prof.runs)
+    bits = np.ones((STEPS, B, C), bool)
+    assert prof.predict(bits) == pytest.approx(none_hooked["total_s"])  # all-recompute runs bare
+    bits[2, 1, 0] = False  # block 1's attn1 is now read at step 2: hooked, so its calls are no longer bare
+    assert prof.predict(bits) == pytest.approx(none_hooked["total_s"] - comp[1, 0] + hook_s * STEPS)
+
+
 def test_fit_shares_the_fast_paths_skipped_glue_among_slots():
     """A block that skips glue (norms, modulation) when cached: its saving beyond its components goes to
     the slots ``glue`` names, so a schedule that caches only those slots is priced with it."""
@@ -173,13 +196,14 @@ def test_real_profile_is_cached_per_key(pipe, monkeypatch, tmp_path):
     assert calls == [1] and prof.component_s.shape == (len(pipe.transformer.transformer_blocks), 3)
     assert (prof.component_s >= 0).all() and prof.component_s.sum() > 0 and prof.scale > 0
     assert prof.key["steps"] == 4 and prof.key["resolution"] == [16, 16] and prof.key["clock"] in ("cpu", "wall")
-    # two rotated rounds of the plain calls; "skipped" (residual step reuse, PixArt) prices stack_s
-    assert [r["kind"] for r in prof.runs] == ["none", "cached", "random", "skipped",
-                                              "cached", "random", "skipped", "none"]
-    assert prof.stack_s >= 0  # timed on a replica: may clip to 0; the exact-data test checks the formula
+    # two rotated rounds of the plain calls; "hooked" prices hook_s, "skipped" (residual step reuse, PixArt) stack_s
+    assert [r["kind"] for r in prof.runs] == ["none", "cached", "random", "hooked", "skipped",
+                                              "cached", "random", "hooked", "skipped", "none"]
+    assert prof.stack_s >= 0 and prof.hook_s >= 0  # timed on a replica: may clip to 0; exact-data tests check
     fora2 = presets.fora(pipe, 2, steps=4)
     skip = CacheSchedule(fora2.bits, fora2.components, fora2.family, step_reuse="residual")
-    assert prof.predict(skip) == pytest.approx(prof.predict(fora2) - 2 * prof.stack_s)  # skip steps 1 and 3
+    bare = 2 * fora2.blocks * 3  # skipping whole steps, it reads no cache: steps 0 and 2 run bare
+    assert prof.predict(skip) == pytest.approx(prof.predict(fora2) - 2 * prof.stack_s - bare * prof.hook_s)
     parts = prof.parts  # where the time goes, as the profile saw it
     assert parts["transformer_full_step_s"] > parts["transformer_cached_step_s"] > 0
     assert parts["text_encoder_s"] > 0 and parts["vae_decode_s"] > 0
@@ -270,4 +294,4 @@ def test_a_search_folder_with_a_version_2_profile_resumes_on_it(pipe, tmp_path, 
     monkeypatch.setattr(lat, "profile_latency", lambda *a, **k: pytest.fail("re-profiled on resume"))
     search(pipe, SearchConfig(generations=2, resume=True, **cfg))
     assert json.loads(path.read_text())["profile"]["step_s"] == 123.0
-    assert lat.load_profile(path) is None and lat.load_profile(path, older=True).stack_s == 0.0
+    assert lat.load_profile(path) is None and lat.load_profile(path, older=(2,)).stack_s == 0.0

@@ -101,7 +101,7 @@ def test_no_skip_step_means_no_difference_and_remove_restores(pipe):
     assert np.array_equal(_images(pipe), base)
     blocks = pipe.transformer.transformer_blocks
     assert not any(hasattr(b, "_diffusers_hook") or "forward" in b.__dict__ for b in blocks)
-    with apply_schedule(pipe, presets.fora(pipe, 2, steps=STEPS)) as h:  # residual in, then out again
+    with apply_schedule(pipe, presets.fora(pipe, 2, steps=STEPS), lean=False) as h:  # residual in, then out again
         h.set_schedule(_residual(presets.fora(pipe, 2, steps=STEPS)))
         assert h._rt.stack is not None
         h.set_schedule(presets.fora(pipe, 2, steps=STEPS))
@@ -144,7 +144,7 @@ def test_set_schedule_switches_the_reuse_mode(pipe):
     with apply_schedule(pipe, _residual(fora)):
         res = _images(pipe)
     assert not np.array_equal(comp, res)
-    with apply_schedule(pipe, fora) as h:
+    with apply_schedule(pipe, fora, lean=False) as h:
         h.set_schedule(_residual(fora))
         assert np.array_equal(_images(pipe), res)
         h.set_schedule(fora)

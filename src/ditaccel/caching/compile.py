@@ -247,12 +247,12 @@ def _layout(values: tuple) -> tuple:
 
 
 def plain_component(module: torch.nn.Module | None, hook_name: str) -> bool:
-    """Whether ``module`` runs nothing but the ditaccel cache hook ``hook_name`` around its own forward
+    """Whether ``module`` runs nothing but its own forward, under the ditaccel cache hook ``hook_name`` or none
     (no torch hooks, no other diffusers or accelerate hook), so a block variant may call its forward directly."""
     if module is None:
         return True
     reg = getattr(module, "_diffusers_hook", None)
-    return (reg is not None and list(reg.hooks) == [hook_name] and not module._forward_hooks
+    return (list(reg.hooks if reg is not None else ()) in ([hook_name], []) and not module._forward_hooks
             and not module._forward_pre_hooks and getattr(module, "_hf_hook", None) is None
             and not torch.nn.modules.module._global_forward_hooks
             and not torch.nn.modules.module._global_forward_pre_hooks)

@@ -26,6 +26,12 @@ The model::
   outputs: the all-cached call minus an all-skipped one, per step, from whole calls timed in the
   same rounds. Such a schedule's skip steps (step > 0, no bit set) each take ``stack_s`` off, and
   its tail skip steps (bits in block 0 only) the blocks-after-0 share of it, ``stack_s * (B-1)/B``.
+- ``hook_s``: what one component call's cache hook costs. ``apply_schedule`` hooks only the slots some
+  step reads from cache (``lean``), so a schedule's other slots run bare: each of their calls
+  (``stack.unhooked_calls``) takes ``hook_s`` off. It is the all-recompute call hooked everywhere
+  (``lean=False``) minus the same call bare, per component call. The parts are timed hooked
+  everywhere, so ``step_s`` and ``component_s`` include the hooks; the plain calls of the line are
+  timed as users run them (lean) and enter the fit with ``hook_s`` added back.
 
 Profiles are cached per (model structure, device, threads, dtype, resolution, batch, call
 arguments, steps) under ``$DITACCEL_LATENCY_CACHE`` (default ``~/.cache/ditaccel/latency``),
@@ -49,12 +55,13 @@ import torch
 from ditaccel._io import CHECKSUM_KEY, atomic_write_checked_json, user_cache_dir, verify_checksum
 from ditaccel.caching.runtime import apply_schedule
 from ditaccel.caching.schedule import CacheSchedule, effective_bits
-from ditaccel.caching.stack import skip_steps, tail_skip_steps
+from ditaccel.caching.stack import skip_steps, tail_skip_steps, unhooked_calls
 from ditaccel.errors import DitaccelError, ScheduleError
 from ditaccel.models import get_adapter, get_transformer, image_size
 
 FORMAT = "ditaccel.latency_profile"
-VERSION = 3  # 2: components priced with the block fast path's skipped glue; 3: stack_s (residual step reuse)
+VERSION = 4  # 2: components priced with the block fast path's skipped glue; 3: stack_s (residual step reuse);
+# 4: hook_s (lean handles)
 CACHE_ENV = "DITACCEL_LATENCY_CACHE"
 PROFILE_PROMPT = "a red fox sitting in a green field"
 
@@ -76,6 +83,7 @@ class LatencyProfile:
     #: rest of an all-cached step (scheduler, CFG, the pipeline's loop).
     parts: dict[str, float] = field(default_factory=dict)
     stack_s: float = 0.0
+    hook_s: float = 0.0
 
     def predict(self, schedule: CacheSchedule | np.ndarray, residual: bool = False) -> float:
         """Predicted seconds of one pipeline call (``batch`` images) under ``schedule``.
@@ -95,7 +103,8 @@ class LatencyProfile:
         if residual:
             blocks = bits.shape[1]
             skipped = float(skip_steps(bits).sum()) + float(tail_skip_steps(bits).sum()) * (blocks - 1) / blocks
-        return self.fixed_s + bits.shape[0] * self.step_s - skipped * self.stack_s + self.scale * work
+        bare = unhooked_calls(bits, residual) * self.hook_s if self.hook_s else 0.0
+        return self.fixed_s + bits.shape[0] * self.step_s - skipped * self.stack_s + self.scale * work - bare
 
     def speedup(self, schedule: CacheSchedule | np.ndarray, residual: bool = False) -> float:
         """Predicted whole-pipeline speedup over all-recompute at the same step count."""
@@ -105,13 +114,14 @@ class LatencyProfile:
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "component_s": self.component_s.tolist(), "step_s": self.step_s,
                 "fixed_s": self.fixed_s, "scale": self.scale, "steps": self.steps, "runs": self.runs,
-                "seconds": self.seconds, "parts": self.parts, "stack_s": self.stack_s}
+                "seconds": self.seconds, "parts": self.parts, "stack_s": self.stack_s, "hook_s": self.hook_s}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyProfile:
         return cls(dict(d["key"]), np.asarray(d["component_s"], dtype=float), float(d["step_s"]),
                    float(d["fixed_s"]), float(d["scale"]), int(d["steps"]), list(d.get("runs", [])),
-                   float(d.get("seconds", 0.0)), dict(d.get("parts", {})), float(d.get("stack_s", 0.0)))
+                   float(d.get("seconds", 0.0)), dict(d.get("parts", {})), float(d.get("stack_s", 0.0)),
+                   float(d.get("hook_s", 0.0)))
 
 
 # -- where profiles live ----------------------------------------------------------------------
@@ -127,22 +137,22 @@ def save_profile(profile: LatencyProfile, path: str | os.PathLike) -> None:
     atomic_write_checked_json(path, {"format": FORMAT, "version": VERSION, "profile": profile.to_dict()})
 
 
-#: Versions ``load_profile(..., older=True)`` also reads: a version-2 profile prices every components-rule
-#: schedule as version 3 does (it lacks only ``stack_s``, residual reuse's saving), so a search folder written
-#: before version 3 resumes with its own prices.
-OLDER_VERSIONS = (2,)
+#: Versions a search folder resumes on, so its candidates keep their prices: a version-3 profile lacks only
+#: ``hook_s`` (it prices every schedule as hooked everywhere, as that search did); a version-2 one also lacks
+#: ``stack_s``, so it prices components-rule schedules only.
+OLDER_VERSIONS = {"components": (2, 3), "residual": (3,)}
 
 
-def load_profile(path: str | os.PathLike, key: dict[str, Any] | None = None, older: bool = False,
+def load_profile(path: str | os.PathLike, key: dict[str, Any] | None = None, older: tuple[int, ...] = (),
                  ) -> LatencyProfile | None:
     """The profile in ``path``, or None when it is missing, unsigned, corrupt, of another format or another
-    ``key`` (or of an older version, unless ``older``)."""
+    ``key``, or of an older version not in ``older`` (``OLDER_VERSIONS``)."""
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(d, dict) or CHECKSUM_KEY not in d:
             return None
         d = verify_checksum(d, os.fspath(path), "it is measured again")
-        if d.get("format") != FORMAT or d.get("version") not in (VERSION, *(OLDER_VERSIONS if older else ())):
+        if d.get("format") != FORMAT or d.get("version") not in (VERSION, *older):
             return None
         profile = LatencyProfile.from_dict(d["profile"])
     except (OSError, ValueError, KeyError, TypeError, DitaccelError):
@@ -296,12 +306,13 @@ def clock_for(device: str) -> tuple[str, Any]:
 
 
 def timed_call(pipe: Any, kw: dict[str, Any], batch: int, schedule: CacheSchedule, instrument: bool = False,
-               sync: bool = False, clock: Any = time.perf_counter) -> dict[str, Any]:
-    """One ``generate_images`` call of ``batch`` images under ``schedule``: ``total_s`` by ``clock``
-    (and, with ``instrument``, per-step component seconds ``comp`` and step starts ``starts``)."""
+               sync: bool = False, clock: Any = time.perf_counter, lean: bool = True) -> dict[str, Any]:
+    """One ``generate_images`` call of ``batch`` images under ``schedule`` (applied ``lean`` or hooked
+    everywhere): ``total_s`` by ``clock`` (and, with ``instrument``, per-step component seconds ``comp`` and
+    step starts ``starts``)."""
     from ditaccel.pipeline import generate_images
 
-    with apply_schedule(pipe, schedule) as h:
+    with apply_schedule(pipe, schedule, lean=lean) as h:
         rec = _Recorder(pipe, h, sync, clock) if instrument else None
         if rec is not None:
             rec.__enter__()
@@ -325,9 +336,9 @@ def timed_call(pipe: Any, kw: dict[str, Any], batch: int, schedule: CacheSchedul
 def profile_latency(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch: int = 1, rounds: int = 2,
                     seed: int = 0) -> LatencyProfile:
     """Measure ``pipe`` now: a warm-up; one all-recompute and one all-cached (step 0 only) call timed
-    per part; then ``rounds`` interleaved rounds of those two and a random schedule, timed whole
-    (plain calls: the per-part hooks cost time of their own). Costs about ``1.7 * rounds + 1.4``
-    all-recompute calls: 3.3 s of CPU on the bundled model."""
+    per part, hooked everywhere; then ``rounds`` interleaved rounds of those two, a random schedule and
+    all-recompute hooked everywhere (``hook_s``), timed whole (plain calls: the per-part hooks cost time of
+    their own). Costs about ``2.7 * rounds + 1.4`` all-recompute calls: 4.3 s of CPU on the bundled model."""
     if batch < 1 or rounds < 1:
         raise DitaccelError(f"batch and rounds must be at least 1, got {batch} and {rounds}")
     from ditaccel.pipeline import pipeline_call_kwargs
@@ -340,7 +351,8 @@ def profile_latency(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch:
     shape = (steps, a.num_blocks, len(a.component_names))
     cached = effective_bits(np.zeros(shape, dtype=bool))
     rand = np.random.default_rng(seed).random(shape) < 0.5
-    plan = [("none", np.ones(shape, dtype=bool)), ("cached", cached), ("random", rand)]
+    plan = [("none", np.ones(shape, dtype=bool)), ("cached", cached), ("random", rand),
+            ("hooked", np.ones(shape, dtype=bool))]
     if a.stack_residual:
         plan.append(("skipped", cached))  # the same bits under residual step reuse: prices stack_s
     sync = key["device"].startswith("cuda")
@@ -351,13 +363,14 @@ def profile_latency(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch:
         return CacheSchedule.for_model(pipe, bits, step_reuse="residual" if kind == "skipped" else "components")
 
     timed_call(pipe, kw, batch, schedule("cached", cached), False, sync, clock)  # warm-up
-    runs = [{"kind": kind, "bits": bits, **timed_call(pipe, kw, batch, schedule(kind, bits), True, sync, clock)}
+    runs = [{"kind": kind, "bits": bits, **timed_call(pipe, kw, batch, schedule(kind, bits), True, sync, clock,
+                                                      lean=False)}
             for kind, bits in plan[:2]]
     for r in range(rounds):
         n = r % len(plan)
         for kind, bits in plan[n:] + plan[:n]:  # rotate the order: drifts hit every kind alike
             runs.append({"kind": kind, "bits": bits, **timed_call(pipe, kw, batch, schedule(kind, bits), False,
-                                                                  sync, clock)})
+                                                                  sync, clock, lean=kind != "hooked")})
     profile = fit_profile(runs, key, steps, glue_weights(a))
     profile.seconds = time.perf_counter() - start
     return profile
@@ -398,7 +411,9 @@ def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int,
     gaps = [g for r in runs if r["kind"] == "cached" and "starts" in r
             for g in np.diff(np.asarray(r["starts"][1:], dtype=float))]
     step_s = float(statistics.median(gaps)) if gaps else 0.0
-    plain = [r for r in runs if "comp" not in r and r["kind"] != "skipped"] or runs
+    hook_s = _hook_s(runs)
+    hooked = [dict(r, total_s=_hooked_total(r, hook_s)) for r in runs]  # as if every component call were hooked
+    plain = [r for r in hooked if "comp" not in r and r["kind"] not in ("skipped", "hooked")] or hooked
     work = np.array([float((effective_bits(r["bits"]) * comp[None]).sum()) for r in plain])
     total = np.array([float(r["total_s"]) for r in plain])
     slope, intercept = np.polyfit(work, total, 1) if np.ptp(work) > 0 else (0.0, 0.0)
@@ -407,11 +422,34 @@ def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int,
         intercept = float(np.median(total - work))
     fixed = float(intercept) - steps * step_s
     prof = LatencyProfile(key, comp, step_s, fixed, float(slope), steps, parts=_parts(runs, step_s),
-                          stack_s=_stack_s(runs, steps))
+                          stack_s=_stack_s(hooked, steps), hook_s=hook_s)
     prof.runs = [{"kind": r["kind"], "measured_s": round(float(r["total_s"]), 6),
-                  "predicted_s": round(prof.predict(r["bits"], r["kind"] == "skipped"), 6)}
+                  "predicted_s": round(prof.predict(r["bits"], r["kind"] == "skipped") + (
+                      hook_s * unhooked_calls(r["bits"], False) if r["kind"] == "hooked" else 0.0), 6)}
                  for r in runs if "comp" not in r]
     return prof
+
+
+def _bare_calls(r: dict[str, Any]) -> int:
+    """Component calls a plain run made without a cache hook: none when hooked everywhere (``hooked``)."""
+    return 0 if r["kind"] == "hooked" else unhooked_calls(r["bits"], r["kind"] == "skipped")
+
+
+def _hook_s(runs: list[dict[str, Any]]) -> float:
+    """Seconds of one component call's cache hook: all-recompute hooked everywhere minus bare, per call."""
+    def med(kind: str) -> float | None:
+        xs = [float(r["total_s"]) for r in runs if r["kind"] == kind and "comp" not in r]
+        return statistics.median(xs) if xs else None
+
+    hooked, bare = med("hooked"), med("none")
+    calls = next((_bare_calls(r) for r in runs if r["kind"] == "none"), 0)
+    if hooked is None or bare is None or calls == 0:
+        return 0.0
+    return max(0.0, (hooked - bare) / calls)
+
+
+def _hooked_total(r: dict[str, Any], hook_s: float) -> float:
+    return float(r["total_s"]) + (hook_s * _bare_calls(r) if "comp" not in r else 0.0)
 
 
 def _stack_s(runs: list[dict[str, Any]], steps: int) -> float:

@@ -83,7 +83,7 @@ from ditaccel.caching.compile import (
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.schedule import CacheSchedule
 from ditaccel.caching.stack import HOOK_NAME as STACK_HOOK_NAME
-from ditaccel.caching.stack import StackHook, StackState
+from ditaccel.caching.stack import StackHook, StackState, block_runs, cache_reads
 from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.errors import ScheduleError
 from ditaccel.models import Adapter, get_adapter
@@ -120,6 +120,16 @@ class _Runtime:
         self.variants: BlockVariants | None = None  # compiled block variants (``CacheHandle.compile_components``)
         #: where the handle compiles nothing itself: follow a standalone ``compile_components`` (``--compile``)
         self.follow_compiled: torch.nn.Module | None = None
+        #: [steps, blocks, components] executions per call of the components a lean handle left unhooked
+        self.bare = np.zeros((0, *self.counts.shape), dtype=np.int64)
+
+    def count_bare(self, residual: bool) -> None:
+        """Count the unhooked components by the schedule: they run whenever their block does (else some step
+        would read their cache, and they would be hooked)."""
+        unhooked = np.zeros(self.counts.shape, dtype=bool)
+        for b, c, _path in self.adapter.component_paths():
+            unhooked[b, c] = (b, c) not in self.hooked
+        self.bare = (block_runs(self.bits, residual)[:, :, None] & unhooked[None]).astype(np.int64)
 
     def computed(self, block: int, slot: int, out: Any) -> None:
         """A component ran at this step: keep its output for later steps (unless none follows) and count it."""
@@ -166,6 +176,8 @@ class _Runtime:
 
     def end_call(self) -> None:
         self.in_call = False
+        if self.step < len(self.bare):
+            self.counts += self.bare[self.step]
         if self.step == self.steps - 1 and self.context < len(self.caches):
             self.caches[self.context] = {}  # last step of this context: nothing will read it again
 
@@ -250,6 +262,7 @@ class _FastBlock:
         self.slots = range(len(rt.adapter.component_names))
         self.components = [rt.adapter.component_module(index, c) for c in self.slots]
         self.forwards = tuple(None if m is None else type(m).forward for m in self.components)
+        self.hooked = frozenset(c for c in self.slots if (index, c) in rt.hooked)  # the others count as bare
         self.__wrapped__ = prev  # inspect.signature sees the block's own
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -261,7 +274,8 @@ class _FastBlock:
         if rt.variants is not None and all(plain_component(m, HOOK_NAME) for m in self.components):
             out, outs = rt.variants.run(self.fn, self.module, cached, self.forwards, args, kwargs)
             for c, o in outs.items():
-                rt.computed(b, c, o)
+                if c in self.hooked:
+                    rt.computed(b, c, o)
             return out
         if all(x is None for x in cached):
             return self.prev(*args, **kwargs)
@@ -274,11 +288,13 @@ def _call_module(slot: int, module: torch.nn.Module, *args: Any, **kwargs: Any) 
 
 
 def _install_fast_blocks(rt: _Runtime) -> list[tuple[torch.nn.Module, Callable[..., Any]]]:
-    """Put a ``_FastBlock`` beneath the hooks of every block whose adapter has a cached-block forward."""
+    """Put a ``_FastBlock`` beneath the hooks of every block whose adapter has a cached-block forward and
+    that has a component hooked (the others never run a cached component)."""
     installed = []
+    hooked = {b for b, _ in rt.hooked}
     for b, spec in enumerate(rt.adapter.blocks):
         fn = rt.adapter.cached_block_forward(spec)
-        if fn is None:
+        if fn is None or b not in hooked:
             continue
         slot = Slot(spec.module)
         prev = slot.get()
@@ -375,7 +391,8 @@ def _end_whole_call(module: torch.nn.Module) -> None:
     rt = module._diffusers_hook.get_hook(_STEP_HOOK_NAME).rt
     whole = rt.whole
     for m, out in _WHOLE_OUTS:
-        rt.computed(*whole.keys[id(m)], out)
+        if id(m) in whole.keys:  # a hooked one (a lean handle's others are counted bare)
+            rt.computed(*whole.keys[id(m)], out)
     if rt.stack is not None and _WHOLE_STACK:
         first, last = whole.stack_blocks[0], whole.stack_blocks[-1]
         seen = {id(b): (h, out) for b, h, out in _WHOLE_STACK}
@@ -389,15 +406,17 @@ class _WholeCall:
     """Makes a scheduled model look unhooked for one call that the user's compile traces whole.
 
     Why: a graph traced through the hooks guards on the hook objects, so every new handle (the
-    search applies one per candidate) would recompile the whole model. For the call, each hooked
-    component's forward becomes ``_capture_forward`` (one function per class, bound per call) and each
-    fast-path block gets its previous forward back; ``exit`` restores both (idempotent).
+    search applies one per candidate) would recompile the whole model. For the call, each component's
+    forward, hooked or not (a lean handle leaves some bare: the graph must not depend on which), becomes
+    ``_capture_forward`` (one function per class, bound per call) and each fast-path block gets its previous
+    forward back; ``exit`` restores both (idempotent).
     """
 
     def __init__(self, rt: _Runtime, fast_blocks: list[tuple[torch.nn.Module, Callable[..., Any]]]) -> None:
         self.rt = rt
-        self.components = [(rt.adapter.component_module(b, c), (b, c)) for b, c in rt.hooked]
-        self.keys = {id(m): key for m, key in self.components}
+        self.components = [(rt.adapter.component_module(b, c), (b, c)) for b, c, _ in rt.adapter.component_paths()]
+        hooked = set(rt.hooked)
+        self.keys = {id(m): key for m, key in self.components if key in hooked}
         self.fast_blocks = fast_blocks
         self.stack_blocks = [spec.module for spec in rt.adapter.blocks]
         self.saved: list[tuple[torch.nn.Module, Any]] = []
@@ -417,7 +436,7 @@ class _WholeCall:
     def enter(self) -> None:
         _WHOLE_OUTS.clear()
         _WHOLE_STACK.clear()
-        self.saved = [(m, m.__dict__["forward"]) for m, _ in self.components]  # the cache hooks' forwards
+        self.saved = [(m, m.__dict__.get("forward")) for m, _ in self.components]  # the cache hooks' forwards
         self.saved_blocks = [(block, Slot(block).get()) for block, _ in self.fast_blocks]
         for m, _ in self.components:
             m.forward = types.MethodType(_capture_forward(type(m)), m)
@@ -431,7 +450,10 @@ class _WholeCall:
 
     def exit(self) -> None:
         for m, fn in self.saved:
-            m.forward = fn
+            if fn is None:
+                m.__dict__.pop("forward", None)  # bare: back to its class forward
+            else:
+                m.forward = fn
         for block, fast in self.saved_blocks:
             Slot(block).set(fast)
         for block, fn in self.saved_stack:
@@ -503,9 +525,10 @@ class CacheHandle:
     """What ``apply_schedule`` returns: remove it (or leave its ``with`` block) to restore the model."""
 
     def __init__(self, adapter: Adapter, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None,
-                 fast_path: bool = True) -> None:
+                 fast_path: bool = True, lean: bool = True) -> None:
         self.adapter = adapter
         self.schedule = schedule
+        self.lean = lean
         self._rt = _Runtime(adapter, schedule)
         self._installed: list[tuple[torch.nn.Module, str, bool, bool]] = []
         self._fast_blocks: list[tuple[torch.nn.Module, Callable[..., Any]]] = []
@@ -517,7 +540,10 @@ class CacheHandle:
         try:
             m, reg, fwd = _register(t, _StepHook(self._rt, t), _STEP_HOOK_NAME)
             self._installed.append((m, _STEP_HOOK_NAME, reg, fwd))
+            reads = cache_reads(schedule.bits, schedule.step_reuse == "residual") if lean else None
             for b, c, _path in adapter.component_paths():
+                if reads is not None and not reads[b, c]:
+                    continue  # no step reads its cache: it runs as the model's own
                 mod = adapter.component_module(b, c)
                 m, reg, fwd = _register(mod, _ComponentHook(self._rt, b, c), HOOK_NAME)
                 self._installed.append((m, HOOK_NAME, reg, fwd))
@@ -530,6 +556,7 @@ class CacheHandle:
             self._rt.whole = _WholeCall(self._rt, self._fast_blocks)
             if schedule.step_reuse == "residual":
                 self._install_stack()
+            self._rt.count_bare(schedule.step_reuse == "residual")
             self._invalidate()
             if compile is not None and compile is not False:
                 self.compile_components()
@@ -644,8 +671,18 @@ class CacheHandle:
                 f"new schedule has {schedule.steps} steps, the applied one {self.schedule.steps}; "
                 f"resample it first"
             )
+        if self.lean:
+            reads = cache_reads(schedule.bits, schedule.step_reuse == "residual")
+            missing = set(zip(*np.nonzero(reads), strict=True)) - set(self._rt.hooked)
+            if missing:
+                b, c = min(missing)
+                raise ScheduleError(
+                    f"this handle hooks only the components its schedule reads from cache, and the new one also "
+                    f"reads block {b} {self.adapter.component_names[c]}; apply with lean=False to swap schedules"
+                )
         self.schedule = schedule
         self._rt.bits = schedule.bits
+        self._rt.count_bare(schedule.step_reuse == "residual")
         if self._rt.stack is None and schedule.step_reuse == "residual":
             self._install_stack()
             self._invalidate()
@@ -657,7 +694,7 @@ class CacheHandle:
 
 def apply_schedule(
     pipe_or_transformer: Any, schedule: CacheSchedule, compile: bool | dict[str, Any] | None = None,
-    fast_path: bool = True,
+    fast_path: bool = True, lean: bool = True,
 ) -> CacheHandle:
     """Install ``schedule`` on a pipeline's transformer (or a bare one) and return the handle.
 
@@ -667,6 +704,9 @@ def apply_schedule(
     ``torch.compile(transformer)`` first traces a scheduled call; False never does.
     ``fast_path``: use the adapter's cached-block forward where it has one (same outputs, less
     work); False hooks the components only.
+    ``lean``: hook only the components whose cached output some step reads (``stack.cache_reads``);
+    the others run as the model's own, same outputs, and ``counts`` leaves them out. False hooks every
+    component, as the search needs (``counts``, ``set_schedule`` to any schedule).
     """
     if not isinstance(schedule, CacheSchedule):
         raise ScheduleError(
@@ -674,4 +714,4 @@ def apply_schedule(
             f"use CacheSchedule.load(path) or ditaccel.presets"
         )
     schedule.validate_for(pipe_or_transformer)
-    return CacheHandle(get_adapter(pipe_or_transformer), schedule, compile, fast_path)
+    return CacheHandle(get_adapter(pipe_or_transformer), schedule, compile, fast_path, lean)

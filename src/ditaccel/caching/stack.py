@@ -62,6 +62,31 @@ def tail_skip_steps(bits: np.ndarray) -> np.ndarray:
     return tail
 
 
+def block_runs(bits: np.ndarray, residual: bool) -> np.ndarray:
+    """[steps, blocks] bool: whether the block runs at the step (not where residual reuse skips it)."""
+    bits = np.asarray(bits, dtype=bool)
+    runs = np.ones(bits.shape[:2], dtype=bool)
+    if residual:
+        runs[skip_steps(bits)] = False
+        runs[tail_skip_steps(bits), 1:] = False
+    return runs
+
+
+def cache_reads(bits: np.ndarray, residual: bool) -> np.ndarray:
+    """[blocks, components] bool: the (block, slot) outputs some step reads from cache, i.e. a step > 0 runs
+    the block with the bit unset. Why: a component no step reads needs no cache hook, and on the bundled
+    model the hooks of a whole-step schedule cost ~4% of a call (``apply_schedule(..., lean=True)``)."""
+    reads = ~np.asarray(bits, dtype=bool) & block_runs(bits, residual)[:, :, None]
+    return reads[1:].any(axis=0)
+
+
+def unhooked_calls(bits: np.ndarray, residual: bool) -> int:
+    """How many component calls a lean handle runs without a cache hook: those of never-read slots in
+    every step that runs their block (the latency model prices the hook each one saves)."""
+    free = (~cache_reads(bits, residual)).sum(axis=1)  # [blocks]
+    return int((block_runs(bits, residual).sum(axis=0) * free).sum())
+
+
 class StackState:
     """What the stack hooks share: the runtime, this schedule's skip steps, the current call's stack input."""
 

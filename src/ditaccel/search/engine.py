@@ -355,11 +355,11 @@ def quality_resolution(metric: str, tiebreak: str | None, n_images: int) -> floa
 def _latency_model(pipe: Any, plan: _Plan) -> Any:
     """The search's latency profile: its folder's own when resuming (so candidates keep their prices),
     else this device's cached profile for one image per call, measured now if there is none."""
-    from ditaccel.caching.latency import latency_profile, load_profile, save_profile
+    from ditaccel.caching.latency import OLDER_VERSIONS, latency_profile, load_profile, save_profile
 
     path = plan.out / "latency_profile.json" if plan.out is not None else None
     if path is not None and plan.resume_state is not None:
-        found = load_profile(path, older=not plan.residual)  # residual prices need stack_s (version 3)
+        found = load_profile(path, older=OLDER_VERSIONS["residual" if plan.residual else "components"])
         if found is not None:
             return found
     profile = latency_profile(pipe, plan.call_kwargs, batch=1)

@@ -226,7 +226,7 @@ class PrefixEvaluator:
                out: list[list[np.ndarray]], stats: EvalStats, live: np.ndarray, alone: np.ndarray,
                on_done: Callable[[int], None] | None) -> None:
         for i, sched in enumerate(schedules):
-            with apply_schedule(self.pipe, sched) as h:
+            with apply_schedule(self.pipe, sched, lean=False) as h:  # counts every component
                 calls = _CallCounter(get_transformer(self.pipe))
                 try:
                     out[i].extend(self._call(ps, ss))
@@ -250,7 +250,7 @@ class PrefixEvaluator:
         lcp = [common_steps(eff[a], eff[b]) for a, b in zip(order, order[1:], strict=False)]
         plan = _snapshot_plan(lcp)
         transformer = get_transformer(self.pipe)
-        handle = apply_schedule(self.pipe, schedules[order[0]])
+        handle = apply_schedule(self.pipe, schedules[order[0]], lean=False)  # set_schedule to any candidate
         memo = _PrefixMemo(handle, transformer)
         registry = HookRegistry.check_if_exists_or_initialize(transformer)
         registry.register_hook(memo, _MEMO_HOOK)
