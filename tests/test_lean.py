@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ditaccel.caching import CacheSchedule, apply_schedule, presets
+from ditaccel.caching import apply_schedule, presets
 from ditaccel.caching.runtime import HOOK_NAME
 from ditaccel.caching.stack import cache_reads, unhooked_calls
 from ditaccel.errors import ScheduleError

@@ -383,6 +383,21 @@ def test_structured_population_starts_with_none_then_dynamic_like(pipe):
     assert paper <= {pack(b) for _, b in named}
 
 
+def test_stratify_keeps_the_first_of_every_speed_band_in_a_small_population():
+    from ditaccel.search.genome import SPEED_BANDS, stratify
+
+    speeds = [1.0, 1.1, 1.3, 1.3, 1.5, 2.2, 2.2, 3.0, 4.5, 5.7, 5.7, 7.7]  # the named list's order
+    named = [(f"g{i}", np.array([(i >> k) & 1 for k in range(4)], dtype=bool).reshape(4, 1, 1))
+             for i in range(len(speeds))]
+    speed = {pack(b): v for (_, b), v in zip(named, speeds, strict=True)}
+    order = [n for n, _ in stratify(named, 6, lambda b: speed[pack(b)], keep=1)]
+    assert order[0] == "g0"  # all-recompute stays first
+    bands = {int(np.searchsorted(SPEED_BANDS, v, side="right")) for v in speeds[1:]}
+    assert order[1:1 + len(bands)] == ["g1", "g2", "g5", "g7", "g8", "g9", "g11"]  # each band's first, in order
+    assert sorted(order) == sorted(n for n, _ in named)  # nothing lost: the rest follow
+    assert stratify(named, len(named), lambda b: speed[pack(b)]) is named  # it all fits: unchanged
+
+
 def test_step_crossover_takes_whole_steps_from_a_parent(shape):
     from pymoo.core.population import Population
 

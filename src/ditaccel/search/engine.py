@@ -50,6 +50,7 @@ from ditaccel.search.genome import (
     initial_population,
     pack,
     preset_population,
+    stratify,
     structured_population,
     unpack,
 )
@@ -154,6 +155,9 @@ class _Plan:
     fill: float = 0.0
     step_reuse: str = "components"
     seeding: str = "presets"
+    #: "stratified": the initial population spans every speed band (``genome.stratify``); "listed": cut from the
+    #: named list's front (the paper's strategy, and structured searches from before stratifying)
+    population_order: str = "listed"
 
     @property
     def residual(self) -> bool:
@@ -265,6 +269,7 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         "signals" if cfg.strategy == "structured" else "presets")
     if seeding not in SEEDINGS:
         raise DitaccelError(f"unknown seeding {seeding!r}; use {' or '.join(SEEDINGS)}")
+    order = _saved(cfg, "population_order", "listed") or ("stratified" if cfg.strategy == "structured" else "listed")
     shape = (steps, a.num_blocks, len(a.component_names))
     json_kw = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool, type(None)))}
     fingerprint = {
@@ -284,10 +289,12 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         fingerprint["step_reuse"] = step_reuse
     if seeding != "presets":  # likewise: absent for the named presets alone (and in searches from before it)
         fingerprint["seeding"] = seeding
+    if order != "listed":  # likewise: absent for the named list's order (and in searches from before strata)
+        fingerprint["population_order"] = order
     out = Path(cfg.out) if cfg.out is not None else None
     resume_state = _check_out(out, fingerprint, cfg.resume)
     return _Plan(pairs_p, pairs_s, metric, steps, height, width, kw, named, shape, fingerprint, out, resume_state,
-                 m.needs_reference, tiebreak, cfg.strategy, float(cfg.fill), step_reuse, seeding)
+                 m.needs_reference, tiebreak, cfg.strategy, float(cfg.fill), step_reuse, seeding, order)
 
 
 def _step_reuse(cfg: SearchConfig, a: Any) -> str:
@@ -629,16 +636,19 @@ class _SearchRun:
 
     def _named(self) -> list[tuple[str, np.ndarray]]:
         """The initial population's named genomes: all-recompute, any ``--init`` frontier, then the signal
-        seeds (``seeding`` "signals"), then the strategy's presets."""
+        seeds (``seeding`` "signals"), then the strategy's presets; under the structured strategy, the first
+        of each speed band ahead of the rest (``stratify``)."""
         named = self.plan.named
+        at = 1 + sum(1 for n, _ in named[1:] if n.startswith("init:"))  # a --init frontier stays first
         if self.plan.seeding == "signals":
             rungs = ladders(self._signals())
             seeds = signal_seeds(rungs, self.pricer.speedup)
-            at = 1 + sum(1 for n, _ in named[1:] if n.startswith("init:"))  # a --init frontier stays first
             named = [*named[:at], *seeds, *named[at:]]
             for n, b in seeds:
                 self.names.setdefault(pack(b), n)  # a seed equal to a preset keeps the preset's name
             self._ladder = [b for level_rungs in rungs.values() for b in level_rungs]
+        if self.plan.population_order == "stratified":
+            named = stratify(named, int(self.cfg.population), self.pricer.speedup, keep=at)
         return named
 
     def _signals(self) -> ChangeSignals:
@@ -729,13 +739,15 @@ class _SearchRun:
             "config": {k: v for k, v in asdict(self.cfg).items() if _jsonable(v)}})
 
     def _front(self, rows: list[Candidate]) -> list[Candidate]:
-        """The feasible non-dominated ``rows`` on the GA's own objectives, slowest first.
+        """The feasible non-dominated ``rows`` priced faster than all-recompute, slowest first.
 
         With a tie-break, equal-quality points trade fidelity for speed; points a reader cannot tell
-        apart (same speedup to 0.5 %, same quality to its resolution) are kept once.
+        apart (same speedup to 0.5 %, same quality to its resolution) are kept once. A schedule priced at
+        1.0x or slower (its cached components cost less than their hooks on this profile) is no
+        speedup at all, so it is left out whatever its quality.
         """
         plan = self.plan
-        feasible = [r for r in rows if r.feasible]
+        feasible = [r for r in rows if r.feasible and r.speedup > 1.0]
         keep = non_dominated([(r.price, -r.loss) for r in feasible],
                              min_gain=quality_resolution(plan.metric, plan.tiebreak, len(plan.prompts)),
                              min_cost_gain=FRONTIER_COST_RESOLUTION)
