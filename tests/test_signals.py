@@ -32,6 +32,20 @@ def test_step_threshold_accumulates_change_since_the_last_computed_step():
     assert tail[:, 0].all() and [t for t in range(7) if not tail[t, 1:].any()] == [1, 2, 5]
 
 
+def test_late_weighting_moves_the_skips_early():
+    """Step s's change counts (1 + late * (s / (steps - 1))^2) times: a flat signal skips evenly unweighted,
+    and with the weighting skips early steps and computes the late ones, at a threshold that skips as many."""
+    s = _signals([0] + [0.1] * 10)
+    assert sig.weighted_stack(s, 8.0)[[0, 5, 10]] == pytest.approx([0.0, 0.1 * 3.0, 0.1 * 9.0])
+    skipped = lambda tau, late: [t for t in range(11) if not sig.threshold_bits(s, tau, "step", late)[t].any()]  # noqa: E731
+    assert skipped(0.25, 0.0) == [1, 2, 4, 5, 7, 8]
+    weighted = skipped(0.45, 8.0)
+    assert weighted == [1, 2, 3, 5] and max(weighted) < max(skipped(0.25, 0.0))
+    tail = sig.threshold_bits(s, 0.45, "tail", 8.0)
+    assert [t for t in range(11) if not tail[t, 1:].any()] == weighted
+    assert len(sig.ladder(s, "step", late=8.0)) > 3
+
+
 def test_component_threshold_decides_each_block_component_alone():
     comp = np.zeros((4, 1, 2))
     comp[1:, 0, 0] = 0.1  # slow: reused until the change adds up
@@ -90,6 +104,28 @@ def test_seeded_search_starts_from_the_signals_and_resume_reuses_them(pipe, tmp_
         search(pipe, SearchConfig(generations=3, out=tmp_path / "s", resume=True, **cfg))
     paper = search(pipe, SearchConfig(generations=1, strategy="ecad", **cfg))  # the paper's start: no signals
     assert paper.info["seeding"] == "presets"
+
+
+def test_a_search_begun_before_start_version_2_resumes_with_its_own_start(pipe, tmp_path, monkeypatch):
+    """A checkpoint without ``start`` (version 1: unweighted seeds, the list's order) resumes as version 1, and
+    a new structured search records version 2."""
+    from ditaccel._io import CHECKSUM_KEY, atomic_write_checked_json
+    from ditaccel.search import engine
+
+    cfg = dict(prompts=["a red fox", "a blue car"], seeds=[0], metric="psnr", population=8, seed=1,
+               call_kwargs=_kw(), batch_size=8, cost="macs", out=tmp_path / "s")
+    search(pipe, SearchConfig(generations=1, **cfg))
+    ckpt = tmp_path / "s" / "checkpoint"
+    state = json.loads(ckpt.read_text())
+    assert state["fingerprint"]["start"] == 2
+    state.pop(CHECKSUM_KEY)
+    del state["fingerprint"]["start"]
+    atomic_write_checked_json(ckpt, state)
+    lates = []
+    real = engine.ladders
+    monkeypatch.setattr(engine, "ladders", lambda sig, late=0.0: lates.append(late) or real(sig, late))
+    search(pipe, SearchConfig(generations=2, resume=True, **cfg))
+    assert lates == [0.0] and "start" not in json.loads(ckpt.read_text())["fingerprint"]
 
 
 def test_gap_fill_takes_a_pool_schedule_nearest_the_target():

@@ -9,6 +9,11 @@ How it works
   call, larger timestep) starts a new generation and drops all caches.
 - One ``ModelHook`` with a ``new_forward`` on each cacheable sub-module (from the adapter)
   either runs the original forward and stores its raw output, or returns the stored output.
+  A lean handle (the default) hooks only the sub-modules whose output some step reads from cache
+  (``stack.cache_reads``): the others always compute, so they run bare and ``counts`` adds them
+  by the schedule (``_Runtime.count_bare``) at the end of each call; the hooks cost ~4% of a call on
+  the bundled model. The search applies ``lean=False`` (every sub-module hooked) so that
+  ``set_schedule`` can swap in any candidate.
   Norms, adaLN modulation, gates and residual adds stay in the block and always run, except:
 - Block fast path: where the adapter has a ``cached_block_forward`` (PixArt's
   ``BasicTransformerBlock``), each block's innermost forward (beneath any diffusers or offload

@@ -54,7 +54,7 @@ from ditaccel.search.genome import (
     structured_population,
     unpack,
 )
-from ditaccel.search.signals import ChangeSignals, ladders, measure_signals, signal_seeds
+from ditaccel.search.signals import LATE_WEIGHT, ChangeSignals, ladders, measure_signals, signal_seeds
 
 CHECKPOINT_FORMAT = "ditaccel.search_checkpoint"
 LATENCY_MODEL = "latency-model"
@@ -155,9 +155,8 @@ class _Plan:
     fill: float = 0.0
     step_reuse: str = "components"
     seeding: str = "presets"
-    #: "stratified": the initial population spans every speed band (``genome.stratify``); "listed": cut from the
-    #: named list's front (the paper's strategy, and structured searches from before stratifying)
-    population_order: str = "listed"
+    #: how the initial population is built (``START_VERSIONS``)
+    start: int = 1
 
     @property
     def residual(self) -> bool:
@@ -165,6 +164,11 @@ class _Plan:
 
 
 STRATEGIES = ("structured", "ecad")
+#: How a search builds its initial population. 1: cut from the front of the named list, signal seeds
+#: unweighted (the paper's strategy, and structured searches from before version 2, which resume as they
+#: began); 2: each speed band's first genome kept ahead of the rest (``genome.stratify``) and late-weighted
+#: signal seeds (``signals.LATE_WEIGHT``): new structured searches.
+START_VERSIONS = (1, 2)
 #: gap fillers per generation (after the first) under the structured strategy, as a share of the
 #: population (``operators.gap_fill``); the paper's strategy has none
 DEFAULT_FILL = 0.25
@@ -269,7 +273,10 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         "signals" if cfg.strategy == "structured" else "presets")
     if seeding not in SEEDINGS:
         raise DitaccelError(f"unknown seeding {seeding!r}; use {' or '.join(SEEDINGS)}")
-    order = _saved(cfg, "population_order", "listed") or ("stratified" if cfg.strategy == "structured" else "listed")
+    start = int(_saved(cfg, "start", "1") or (2 if cfg.strategy == "structured" else 1))
+    if start not in START_VERSIONS:
+        raise DitaccelError(f"the search in {cfg.out} starts its population by version {start}, which this ditaccel "
+                            "does not know; resume it with a newer ditaccel or choose another --out")
     shape = (steps, a.num_blocks, len(a.component_names))
     json_kw = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool, type(None)))}
     fingerprint = {
@@ -289,12 +296,12 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         fingerprint["step_reuse"] = step_reuse
     if seeding != "presets":  # likewise: absent for the named presets alone (and in searches from before it)
         fingerprint["seeding"] = seeding
-    if order != "listed":  # likewise: absent for the named list's order (and in searches from before strata)
-        fingerprint["population_order"] = order
+    if start != 1:  # likewise: absent for version 1 (and in searches from before it)
+        fingerprint["start"] = start
     out = Path(cfg.out) if cfg.out is not None else None
     resume_state = _check_out(out, fingerprint, cfg.resume)
     return _Plan(pairs_p, pairs_s, metric, steps, height, width, kw, named, shape, fingerprint, out, resume_state,
-                 m.needs_reference, tiebreak, cfg.strategy, float(cfg.fill), step_reuse, seeding, order)
+                 m.needs_reference, tiebreak, cfg.strategy, float(cfg.fill), step_reuse, seeding, start)
 
 
 def _step_reuse(cfg: SearchConfig, a: Any) -> str:
@@ -641,13 +648,13 @@ class _SearchRun:
         named = self.plan.named
         at = 1 + sum(1 for n, _ in named[1:] if n.startswith("init:"))  # a --init frontier stays first
         if self.plan.seeding == "signals":
-            rungs = ladders(self._signals())
+            rungs = ladders(self._signals(), late=LATE_WEIGHT if self.plan.start >= 2 else 0.0)
             seeds = signal_seeds(rungs, self.pricer.speedup)
             named = [*named[:at], *seeds, *named[at:]]
             for n, b in seeds:
                 self.names.setdefault(pack(b), n)  # a seed equal to a preset keeps the preset's name
             self._ladder = [b for level_rungs in rungs.values() for b in level_rungs]
-        if self.plan.population_order == "stratified":
+        if self.plan.start >= 2:
             named = stratify(named, int(self.cfg.population), self.pricer.speedup, keep=at)
         return named
 
