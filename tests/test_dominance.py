@@ -24,6 +24,8 @@ def test_schedule_key_ignores_step_zero_and_tells_schedules_apart():
     assert schedule_key(fora) == schedule_key(zero)
     assert schedule_key(fora) != schedule_key(other)
     assert schedule_key(fora) != schedule_key(np.concatenate([fora, fora]))  # another step count
+    assert schedule_key(fora, "residual") != schedule_key(fora)  # the same bits skipping the block stack
+    assert schedule_key(fora, "residual") == schedule_key(zero, "residual")
 
 
 def test_a_bit_identical_peer_is_matched_not_dominated_nor_undominated():

@@ -208,15 +208,17 @@ def write_plot(result: Any, path: Any, speed: str = "speedup") -> list[str]:
 QUALITY_COLUMNS = ("adherence", "psnr")
 
 
-def schedule_key(bits: Any) -> str:
-    """Shape and packed bits of a schedule, step 0 as computed (the runtime always computes it).
+def schedule_key(bits: Any, step_reuse: str = "components") -> str:
+    """Reuse rule, shape and packed bits of a schedule, step 0 as computed (the runtime always computes it).
 
-    Two rows with the same key run the same schedule, so their speed difference is noise.
+    Two rows with the same key run the same schedule, so their speed difference is noise. The same bits
+    under residual step reuse are another schedule (it skips the block stack where the other runs it).
     """
     b = np.asarray(bits, dtype=bool)
     if b.ndim and len(b):
         b = effective_bits(b)
-    return "x".join(map(str, b.shape)) + ":" + np.packbits(b.reshape(-1)).tobytes().hex()
+    key = "x".join(map(str, b.shape)) + ":" + np.packbits(b.reshape(-1)).tobytes().hex()
+    return key if step_reuse == "components" else f"{step_reuse}:{key}"
 
 
 @dataclass

@@ -557,7 +557,7 @@ def _rows(run: _Run, t: _Timing, scored: dict[str, tuple[dict[str, float], dict[
         if m.schedule is not None:
             from ditaccel.evaluate.report import schedule_key
 
-            r.schedule_key = schedule_key(m.schedule.bits)
+            r.schedule_key = schedule_key(m.schedule.bits, m.schedule.step_reuse)
             r.macs_per_image, r.macs_source = schedule_macs(pipe, m.schedule, h, w, batch=cfg_batch,
                                                             text_len=text_len), "schedule_macs"
             r.details["counted_macs_per_image"] = int(c)

@@ -54,7 +54,15 @@ from ditaccel.search.genome import (
     structured_population,
     unpack,
 )
-from ditaccel.search.signals import LATE_WEIGHT, ChangeSignals, ladders, measure_signals, signal_seeds
+from ditaccel.search.signals import (
+    LATE_WEIGHT,
+    TARGETS,
+    TARGETS_V1,
+    ChangeSignals,
+    ladders,
+    measure_signals,
+    signal_seeds,
+)
 
 CHECKPOINT_FORMAT = "ditaccel.search_checkpoint"
 LATENCY_MODEL = "latency-model"
@@ -167,7 +175,7 @@ STRATEGIES = ("structured", "ecad")
 #: How a search builds its initial population. 1: cut from the front of the named list, signal seeds
 #: unweighted (the paper's strategy, and structured searches from before version 2, which resume as they
 #: began); 2: each speed band's first genome kept ahead of the rest (``genome.stratify``) and late-weighted
-#: signal seeds (``signals.LATE_WEIGHT``): new structured searches.
+#: signal seeds (``signals.LATE_WEIGHT``) at denser targets (``signals.TARGETS``): new structured searches.
 START_VERSIONS = (1, 2)
 #: gap fillers per generation (after the first) under the structured strategy, as a share of the
 #: population (``operators.gap_fill``); the paper's strategy has none
@@ -648,8 +656,9 @@ class _SearchRun:
         named = self.plan.named
         at = 1 + sum(1 for n, _ in named[1:] if n.startswith("init:"))  # a --init frontier stays first
         if self.plan.seeding == "signals":
-            rungs = ladders(self._signals(), late=LATE_WEIGHT if self.plan.start >= 2 else 0.0)
-            seeds = signal_seeds(rungs, self.pricer.speedup)
+            v2 = self.plan.start >= 2
+            rungs = ladders(self._signals(), late=LATE_WEIGHT if v2 else 0.0)
+            seeds = signal_seeds(rungs, self.pricer.speedup, TARGETS if v2 else TARGETS_V1)
             named = [*named[:at], *seeds, *named[at:]]
             for n, b in seeds:
                 self.names.setdefault(pack(b), n)  # a seed equal to a preset keeps the preset's name
