@@ -392,10 +392,12 @@ def test_user_compile_whole_steps_other_families(family):
         assert np.array_equal(h.counts, counts)
 
 
-def test_user_compile_with_residual_step_reuse_matches_eager(setup, monkeypatch):
+@pytest.mark.parametrize("lean", [False, True])
+def test_user_compile_with_residual_step_reuse_matches_eager(setup, monkeypatch, lean):
     """Under residual step reuse, steps that compute everything also stay in the user's whole graph, which
     returns the first and last blocks' inputs and outputs for the stack residuals; skip steps leave it. Same
-    outputs as eager, bitwise; switching schedules then recompiles nothing."""
+    outputs as eager, bitwise; switching schedules then recompiles nothing. A lean handle hooks no component
+    for these schedules (they read no component cache), and its skip steps still leave the graph."""
     calls = _record_whole_or_escape(monkeypatch)
     t, inputs = setup
     fora = presets.fora(t, 2, steps=4)
@@ -405,7 +407,8 @@ def test_user_compile_with_residual_step_reuse_matches_eager(setup, monkeypatch)
     expected = [_eager(t, inputs, s)[0] for s in scheds]
     assert not all(torch.equal(a, b) for a, b in zip(expected[0], _eager(t, inputs, fora)[0], strict=True))
     compiled = torch.compile(t, backend="aot_eager")
-    with apply_schedule(t, scheds[0], compile=AOT, lean=False) as h:
+    with apply_schedule(t, scheds[0], compile=AOT, lean=lean) as h:
+        assert bool(h._rt.hooked) != lean
         _assert_same(_generate(compiled, inputs), expected[0])
         assert calls == ["whole", "escape", "whole", "escape"]  # fora(2): steps 0 and 2 compute everything
         with torch._dynamo.config.patch(error_on_recompile=True):

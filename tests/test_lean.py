@@ -86,3 +86,19 @@ def test_a_whole_step_schedule_hooks_no_component_and_refuses_a_wider_swap(setup
             with pytest.raises(ScheduleError, match="lean=False") as e:
                 h.set_schedule(presets.fora(pipe, 2, steps=STEPS))  # component reuse reads every slot
             assert "\n" not in str(e.value)
+
+
+def test_models_without_some_slots_count_and_swap_only_the_slots_they_have():
+    """SD3's last block has no ff_context: a lean handle neither hooks nor counts it, swaps to the same schedule,
+    and the latency model's bare calls are the calls that happen."""
+    pipe = build_pipeline("sd3")
+    fora = presets.fora(pipe, 2, steps=STEPS)
+    with apply_schedule(pipe, fora) as h:
+        slots = h.adapter.slots()
+        assert not slots.all() and int(slots.sum()) == len(h.adapter.component_paths())
+        h.set_schedule(fora)
+        _images(pipe, "sd3")
+        assert (h.counts[~slots] == 0).all()
+    ones = np.ones_like(fora.bits)
+    assert unhooked_calls(ones, False, slots) == STEPS * int(slots.sum()) < unhooked_calls(ones, False)
+    assert not cache_reads(fora.bits, False, slots)[~slots].any()

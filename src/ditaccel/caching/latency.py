@@ -84,6 +84,8 @@ class LatencyProfile:
     parts: dict[str, float] = field(default_factory=dict)
     stack_s: float = 0.0
     hook_s: float = 0.0
+    #: [blocks, slots] bool: the slots the model has (``Adapter.slots``), for counting bare calls; None: all
+    slots: np.ndarray | None = None
 
     def predict(self, schedule: CacheSchedule | np.ndarray, residual: bool = False) -> float:
         """Predicted seconds of one pipeline call (``batch`` images) under ``schedule``.
@@ -103,7 +105,7 @@ class LatencyProfile:
         if residual:
             blocks = bits.shape[1]
             skipped = float(skip_steps(bits).sum()) + float(tail_skip_steps(bits).sum()) * (blocks - 1) / blocks
-        bare = unhooked_calls(bits, residual) * self.hook_s if self.hook_s else 0.0
+        bare = unhooked_calls(bits, residual, self.slots) * self.hook_s if self.hook_s else 0.0
         return self.fixed_s + bits.shape[0] * self.step_s - skipped * self.stack_s + self.scale * work - bare
 
     def speedup(self, schedule: CacheSchedule | np.ndarray, residual: bool = False) -> float:
@@ -114,14 +116,16 @@ class LatencyProfile:
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "component_s": self.component_s.tolist(), "step_s": self.step_s,
                 "fixed_s": self.fixed_s, "scale": self.scale, "steps": self.steps, "runs": self.runs,
-                "seconds": self.seconds, "parts": self.parts, "stack_s": self.stack_s, "hook_s": self.hook_s}
+                "seconds": self.seconds, "parts": self.parts, "stack_s": self.stack_s, "hook_s": self.hook_s,
+                **({"slots": self.slots.tolist()} if self.slots is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyProfile:
         return cls(dict(d["key"]), np.asarray(d["component_s"], dtype=float), float(d["step_s"]),
                    float(d["fixed_s"]), float(d["scale"]), int(d["steps"]), list(d.get("runs", [])),
                    float(d.get("seconds", 0.0)), dict(d.get("parts", {})), float(d.get("stack_s", 0.0)),
-                   float(d.get("hook_s", 0.0)))
+                   float(d.get("hook_s", 0.0)),
+                   None if d.get("slots") is None else np.asarray(d["slots"], dtype=bool))
 
 
 # -- where profiles live ----------------------------------------------------------------------
@@ -371,7 +375,7 @@ def profile_latency(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch:
         for kind, bits in plan[n:] + plan[:n]:  # rotate the order: drifts hit every kind alike
             runs.append({"kind": kind, "bits": bits, **timed_call(pipe, kw, batch, schedule(kind, bits), False,
                                                                   sync, clock, lean=kind != "hooked")})
-    profile = fit_profile(runs, key, steps, glue_weights(a))
+    profile = fit_profile(runs, key, steps, glue_weights(a), a.slots())
     profile.seconds = time.perf_counter() - start
     return profile
 
@@ -388,14 +392,16 @@ def glue_weights(adapter: Any) -> np.ndarray:
 
 
 def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int,
-                glue: np.ndarray | None = None) -> LatencyProfile:
+                glue: np.ndarray | None = None, slots: np.ndarray | None = None) -> LatencyProfile:
     """Turn timed runs into a profile (see the module docstring); pure, so it is tested on exact data.
 
-    ``runs``: dicts with ``kind`` (none / cached / skipped / other), ``bits`` and ``total_s``; ``skipped``
-    runs are ``cached`` bits under residual step reuse and give ``stack_s`` only. Runs timed per
-    part also carry ``comp`` [steps, blocks, slots], ``starts`` (each step's start) and optionally
-    ``blocks`` [steps, blocks], and give the parts; the other (plain) runs give the line. ``glue``
-    (``glue_weights``) shares each block's skipped glue among its slots.
+    ``runs``: dicts with ``kind`` (none / cached / skipped / hooked / other), ``bits`` and ``total_s``;
+    ``skipped`` runs are ``cached`` bits under residual step reuse and give ``stack_s`` only; ``hooked`` runs
+    are all-recompute with every component hooked and give ``hook_s`` only (the other plain runs are lean).
+    Runs timed per part also carry ``comp`` [steps, blocks, slots], ``starts`` (each step's start) and
+    optionally ``blocks`` [steps, blocks], and give the parts; the other plain runs give the line. ``glue``
+    (``glue_weights``) shares each block's skipped glue among its slots; ``slots`` (``Adapter.slots``) says
+    which slots the model has, so bare calls are counted only for those.
     """
     def med(kind: str, part: str = "comp") -> np.ndarray:
         stack = [r[part][1:] for r in runs if r["kind"] == kind and part in r]
@@ -411,8 +417,8 @@ def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int,
     gaps = [g for r in runs if r["kind"] == "cached" and "starts" in r
             for g in np.diff(np.asarray(r["starts"][1:], dtype=float))]
     step_s = float(statistics.median(gaps)) if gaps else 0.0
-    hook_s = _hook_s(runs)
-    hooked = [dict(r, total_s=_hooked_total(r, hook_s)) for r in runs]  # as if every component call were hooked
+    hook_s = _hook_s(runs, slots)
+    hooked = [dict(r, total_s=_hooked_total(r, hook_s, slots)) for r in runs]  # as if every component call were hooked
     plain = [r for r in hooked if "comp" not in r and r["kind"] not in ("skipped", "hooked")] or hooked
     work = np.array([float((effective_bits(r["bits"]) * comp[None]).sum()) for r in plain])
     total = np.array([float(r["total_s"]) for r in plain])
@@ -422,34 +428,34 @@ def fit_profile(runs: list[dict[str, Any]], key: dict[str, Any], steps: int,
         intercept = float(np.median(total - work))
     fixed = float(intercept) - steps * step_s
     prof = LatencyProfile(key, comp, step_s, fixed, float(slope), steps, parts=_parts(runs, step_s),
-                          stack_s=_stack_s(hooked, steps), hook_s=hook_s)
+                          stack_s=_stack_s(hooked, steps), hook_s=hook_s, slots=slots)
     prof.runs = [{"kind": r["kind"], "measured_s": round(float(r["total_s"]), 6),
                   "predicted_s": round(prof.predict(r["bits"], r["kind"] == "skipped") + (
-                      hook_s * unhooked_calls(r["bits"], False) if r["kind"] == "hooked" else 0.0), 6)}
+                      hook_s * unhooked_calls(r["bits"], False, slots) if r["kind"] == "hooked" else 0.0), 6)}
                  for r in runs if "comp" not in r]
     return prof
 
 
-def _bare_calls(r: dict[str, Any]) -> int:
+def _bare_calls(r: dict[str, Any], slots: np.ndarray | None) -> int:
     """Component calls a plain run made without a cache hook: none when hooked everywhere (``hooked``)."""
-    return 0 if r["kind"] == "hooked" else unhooked_calls(r["bits"], r["kind"] == "skipped")
+    return 0 if r["kind"] == "hooked" else unhooked_calls(r["bits"], r["kind"] == "skipped", slots)
 
 
-def _hook_s(runs: list[dict[str, Any]]) -> float:
+def _hook_s(runs: list[dict[str, Any]], slots: np.ndarray | None) -> float:
     """Seconds of one component call's cache hook: all-recompute hooked everywhere minus bare, per call."""
     def med(kind: str) -> float | None:
         xs = [float(r["total_s"]) for r in runs if r["kind"] == kind and "comp" not in r]
         return statistics.median(xs) if xs else None
 
     hooked, bare = med("hooked"), med("none")
-    calls = next((_bare_calls(r) for r in runs if r["kind"] == "none"), 0)
+    calls = next((_bare_calls(r, slots) for r in runs if r["kind"] == "none"), 0)
     if hooked is None or bare is None or calls == 0:
         return 0.0
     return max(0.0, (hooked - bare) / calls)
 
 
-def _hooked_total(r: dict[str, Any], hook_s: float) -> float:
-    return float(r["total_s"]) + (hook_s * _bare_calls(r) if "comp" not in r else 0.0)
+def _hooked_total(r: dict[str, Any], hook_s: float, slots: np.ndarray | None) -> float:
+    return float(r["total_s"]) + (hook_s * _bare_calls(r, slots) if "comp" not in r else 0.0)
 
 
 def _stack_s(runs: list[dict[str, Any]], steps: int) -> float:

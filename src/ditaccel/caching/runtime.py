@@ -131,9 +131,9 @@ class _Runtime:
     def count_bare(self, residual: bool) -> None:
         """Count the unhooked components by the schedule: they run whenever their block does (else some step
         would read their cache, and they would be hooked)."""
-        unhooked = np.zeros(self.counts.shape, dtype=bool)
-        for b, c, _path in self.adapter.component_paths():
-            unhooked[b, c] = (b, c) not in self.hooked
+        unhooked = self.adapter.slots()
+        for b, c in self.hooked:
+            unhooked[b, c] = False
         self.bare = (block_runs(self.bits, residual)[:, :, None] & unhooked[None]).astype(np.int64)
 
     def computed(self, block: int, slot: int, out: Any) -> None:
@@ -187,7 +187,11 @@ class _Runtime:
             self.caches[self.context] = {}  # last step of this context: nothing will read it again
 
     def computes_everything(self) -> bool:
-        """Whether every hooked component recomputes in this call (its bit is set or nothing is cached yet)."""
+        """Whether every block runs and every hooked component recomputes in this call (its bit is set or nothing
+        is cached yet). A residual skip or tail-skip step never does: its stack hooks must run, even where a lean
+        handle hooked no component at all."""
+        if self.stack is not None and self.stack.active and (self.stack.skip[self.step] or self.stack.tail[self.step]):
+            return False
         cache, bits = self.caches[self.context], self.bits[self.step]
         return all(bits[b, c] or (b, c) not in cache for b, c in self.hooked)
 
@@ -274,6 +278,8 @@ class _FastBlock:
         rt = self.rt
         if torch.compiler.is_compiling() or not rt.in_call:  # traced: the block's own forward (no guard on rt)
             return self.prev(*args, **kwargs)
+        if not self.hooked and rt.variants is None:  # a lean handle's bare block: nothing cached, nothing compiled
+            return self.prev(*args, **kwargs)
         cache, bits, b = rt.caches[rt.context], rt.bits[rt.step, self.index], self.index
         cached = tuple(None if bits[c] else cache.get((b, c)) for c in self.slots)
         if rt.variants is not None and all(plain_component(m, HOOK_NAME) for m in self.components):
@@ -293,13 +299,12 @@ def _call_module(slot: int, module: torch.nn.Module, *args: Any, **kwargs: Any) 
 
 
 def _install_fast_blocks(rt: _Runtime) -> list[tuple[torch.nn.Module, Callable[..., Any]]]:
-    """Put a ``_FastBlock`` beneath the hooks of every block whose adapter has a cached-block forward and
-    that has a component hooked (the others never run a cached component)."""
+    """Put a ``_FastBlock`` beneath the hooks of every block whose adapter has a cached-block forward (also on a
+    lean handle's bare blocks: compiled, they run as whole-block variants too)."""
     installed = []
-    hooked = {b for b, _ in rt.hooked}
     for b, spec in enumerate(rt.adapter.blocks):
         fn = rt.adapter.cached_block_forward(spec)
-        if fn is None or b not in hooked:
+        if fn is None:
             continue
         slot = Slot(spec.module)
         prev = slot.get()
@@ -677,7 +682,7 @@ class CacheHandle:
                 f"resample it first"
             )
         if self.lean:
-            reads = cache_reads(schedule.bits, schedule.step_reuse == "residual")
+            reads = cache_reads(schedule.bits, schedule.step_reuse == "residual", self.adapter.slots())
             missing = set(zip(*np.nonzero(reads), strict=True)) - set(self._rt.hooked)
             if missing:
                 b, c = min(missing)

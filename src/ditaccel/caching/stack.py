@@ -72,19 +72,23 @@ def block_runs(bits: np.ndarray, residual: bool) -> np.ndarray:
     return runs
 
 
-def cache_reads(bits: np.ndarray, residual: bool) -> np.ndarray:
+def cache_reads(bits: np.ndarray, residual: bool, slots: np.ndarray | None = None) -> np.ndarray:
     """[blocks, components] bool: the (block, slot) outputs some step reads from cache, i.e. a step > 0 runs
     the block with the bit unset. Why: a component no step reads needs no cache hook, and on the bundled
-    model the hooks of a whole-step schedule cost ~4% of a call (``apply_schedule(..., lean=True)``)."""
-    reads = ~np.asarray(bits, dtype=bool) & block_runs(bits, residual)[:, :, None]
-    return reads[1:].any(axis=0)
+    model the hooks of a whole-step schedule cost ~4% of a call (``apply_schedule(..., lean=True)``).
+    ``slots`` ([blocks, components] bool, ``Adapter.slots``): the ones the model has (e.g. SD3's last block
+    has no ``ff_context``); None: all."""
+    reads = (~np.asarray(bits, dtype=bool) & block_runs(bits, residual)[:, :, None])[1:].any(axis=0)
+    return reads if slots is None else reads & slots
 
 
-def unhooked_calls(bits: np.ndarray, residual: bool) -> int:
-    """How many component calls a lean handle runs without a cache hook: those of never-read slots in
-    every step that runs their block (the latency model prices the hook each one saves)."""
-    free = (~cache_reads(bits, residual)).sum(axis=1)  # [blocks]
-    return int((block_runs(bits, residual).sum(axis=0) * free).sum())
+def unhooked_calls(bits: np.ndarray, residual: bool, slots: np.ndarray | None = None) -> int:
+    """How many component calls a lean handle runs without a cache hook: those of never-read slots (of the
+    ones the model has) in every step that runs their block (the latency model prices the hook each saves)."""
+    bare = ~cache_reads(bits, residual)
+    if slots is not None:
+        bare &= slots
+    return int((block_runs(bits, residual).sum(axis=0) * bare.sum(axis=1)).sum())
 
 
 class StackState:

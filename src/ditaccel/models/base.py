@@ -195,6 +195,13 @@ class Adapter:
                               for path in spec.components if path is not None)
         return rf"^{re.escape(lst)}\.\d+\.({'|'.join(re.escape(n) for n in names)})$"
 
+    def slots(self) -> np.ndarray:
+        """[blocks, components] bool: the (block, slot) pairs this model has a cacheable sub-module for."""
+        out = np.zeros((self.num_blocks, len(self.component_names)), dtype=bool)
+        for b, c, _path in self.component_paths():
+            out[b, c] = True
+        return out
+
     def component_paths(self) -> list[tuple[int, int, str]]:
         """(block, slot, full path in the transformer) of every cacheable sub-module."""
         out = []

@@ -281,9 +281,10 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
         "signals" if cfg.strategy == "structured" else "presets")
     if seeding not in SEEDINGS:
         raise DitaccelError(f"unknown seeding {seeding!r}; use {' or '.join(SEEDINGS)}")
-    start = int(_saved(cfg, "start", "1") or (2 if cfg.strategy == "structured" else 1))
-    if start not in START_VERSIONS:
-        raise DitaccelError(f"the search in {cfg.out} starts its population by version {start}, which this ditaccel "
+    saved = _saved(cfg, "start", "1")
+    start = int(saved) if saved is not None and saved.isdigit() else (2 if cfg.strategy == "structured" else 1)
+    if saved is not None and str(start) != saved or start not in START_VERSIONS:
+        raise DitaccelError(f"the search in {cfg.out} starts its population by version {saved}, which this ditaccel "
                             "does not know; resume it with a newer ditaccel or choose another --out")
     shape = (steps, a.num_blocks, len(a.component_names))
     json_kw = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool, type(None)))}
@@ -755,15 +756,13 @@ class _SearchRun:
             "config": {k: v for k, v in asdict(self.cfg).items() if _jsonable(v)}})
 
     def _front(self, rows: list[Candidate]) -> list[Candidate]:
-        """The feasible non-dominated ``rows`` priced faster than all-recompute, slowest first.
+        """The feasible non-dominated ``rows``, slowest first.
 
         With a tie-break, equal-quality points trade fidelity for speed; points a reader cannot tell
-        apart (same speedup to 0.5 %, same quality to its resolution) are kept once. A schedule priced at
-        1.0x or slower (its cached components cost less than their hooks on this profile) is no
-        speedup at all, so it is left out whatever its quality.
+        apart (same speedup to 0.5 %, same quality to its resolution) are kept once.
         """
         plan = self.plan
-        feasible = [r for r in rows if r.feasible and r.speedup > 1.0]
+        feasible = [r for r in rows if r.feasible]
         keep = non_dominated([(r.price, -r.loss) for r in feasible],
                              min_gain=quality_resolution(plan.metric, plan.tiebreak, len(plan.prompts)),
                              min_cost_gain=FRONTIER_COST_RESOLUTION)
@@ -774,7 +773,9 @@ class _SearchRun:
         plan, a = self.plan, self.adapter
         rows = list(self.archive.values())
         points = []
-        for i, r in enumerate(self._front(rows)):
+        # a schedule priced at 1.0x or slower (its cached components cost less than their hooks on this profile)
+        # is no speedup at all: the frontier leaves it out whatever its quality (gap filling still sees it)
+        for i, r in enumerate(r for r in self._front(rows) if r.speedup > 1.0):
             sched = CacheSchedule(unpack(r.genome, plan.shape), a.component_names, a.family, (plan.height, plan.width),
                                   metrics={plan.metric: r.quality, "macs": r.macs,
                                            "speedup_macs": r.speedup_macs if r.speedup_macs is not None else r.speedup,

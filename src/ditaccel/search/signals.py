@@ -23,8 +23,8 @@ Late weighting (``late``): step-level thresholds (and tail ones, built from them
 ``1 + late * (s / (steps - 1)) ** 2``. Why: the steps computed after a reused one correct part of its
 error, and a late step has few left to correct it, so the same change costs more PSNR late than early.
 On the bundled model (12 calibration prompts, ``LATE_WEIGHT``) the weighted threshold's schedule at 1.85x
-predicted had 62.6 dB against 50.1 dB unweighted, and 58.7 against 48.1 dB at 2.03x; at 1.1x and 1.3x
-they were equal. It leaves the search's best schedules' shape: skip early steps densely, compute the last
+predicted had 62.6 dB against 50.1 dB unweighted, 58.7 against 48.1 dB at 2.03x and 73.1 against 72.1 dB at
+1.30x; at 1.1x they were equal. It leaves the search's best schedules' shape: skip early steps densely, compute the last
 ones (the GA's best at 1.7-1.86x in two runs before it had that shape).
 """
 
