@@ -342,7 +342,7 @@ def profile_latency(pipe: Any, call_kwargs: dict[str, Any] | None = None, batch:
     """Measure ``pipe`` now: a warm-up; one all-recompute and one all-cached (step 0 only) call timed
     per part, hooked everywhere; then ``rounds`` interleaved rounds of those two, a random schedule and
     all-recompute hooked everywhere (``hook_s``), timed whole (plain calls: the per-part hooks cost time of
-    their own). Costs about ``2.7 * rounds + 1.4`` all-recompute calls: 4.3 s of CPU on the bundled model."""
+    their own). Costs about ``2.7 * rounds + 1.4`` all-recompute calls: 4.1 s of CPU on the bundled model (latency.md)."""
     if batch < 1 or rounds < 1:
         raise DitaccelError(f"batch and rounds must be at least 1, got {batch} and {rounds}")
     from ditaccel.pipeline import pipeline_call_kwargs

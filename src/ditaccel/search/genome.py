@@ -95,7 +95,8 @@ def stratify(named: list[tuple[str, np.ndarray]], size: int, speed_of: Callable[
         band = int(np.searchsorted(SPEED_BANDS, speed_of(bits), side="right"))
         picked.setdefault(band, i)
     first = sorted(picked.values())
-    return [*head, *(rest[i] for i in first), *(x for i, x in enumerate(rest) if i not in set(first))]
+    chosen = set(first)
+    return [*head, *(rest[i] for i in first), *(x for i, x in enumerate(rest) if i not in chosen)]
 
 
 def initial_population(named: list[tuple[str, np.ndarray]], size: int, rng: np.random.Generator,
