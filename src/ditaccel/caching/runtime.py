@@ -12,8 +12,8 @@ How it works
   A lean handle (the default) hooks only the sub-modules whose output some step reads from cache
   (``stack.cache_reads``): the others always compute, so they run bare and ``counts`` adds them
   by the schedule (``_Runtime.count_bare``) at the end of each call; the hooks cost ~4% of a call on
-  the bundled model. The search applies ``lean=False`` (every sub-module hooked) so that
-  ``set_schedule`` can swap in any candidate.
+  the bundled model. The search's prefix sharing applies ``lean=False`` (every sub-module hooked) so
+  that ``set_schedule`` can swap in any candidate.
   Norms, adaLN modulation, gates and residual adds stay in the block and always run, except:
 - Block fast path: where the adapter has a ``cached_block_forward`` (PixArt's
   ``BasicTransformerBlock``), each block's innermost forward (beneath any diffusers or offload
@@ -715,8 +715,8 @@ def apply_schedule(
     ``fast_path``: use the adapter's cached-block forward where it has one (same outputs, less
     work); False hooks the components only.
     ``lean``: hook only the components whose cached output some step reads (``stack.cache_reads``);
-    the others run as the model's own, same outputs, and ``counts`` leaves them out. False hooks every
-    component, as the search needs (``counts``, ``set_schedule`` to any schedule).
+    the others run as the model's own (same outputs) and ``counts`` adds them by the schedule. False hooks
+    every component, as the search's prefix sharing needs (``set_schedule`` to any candidate).
     """
     if not isinstance(schedule, CacheSchedule):
         raise ScheduleError(

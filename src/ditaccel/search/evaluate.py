@@ -226,7 +226,7 @@ class PrefixEvaluator:
                out: list[list[np.ndarray]], stats: EvalStats, live: np.ndarray, alone: np.ndarray,
                on_done: Callable[[int], None] | None) -> None:
         for i, sched in enumerate(schedules):
-            with apply_schedule(self.pipe, sched, lean=False) as h:  # counts every component
+            with apply_schedule(self.pipe, sched) as h:
                 calls = _CallCounter(get_transformer(self.pipe))
                 try:
                     out[i].extend(self._call(ps, ss))

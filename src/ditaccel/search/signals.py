@@ -24,8 +24,8 @@ Late weighting (``late``): step-level thresholds (and tail ones, built from them
 error, and a late step has few left to correct it, so the same change costs more PSNR late than early.
 On the bundled model (12 calibration prompts, ``LATE_WEIGHT``) the weighted threshold's schedule at 1.85x
 predicted had 62.6 dB against 50.1 dB unweighted, 58.7 against 48.1 dB at 2.03x and 73.1 against 72.1 dB at
-1.30x; at 1.1x they were equal. It leaves the search's best schedules' shape: skip early steps densely, compute the last
-ones (the GA's best at 1.7-1.86x in two runs before it had that shape).
+1.30x; at 1.1x they were equal. Its schedules have the shape of the GA's best at 1.7-1.86x in two runs before
+it: early steps skipped densely, the last ones computed.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ LATE_WEIGHT = 10.0
 #: at 1.10x), so the search does not spend population slots on them; ``threshold_bits`` still makes them.
 TARGETS = {"step": (1.1, 1.3, 1.45, 1.6, 1.8, 2.0, 2.25, 2.5, 2.8, 3.2, 4.0, 5.0), "tail": (1.1, 1.6, 2.2)}
 #: The targets of searches begun before the late weighting (start version 1), which resume with them. Why
-#: denser now: the late-weighted seeds beat the presets at every speed the probe compared, so the 24 slots go
-#: to more of them (the presets beyond the seeds' speeds keep theirs through ``genome.stratify``).
+#: denser now: the late-weighted seeds were 1-12 dB better than the unweighted ones at 1.3-3.2x in the probe,
+#: so more of the 24 slots go to them (presets faster than every seed keep a slot through ``genome.stratify``).
 TARGETS_V1 = {"step": (1.1, 1.3, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0), "tail": (1.1, 1.6, 2.2)}
 #: Images in the probe call: enough to average out one prompt's quirks, one batch.
 PROBE_IMAGES = 8
