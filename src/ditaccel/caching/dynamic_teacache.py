@@ -36,6 +36,7 @@ from ditaccel.caching.dynamic import (
     snapshot_hooks,
 )
 from ditaccel.caching.offload import beneath_offload_hook
+from ditaccel.caching.stack import block_input
 from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.models import get_adapter
 from ditaccel.pipeline import pipeline_steps
@@ -86,10 +87,6 @@ class _State:
         return True
 
 
-def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
 class _StepHook(ModelHook):
     def __init__(self, state: _State, module: torch.nn.Module) -> None:
         super().__init__()
@@ -124,7 +121,7 @@ class _ProbeHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         st = self.state
-        if st.now is not None and st.now.stack_input is not None and not st.decide(_hidden(args, kwargs)):
+        if st.now is not None and st.now.stack_input is not None and not st.decide(block_input(args, kwargs)):
             st.now.skip = True
             raise _SkipStack
         return self.fn_ref.original_forward(*args, **kwargs)
@@ -141,7 +138,7 @@ class _BlockHook(ModelHook):
         c = self.state.now
         if c is None:  # called outside a transformer forward: behave as the original
             return self.fn_ref.original_forward(*args, **kwargs)
-        h = _hidden(args, kwargs)
+        h = block_input(args, kwargs)
         if self.first:
             c.stack_input = h
             try:

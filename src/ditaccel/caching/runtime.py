@@ -88,7 +88,7 @@ from ditaccel.caching.compile import (
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.schedule import CacheSchedule
 from ditaccel.caching.stack import HOOK_NAME as STACK_HOOK_NAME
-from ditaccel.caching.stack import StackHook, StackState, block_runs, cache_reads
+from ditaccel.caching.stack import StackHook, StackState, block_input, block_runs, cache_reads
 from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.errors import ScheduleError
 from ditaccel.models import Adapter, get_adapter
@@ -387,7 +387,7 @@ def _capture_block(cls: type) -> Callable[..., Any]:
 
         def capture_block(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
             out = forward(self, *args, **kwargs)
-            _WHOLE_STACK.append((self, args[0] if args else kwargs["hidden_states"], out))
+            _WHOLE_STACK.append((self, block_input(args, kwargs), out))
             return out
 
         _BLOCK_CAPTURES[cls] = capture_block

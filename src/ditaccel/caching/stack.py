@@ -124,7 +124,8 @@ class StackState:
         self.active = residual
 
 
-def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+def block_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """A transformer block call's hidden-state input (positional or ``hidden_states=``)."""
     return args[0] if args else kwargs["hidden_states"]
 
 
@@ -147,12 +148,12 @@ class StackHook(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         cache = rt.caches[rt.context]
         if self.first:
-            h = st.stack_input = _hidden(args, kwargs)
+            h = st.stack_input = block_input(args, kwargs)
             if st.skips(st.skip, STACK_KEY, cache):
                 st.skipped_calls += 1
                 return h + cache[STACK_KEY]
         elif st.skipping:
-            return _hidden(args, kwargs)
+            return block_input(args, kwargs)
         out = self.fn_ref.original_forward(*args, **kwargs)
         if self.first and not self.last:
             st.tail_input = out
