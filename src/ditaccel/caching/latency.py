@@ -95,7 +95,7 @@ class LatencyProfile:
         ``CacheSchedule`` says so itself).
         """
         if isinstance(schedule, CacheSchedule):
-            residual = schedule.step_reuse == "residual"
+            residual = schedule.residual
         bits = schedule.bits if isinstance(schedule, CacheSchedule) else np.asarray(schedule, dtype=bool)
         if bits.ndim != 3 or bits.shape[1:] != self.component_s.shape:
             raise ScheduleError(f"schedule of shape {tuple(bits.shape)} does not fit this latency profile "

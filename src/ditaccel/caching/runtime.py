@@ -550,7 +550,7 @@ class CacheHandle:
         try:
             m, reg, fwd = _register(t, _StepHook(self._rt, t), _STEP_HOOK_NAME)
             self._installed.append((m, _STEP_HOOK_NAME, reg, fwd))
-            reads = cache_reads(schedule.bits, schedule.step_reuse == "residual") if lean else None
+            reads = self._reads(schedule) if lean else None
             for b, c, _path in adapter.component_paths():
                 if reads is not None and not reads[b, c]:
                     continue  # no step reads its cache: it runs as the model's own
@@ -564,15 +564,19 @@ class CacheHandle:
                     fast = Slot(self._fast_blocks[0][0]).get()  # a _FastBlock: its components are plain modules
                     self._rt.follow_compiled = next((m for m in fast.components if m is not None), None)
             self._rt.whole = _WholeCall(self._rt, self._fast_blocks)
-            if schedule.step_reuse == "residual":
+            if schedule.residual:
                 self._install_stack()
-            self._rt.count_bare(schedule.step_reuse == "residual")
+            self._rt.count_bare(schedule.residual)
             self._invalidate()
             if compile is not None and compile is not False:
                 self.compile_components()
         except BaseException:
             self.remove()
             raise
+
+    def _reads(self, schedule: CacheSchedule) -> np.ndarray:
+        """[blocks, components] the slots of this model that ``schedule`` reads from cache (a lean handle's hooks)."""
+        return cache_reads(schedule.bits, schedule.residual, self.adapter.slots())
 
     def _install_stack(self) -> None:
         """Residual step reuse (``ditaccel.caching.stack``): one hook per block, outside the component hooks."""
@@ -682,7 +686,7 @@ class CacheHandle:
                 f"resample it first"
             )
         if self.lean:
-            reads = cache_reads(schedule.bits, schedule.step_reuse == "residual", self.adapter.slots())
+            reads = self._reads(schedule)
             missing = set(zip(*np.nonzero(reads), strict=True)) - set(self._rt.hooked)
             if missing:
                 b, c = min(missing)
@@ -692,11 +696,11 @@ class CacheHandle:
                 )
         self.schedule = schedule
         self._rt.bits = schedule.bits
-        self._rt.count_bare(schedule.step_reuse == "residual")
-        if self._rt.stack is None and schedule.step_reuse == "residual":
+        self._rt.count_bare(schedule.residual)
+        if self._rt.stack is None and schedule.residual:
             self._install_stack()
             self._invalidate()
-        elif self._rt.stack is not None and schedule.step_reuse != "residual":
+        elif self._rt.stack is not None and not schedule.residual:
             self._remove_stack()  # its block hooks would keep whole steps out of the user's compiled graph
         elif self._rt.stack is not None:
             self._rt.stack.set_bits(schedule.bits, True)

@@ -85,6 +85,11 @@ class CacheSchedule:
     def blocks(self) -> int:
         return int(self.bits.shape[1])
 
+    @property
+    def residual(self) -> bool:
+        """Whether steps with no bit set skip the block stack (``step_reuse="residual"``)."""
+        return self.step_reuse == "residual"
+
     def effective_bits(self) -> np.ndarray:
         """The bits the runtime actually follows (a copy): step 0 always computes (see ``effective_bits``)."""
         return effective_bits(self.bits)
@@ -146,7 +151,7 @@ class CacheSchedule:
                 f"schedule has {self.blocks} blocks but the {a.family} transformer has {a.num_blocks}; "
                 f"use a schedule made for this model size"
             )
-        if self.step_reuse == "residual" and not a.stack_residual:
+        if self.residual and not a.stack_residual:
             raise ScheduleError(
                 f"step_reuse 'residual' needs blocks that map hidden states to hidden states; {a.family}'s do "
                 f"not; use step_reuse 'components'"
@@ -155,7 +160,7 @@ class CacheSchedule:
     # -- JSON --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         rows = [["".join("1" if b else "0" for b in blk) for blk in step] for step in self.bits]
-        residual = self.step_reuse == "residual"
+        residual = self.residual
         d = {
             "format": FORMAT, "version": RESIDUAL_VERSION if residual else VERSION, "family": self.family,
             "steps": self.steps, "blocks": self.blocks, "components": list(self.components),

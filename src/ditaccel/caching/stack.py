@@ -78,17 +78,22 @@ def cache_reads(bits: np.ndarray, residual: bool, slots: np.ndarray | None = Non
     model the hooks of a whole-step schedule cost ~4% of a call (``apply_schedule(..., lean=True)``).
     ``slots`` ([blocks, components] bool, ``Adapter.slots``): the ones the model has (e.g. SD3's last block
     has no ``ff_context``); None: all."""
-    reads = (~np.asarray(bits, dtype=bool) & block_runs(bits, residual)[:, :, None])[1:].any(axis=0)
+    return _reads(bits, block_runs(bits, residual), slots)
+
+
+def _reads(bits: np.ndarray, runs: np.ndarray, slots: np.ndarray | None) -> np.ndarray:
+    reads = (~np.asarray(bits, dtype=bool) & runs[:, :, None])[1:].any(axis=0)
     return reads if slots is None else reads & slots
 
 
 def unhooked_calls(bits: np.ndarray, residual: bool, slots: np.ndarray | None = None) -> int:
     """How many component calls a lean handle runs without a cache hook: those of never-read slots (of the
     ones the model has) in every step that runs their block (the latency model prices the hook each saves)."""
-    bare = ~cache_reads(bits, residual)
+    runs = block_runs(bits, residual)  # once: ``predict`` calls this for every candidate it prices
+    bare = ~_reads(bits, runs, None)
     if slots is not None:
         bare &= slots
-    return int((block_runs(bits, residual).sum(axis=0) * bare.sum(axis=1)).sum())
+    return int((runs.sum(axis=0) * bare.sum(axis=1)).sum())
 
 
 class StackState:
