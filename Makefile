@@ -55,9 +55,10 @@ bench-ecad: setup
 	test -d runs/ecad || git clone --depth 1 https://github.com/AniAggarwal/ecad runs/ecad
 	$(PY) bench/ecad_macs.py --ecad-dir runs/ecad
 
-# On a machine with a CUDA GPU: writes bench/results/gpu.md (meant to take <= 8 min on one H100).
+# On a machine with a CUDA GPU: writes bench/results/gpu.md. On one H100 the eager rows took 40-60 s and each
+# compiled row 16-80 s of compiling; pick rows with ARGS="--modes ... --models ... --methods ...".
 gpu-check: setup
-	$(PY) bench/device_check.py
+	$(PY) bench/device_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

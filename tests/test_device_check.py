@@ -35,7 +35,39 @@ def test_small_mode_measures_every_row(tmp_path, capsys):
     assert macs[("PixAr", "baseline")] == "1.00x" and macs[("PixAr", "FirstBlockCache")] == "dynamic"
     assert float(macs[("PixAr", "ECAD fast (paper, PixArt-alpha 256)")].rstrip("x")) > 1.5  # resampled to 5 steps
     assert dc.main(["--small", "--modes", "eager,fast", "--out", str(out)]) == 2
-    assert "unknown mode/model fast" in capsys.readouterr().err
+    assert "unknown mode/model/method fast" in capsys.readouterr().err
+
+
+def _table(path: Path) -> list[list[str]]:
+    return [line.split(" | ") for line in path.read_text().splitlines() if line.startswith("| ") and "tiny" in line]
+
+
+def test_methods_pick_rows_and_a_cut_run_keeps_its_rows(tmp_path, monkeypatch, capsys):
+    """A lease's time limit can kill the script: every finished row must already be on disk."""
+    dc = _load()
+    out = tmp_path / "part.md"
+    argv = ["--small", "--models", "pixart", "--modes", "eager", "--methods", "baseline,fora", "--repeats", "1",
+            "--steps", "3", "--out", str(out)]
+    assert dc.main(argv) == 0
+    assert [r[2] for r in _table(out)] == ["baseline", "FORA(2)"]
+    assert "interrupted" not in out.read_text() and "--methods baseline,fora" in out.read_text()
+    real, calls = dc.run_row, []
+
+    def dies_on_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a SIGINT from `timeout` looks like inside Python
+        return real(*a, **k)
+
+    monkeypatch.setattr(dc, "run_row", dies_on_second)
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        dc.main(argv)
+    rows = _table(out)
+    assert [r[2] for r in rows] == ["baseline"] and float(rows[0][3]) > 0
+    assert "interrupted after 1 of 2 rows" in out.read_text()
+    assert dc.main([*argv[:-2], "--methods", "taylor", "--out", str(out)]) == 2
+    assert "unknown mode/model/method taylor" in capsys.readouterr().err
 
 
 def test_without_a_gpu_full_mode_refuses(monkeypatch, capsys):

@@ -292,7 +292,7 @@ def encode(
         a = _expand(scale.double(), group_size, cols)
         y = torch.where(a > 0, wf / torch.where(a > 0, a, 1.0) * fmt.int_max, torch.zeros_like(wf))
         yq = _fp_round_normalised(y, fmt)
-        mags = fmt.magnitudes()
+        mags = fmt.magnitudes().to(yq.device)
         idx = torch.searchsorted(mags, yq.abs().contiguous())
         idx = idx.clamp(max=len(mags) - 1)
         sign = (yq < 0).to(torch.int64) << (fmt.exp_bits + fmt.man_bits)
