@@ -143,6 +143,12 @@ def summarize(data: dict) -> list[str]:
 
 
 KNOWN = {
+    "gpu.md": "GPU check on one H100: caching and FP4 on full-size PixArt-alpha 1024 and FLUX.1 geometries, "
+              "eager and compiled (device_check.py)",
+    "quant_gpu.md": "weight-only FP4 on an H100: compiled kernel vs portable vs fp16, PixArt-alpha 256 geometry "
+                    "(bench_quant_gpu.py)",
+    "low_end_fbc.md": "the low end: FirstBlockCache 0.05 against static schedules at its MACs, 11 interleaved "
+                      "repeats (bench_eval.py --methods)",
     "speed.md": "wall-clock vs MACs speedup of FORA schedules on full-size PixArt-alpha geometry (bench_speed.py)",
     "bundled_train.log": "training log of the bundled model (loss, calibration adherence during training)",
     "search_frontier.png": "the ECAD frontier found by bench_search.py (quality vs MACs speedup, presets as crosses)",
@@ -246,9 +252,9 @@ def write_peers(result: object, res: Path, search: Path, args: argparse.Namespac
     lines = [
         "# Peers as curves: every peer's knob grid against the ECAD frontier (issue 10, part 1)", "",
         f"- command: `{command}`",
-        f"- machine: {data['machine']}; the 2 cores were shared with other jobs (several helpers "
-        f"benchmarking at once), so wall-clock ratios are noisy: the dominance report uses the generating "
-        f"thread's CPU time (one torch thread), and repeats it on the wall clock below",
+        f"- machine: {data['machine']}; wall-clock ratios on shared cores are noisy (see the load average), so "
+        f"the dominance report uses the generating thread's CPU time (one torch thread), and repeats it on the "
+        f"wall clock below",
         f"- date: {data['date']}; wall time of the evaluation {data['wall_seconds']} s",
         f"- model: {data['model']}; versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
         f"- images: {data['num_prompts']} held-out prompts (every {args.every}th of the held-out set, never seen "

@@ -363,6 +363,11 @@ def test_early_skip_presets_skip_early_steps_and_never_the_last(pipe):
     assert not s.bits[1].any() and s.bits[-1].all()
     b0 = presets.early_skip(pipe, 2, 0, steps=STEPS, first_block=True)
     assert b0.bits[1:3, 0].all() and not b0.bits[1:3, 1:].any()
+    last = presets.early_skip(pipe, 2, 0, steps=STEPS, first_block="last")
+    assert not last.bits[1].any() and last.bits[2, 0].all() and not last.bits[2, 1:].any() and last.bits[3:].all()
+    assert last.meta["preset"] == "early_skip(2,0,b0last)"
+    with pytest.raises(DitaccelError, match="first_block False, True or 'last'"):
+        presets.early_skip(pipe, 2, 0, steps=STEPS, first_block="first")
     with pytest.raises(DitaccelError, match="skipped steps"):
         presets.skip_steps(pipe, [0, 2], steps=STEPS)
     with pytest.raises(DitaccelError, match="early_skip needs"):
@@ -372,6 +377,9 @@ def test_early_skip_presets_skip_early_steps_and_never_the_last(pipe):
     assert len(keys) == len(ladder) >= 10
     reused = [(~s.bits).sum() for _, s in ladder]
     assert min(reused) > 0 and all(s.bits[-1].all() and s.bits[0].all() for _, s in ladder)
+    v3 = [name for name, _ in presets.dynamic_like_presets(pipe, steps=20, last_block0=True)]
+    assert v3[:4] == ["early_skip(1,0)", "early_skip(1,2)", "early_skip(2,0,b0last)", "early_skip(2,0)"]
+    assert [n for n in v3 if "b0last" not in n] == [name for name, _ in ladder]  # version 2's ladder, in order
 
 
 def test_structured_population_starts_with_none_then_dynamic_like(pipe):

@@ -106,25 +106,39 @@ def test_seeded_search_starts_from_the_signals_and_resume_reuses_them(pipe, tmp_
     assert paper.info["seeding"] == "presets"
 
 
-def test_a_search_begun_before_start_version_2_resumes_with_its_own_start(pipe, tmp_path, monkeypatch):
-    """A checkpoint without ``start`` (version 1: unweighted seeds, the list's order) resumes as version 1, and
-    a new structured search records version 2."""
+def test_a_search_begun_before_start_version_3_resumes_with_its_own_start(pipe, tmp_path, monkeypatch):
+    """A new structured search records version 3 (the block-0-last ladder); a version-2 checkpoint resumes with the
+    version-2 ladder, and one without ``start`` (version 1: unweighted seeds, the list's order) as version 1."""
     from ditaccel._io import CHECKSUM_KEY, atomic_write_checked_json
     from ditaccel.search import engine
 
     cfg = dict(prompts=["a red fox", "a blue car"], seeds=[0], metric="psnr", population=8, seed=1,
                call_kwargs=_kw(), batch_size=8, cost="macs", out=tmp_path / "s")
+    starts = []
+    real_pop = engine.structured_population
+    monkeypatch.setattr(engine, "structured_population",
+                        lambda pipe, steps, start=2: starts.append(start) or real_pop(pipe, steps, start))
     search(pipe, SearchConfig(generations=1, **cfg))
     ckpt = tmp_path / "s" / "checkpoint"
-    state = json.loads(ckpt.read_text())
-    assert state["fingerprint"]["start"] == 2
-    state.pop(CHECKSUM_KEY)
-    del state["fingerprint"]["start"]
-    atomic_write_checked_json(ckpt, state)
+
+    def restart_as(version: int | None) -> None:
+        state = json.loads(ckpt.read_text())
+        state.pop(CHECKSUM_KEY)
+        if version is None:
+            del state["fingerprint"]["start"]
+        else:
+            state["fingerprint"]["start"] = version
+        atomic_write_checked_json(ckpt, state)
+
+    assert json.loads(ckpt.read_text())["fingerprint"]["start"] == 3 and starts == [3]
+    restart_as(2)
+    search(pipe, SearchConfig(generations=2, resume=True, **cfg))
+    assert starts[-1] == 2 and json.loads(ckpt.read_text())["fingerprint"]["start"] == 2
+    restart_as(None)
     lates = []
     real = engine.ladders
     monkeypatch.setattr(engine, "ladders", lambda sig, late=0.0: lates.append(late) or real(sig, late))
-    search(pipe, SearchConfig(generations=2, resume=True, **cfg))
+    search(pipe, SearchConfig(generations=3, resume=True, **cfg))
     assert lates == [0.0] and "start" not in json.loads(ckpt.read_text())["fingerprint"]
 
 

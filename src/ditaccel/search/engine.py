@@ -175,8 +175,9 @@ STRATEGIES = ("structured", "ecad")
 #: How a search builds its initial population. 1: cut from the front of the named list, signal seeds
 #: unweighted (the paper's strategy, and structured searches from before version 2, which resume as they
 #: began); 2: each speed band's first genome kept ahead of the rest (``genome.stratify``) and late-weighted
-#: signal seeds (``signals.LATE_WEIGHT``) at denser targets (``signals.TARGETS``): new structured searches.
-START_VERSIONS = (1, 2)
+#: signal seeds (``signals.LATE_WEIGHT``) at denser targets (``signals.TARGETS``); 3: as 2, with the dynamic-like
+#: ladder's block-0-last variants (``presets.dynamic_like_presets``): new structured searches.
+START_VERSIONS = (1, 2, 3)
 #: gap fillers per generation (after the first) under the structured strategy, as a share of the
 #: population (``operators.gap_fill``); the paper's strategy has none
 DEFAULT_FILL = 0.25
@@ -243,9 +244,9 @@ def _calibration_prompts(cfg: SearchConfig, metric: str, bundled: bool) -> list[
     return prompts
 
 
-def _named_start(pipe: Any, cfg: SearchConfig, steps: int) -> tuple[list[tuple[str, np.ndarray]], str]:
+def _named_start(pipe: Any, cfg: SearchConfig, steps: int, start: int) -> tuple[list[tuple[str, np.ndarray]], str]:
     """The named genomes of the initial population and their id in the fingerprint."""
-    base = preset_population(pipe, steps) if cfg.strategy == "ecad" else structured_population(pipe, steps)
+    base = preset_population(pipe, steps) if cfg.strategy == "ecad" else structured_population(pipe, steps, start)
     if str(cfg.init) == "presets":
         return base, "presets"
     named = frontier_population(pipe, cfg.init, steps)
@@ -275,17 +276,17 @@ def _resolve(pipe: Any, cfg: SearchConfig) -> _Plan:
     steps = pipeline_steps(pipe, kw)
     t = get_transformer(pipe)
     height, width = image_size(pipe, kw)
-    named, init_id = _named_start(pipe, cfg, steps)
     step_reuse = _step_reuse(cfg, a)
     seeding = cfg.seeding or _saved(cfg, "seeding", "presets") or (
         "signals" if cfg.strategy == "structured" else "presets")
     if seeding not in SEEDINGS:
         raise DitaccelError(f"unknown seeding {seeding!r}; use {' or '.join(SEEDINGS)}")
     saved = _saved(cfg, "start", "1")
-    start = int(saved) if saved is not None and saved.isdigit() else (2 if cfg.strategy == "structured" else 1)
+    start = int(saved) if saved is not None and saved.isdigit() else (START_VERSIONS[-1] if cfg.strategy == "structured" else 1)
     if saved is not None and str(start) != saved or start not in START_VERSIONS:
         raise DitaccelError(f"the search in {cfg.out} starts its population by version {saved}, which this ditaccel "
                             "does not know; resume it with a newer ditaccel or choose another --out")
+    named, init_id = _named_start(pipe, cfg, steps, start)
     shape = (steps, a.num_blocks, len(a.component_names))
     json_kw = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool, type(None)))}
     fingerprint = {

@@ -36,16 +36,18 @@ def preset_population(pipe: Any, steps: int) -> list[tuple[str, np.ndarray]]:
     return [(name, canonical(s.bits)) for name, s in presets.all_presets(pipe, steps)]
 
 
-def structured_population(pipe: Any, steps: int) -> list[tuple[str, np.ndarray]]:
+def structured_population(pipe: Any, steps: int, start: int = 2) -> list[tuple[str, np.ndarray]]:
     """The structured search's named start: all-recompute, then the dynamic peers' typical decisions
-    (``presets.dynamic_like_presets``, light to heavy) alternating with the paper's presets.
+    (``presets.dynamic_like_presets``, light to heavy; from ``start`` version 3 with the block-0-last
+    variants) alternating with the paper's presets.
 
     Why: on the bundled model the paper's population is mostly FORA(n), which skips every n-th
     step uniformly; FirstBlockCache's choice (early steps first, never the last) is 5-10 dB better
     at the same MACs, and bit-flip search does not find it in its budget (bench/results/search.md).
     """
     paper = preset_population(pipe, steps)
-    dyn = [(name, canonical(s.bits)) for name, s in presets.dynamic_like_presets(pipe, steps)]
+    ladder = presets.dynamic_like_presets(pipe, steps, last_block0=start >= 3)
+    dyn = [(name, canonical(s.bits)) for name, s in ladder]
     mixed = [p for pair in zip(dyn, paper[1:], strict=False) for p in pair]  # both kinds in a small population
     n = min(len(dyn), len(paper) - 1)
     return [paper[0], *mixed, *dyn[n:], *paper[1 + n:]]
