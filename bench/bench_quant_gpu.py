@@ -12,7 +12,7 @@ feeding the matmul. This script checks, on one CUDA GPU, on PixArt-alpha 256 geo
 - weight memory and peak allocated memory of each.
 
 Without a CUDA GPU it says so and exits 0: the path is then tested on the CPU only
-(tests/test_quant_fast.py), and unmeasured on GPUs.
+(tests/test_quant_fast.py); bench/results/quant_gpu.md holds one H100's numbers.
 
 Run: python bench/bench_quant_gpu.py [--blocks 28] [--repeats 10] [--mode max-autotune]
 """
@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_quant_gpu: no CUDA GPU here; the compiled FP4 path is tested on the CPU only "
-              "(tests/test_quant_fast.py) and unmeasured on GPUs.")
+              "(tests/test_quant_fast.py); bench/results/quant_gpu.md holds one H100's numbers.")
         return
     from bench_quant_speed import pixart
 

@@ -322,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     inputs = [geo.inputs(t, dev, dtype) for geo, t in models]
     rows: list[Row] = []
     todo = plan(models, args.modes.split(","), args.methods.split(","))
+    if not todo:
+        print(f"device_check: error: no row matches --modes {args.modes} --models {args.models} --methods "
+              f"{args.methods} (the ECAD row is PixArt's only); widen one of them", file=sys.stderr)
+        return 2
     for i, mode, name, how in todo:
         geo, t = models[i]
         row = Row(geo.name, name, "eager" if mode == "eager" else f"compiled ({backend})")

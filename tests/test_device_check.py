@@ -56,7 +56,7 @@ def test_methods_pick_rows_and_a_cut_run_keeps_its_rows(tmp_path, monkeypatch, c
     def dies_on_second(*a, **k):
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # what a SIGINT from `timeout` looks like inside Python
+            raise KeyboardInterrupt  # a run stopped mid-row (Ctrl-C; `timeout`'s SIGTERM ends it without a trace)
         return real(*a, **k)
 
     monkeypatch.setattr(dc, "run_row", dies_on_second)
@@ -68,6 +68,9 @@ def test_methods_pick_rows_and_a_cut_run_keeps_its_rows(tmp_path, monkeypatch, c
     assert "interrupted after 1 of 2 rows" in out.read_text()
     assert dc.main([*argv[:-2], "--methods", "taylor", "--out", str(out)]) == 2
     assert "unknown mode/model/method taylor" in capsys.readouterr().err
+    flux_ecad = ["--small", "--models", "flux", "--modes", "eager", "--methods", "ecad", "--out", str(tmp_path / "e.md")]
+    assert dc.main(flux_ecad) == 2 and not (tmp_path / "e.md").exists()
+    assert "no row matches" in capsys.readouterr().err
 
 
 def test_without_a_gpu_full_mode_refuses(monkeypatch, capsys):

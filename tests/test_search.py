@@ -368,6 +368,10 @@ def test_early_skip_presets_skip_early_steps_and_never_the_last(pipe):
     assert last.meta["preset"] == "early_skip(2,0,b0last)"
     with pytest.raises(DitaccelError, match="first_block False, True or 'last'"):
         presets.early_skip(pipe, 2, 0, steps=STEPS, first_block="first")
+    with pytest.raises(DitaccelError, match="with k >= 1"):
+        presets.early_skip(pipe, 0, 2, steps=STEPS, first_block="last")
+    for truthy in (1, np.True_):
+        assert np.array_equal(presets.early_skip(pipe, 2, 0, steps=STEPS, first_block=truthy).bits, b0.bits)
     with pytest.raises(DitaccelError, match="skipped steps"):
         presets.skip_steps(pipe, [0, 2], steps=STEPS)
     with pytest.raises(DitaccelError, match="early_skip needs"):

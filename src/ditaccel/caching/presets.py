@@ -141,20 +141,24 @@ def early_skip(pipe_or_transformer: Any, k: int, n: int = 0, steps: int = 20, fi
     skip ``n-1`` of every ``n`` later steps; the last step always computes (``n`` = 0: none later).
     Measured on the bundled model (bench/results/search.md), FirstBlockCache at thresholds
     0.1-0.3 skips exactly this pattern, and the static copy comes within ~1-3 dB of its PSNR.
-    ``first_block="last"`` keeps block 0 at step ``k`` only: at FirstBlockCache 0.05's MACs it
-    measured 90.03 dB on held-out prompts against 89.43 for FirstBlockCache (bench/results/low_end_fbc.md).
+    ``first_block="last"`` keeps block 0 at the last early skipped step (``min(k, steps - 2)``) only: at
+    FirstBlockCache 0.05's MACs it measured 90.03 dB on held-out prompts against 89.43 for FirstBlockCache
+    (bench/results/low_end_fbc.md).
     """
     _check_steps(steps)
-    if not isinstance(k, (int, np.integer)) or k < 0 or (n and n < 2) or first_block not in (False, True, "last"):
-        raise ScheduleError(f"early_skip needs k >= 0, n = 0 or >= 2 and first_block False, True or 'last'; got "
-                            f"k={k!r}, n={n!r}, first_block={first_block!r}")
+    if not isinstance(first_block, str):
+        first_block = bool(first_block)  # 1, np.True_: as before, any true value keeps block 0
+    if not isinstance(k, (int, np.integer)) or k < 0 or (n and n < 2) or first_block not in (False, True, "last") \
+            or (first_block == "last" and k < 1):
+        raise ScheduleError(f"early_skip needs k >= 0, n = 0 or >= 2 and first_block False, True or 'last' (with "
+                            f"k >= 1); got k={k!r}, n={n!r}, first_block={first_block!r}")
     last = min(k, steps - 2)
     skipped = set(range(1, last + 1))
     if n:
         skipped |= {s for s in range(k + 1, steps - 1) if (s - k - 1) % n != 0}
     s = skip_steps(pipe_or_transformer, sorted(skipped), steps, first_block is True)
     tag = {False: "", True: ",b0", "last": ",b0last"}[first_block]
-    if first_block == "last" and last >= 1:
+    if first_block == "last":
         bits = s.bits.copy()
         bits[last, 0] = True
         s = _make(get_adapter(pipe_or_transformer), bits, f"early_skip({k},{n}{tag})")
@@ -167,7 +171,8 @@ def dynamic_like_presets(pipe_or_transformer: Any, steps: int = 20, last_block0:
     """A ladder of ``early_skip`` schedules from light to heavy: the dynamic peers' typical decisions.
 
     ``last_block0`` (the structured search from start version 3) puts ``early_skip(k, 0, b0last)`` just
-    before each ``early_skip(k, 0)``: the variant that beat FirstBlockCache 0.05 on held-out prompts.
+    before each ``early_skip(k, 0)`` with k >= 2 (for k = 1 it is ``early_skip(1, 0, b0)``, FirstBlockCache's
+    own skip): the variant that beat FirstBlockCache 0.05 on held-out prompts.
     """
     ks = sorted({max(1, steps * f // 20) for f in (1, 2, 3, 4, 6, 8)})
     first: list[tuple[int, int, bool | str]] = []

@@ -653,8 +653,8 @@ class _SearchRun:
 
     def _named(self) -> list[tuple[str, np.ndarray]]:
         """The initial population's named genomes: all-recompute, any ``--init`` frontier, then the signal
-        seeds (``seeding`` "signals"), then the strategy's presets; from start version 2 (new structured
-        searches), the first of each speed band ahead of the rest (``stratify``)."""
+        seeds (``seeding`` "signals"), then the strategy's presets; from start version 2 (structured searches
+        begun since), the first of each speed band ahead of the rest (``stratify``)."""
         named = self.plan.named
         at = 1 + sum(1 for n, _ in named[1:] if n.startswith("init:"))  # a --init frontier stays first
         if self.plan.seeding == "signals":
