@@ -185,3 +185,17 @@ def test_format_names_round_trip():
     for n in ["e2m1", "e1m2", "e3m0", "e2m3", "e3m4", "e4m3", "int4", "int8", "int4sym"]:
         assert parse_format(n).name == n
     assert isinstance(parse_format("int4"), IntFormat)
+
+
+def test_encode_looks_values_up_on_the_weights_device(monkeypatch):
+    """FP4 quantization on a CUDA GPU failed at the first layer: the format's magnitude table stayed on the CPU
+    (found by the H100 run in bench/results/gpu.md). The meta device stands in for a GPU here."""
+    real = torch.searchsorted
+
+    def same_device(sorted_seq, values, *a, **k):
+        assert sorted_seq.device == values.device, (sorted_seq.device, values.device)
+        return real(sorted_seq, values, *a, **k)
+
+    monkeypatch.setattr(torch, "searchsorted", same_device)
+    codes, scale, _ = encode(torch.randn(8, 32, device="meta"), parse_format("e2m1"), 16)
+    assert codes.device.type == "meta" and codes.shape == (8, 32) and scale.shape == (8, 2)
