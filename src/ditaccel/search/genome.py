@@ -36,7 +36,7 @@ def preset_population(pipe: Any, steps: int) -> list[tuple[str, np.ndarray]]:
     return [(name, canonical(s.bits)) for name, s in presets.all_presets(pipe, steps)]
 
 
-def structured_population(pipe: Any, steps: int, start: int = 2) -> list[tuple[str, np.ndarray]]:
+def structured_population(pipe: Any, steps: int, start: int = 3) -> list[tuple[str, np.ndarray]]:
     """The structured search's named start: all-recompute, then the dynamic peers' typical decisions
     (``presets.dynamic_like_presets``, light to heavy; from ``start`` version 3 with the block-0-last
     variants) alternating with the paper's presets.
