@@ -94,7 +94,8 @@ class FP4DiTConfig:
     #: them in memory to exactly what the file holds, so a reload reproduces outputs bitwise.
     kept_storage: str = "float16"
     #: "portable" (pure PyTorch, any device), "compiled" (torch.compile dequant-matmul, packed 4-bit weights
-    #: kept: the GPU weight-only path) or a torchao kernel: "torchao-fp8", "torchao-mxfp4", "torchao-nvfp4".
+    #: kept; on an H100 slower than portable, 0.35x against 0.50x of fp16: bench/results/quant_gpu.md) or a
+    #: torchao kernel: "torchao-fp8", "torchao-mxfp4", "torchao-nvfp4".
     #: A torchao kernel replaces the packed layers, so save before, or pass ``kernel=`` to ``load_quantized``.
     kernel: str = "portable"
     seed: int = 0
