@@ -47,7 +47,7 @@ bench: setup
 	$(PY) bench/bench_eval.py --every 6 --seeds 0,1 --repeats 3 --timing-images 4
 	$(PY) bench/bench_metric_split.py --population 8 --generations 2 --repeats 5
 	$(PY) bench/reliability.py
-	$(PY) bench/bench_eval.py --sweep --search runs/bench-search --ecad-points 28 --every 6 --seeds 1,2 --repeats 3 \
+	$(PY) bench/bench_eval.py --sweep --search runs/bench-search --ecad-points 32 --every 6 --seeds 1,2 --repeats 5 \
 		--timing-images 1 --batch-size 16
 
 # ditaccel's MACs of ECAD's published schedules vs the files' own figures (needs git and network).

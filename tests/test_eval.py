@@ -412,3 +412,31 @@ def test_prediction_error_compares_predicted_with_cpu_time_else_wall() -> None:
     # errors 0%, 10%, 20%: median 10%, max 20%; the peer row has no prediction
     assert prediction_error(rows) == "over 3 rows its speedup is a median 10.0% (max 20.0%) from the measured one"
     assert prediction_error(rows[3:]) == "no row with both"
+
+
+def test_image_folders_tell_reuse_rules_apart(tmp_path):
+    """A rerun search can keep a point's bits and change its reuse rule: its cached images must not be reused."""
+    import dataclasses
+    import hashlib
+
+    from ditaccel.caching import CacheSchedule
+    from ditaccel.evaluate.methods import Method
+    from ditaccel.evaluate.runner import method_fingerprint
+
+    bits = np.ones((4, 2, 3), dtype=bool)
+    bits[1:3] = False
+    plain = CacheSchedule(bits, ("attn1", "attn2", "ff"), "pixart")
+    residual = dataclasses.replace(plain, step_reuse="residual")
+    fp = {s.step_reuse: method_fingerprint(Method("ecad:d:2x", None, "schedule", schedule=s)) for s in (plain, residual)}
+    assert fp["components"] != fp["residual"]
+    sched = hashlib.sha1(np.packbits(bits).tobytes()).hexdigest()[:16]  # the fingerprint before reuse rules counted
+    old = {"kind": "schedule", "schedule": sched, "peer": None, "quant": None, "iters": Method("x", None, "x").quant_iters,
+           "params": {}}
+    assert fp["components"] == hashlib.sha1(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    from ditaccel.evaluate.runner import ImageStore
+
+    store = ImageStore(tmp_path, [("a red fox", 0)], {"steps": 4})
+    store.begin("ecad:d:2x", fp["components"])
+    store.check("ecad:d:2x", fp["components"])  # the same method resumes
+    with pytest.raises(DitaccelError, match="another method labelled 'ecad:d:2x'"):
+        store.check("ecad:d:2x", fp["residual"])

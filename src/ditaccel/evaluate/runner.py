@@ -251,7 +251,8 @@ class ImageStore:
                                     f"use a new --out or delete that folder")
             if method is not None and d.get("method", method) != method:
                 raise DitaccelError(f"{self.folder(label)} holds images of another method labelled {label!r} "
-                                    f"(a changed schedule or frontier?); use a new --out or delete that folder")
+                                    f"(a changed schedule, reuse rule or frontier, or residual-reuse images from a "
+                                    f"ditaccel before 2026-11-26?); use a new --out or delete that folder")
 
     def begin(self, label: str, method: str | None = None) -> None:
         f = self.folder(label)
@@ -289,6 +290,8 @@ def method_fingerprint(m: Method) -> str:
     sched = None if m.schedule is None else hashlib.sha1(np.packbits(m.schedule.bits).tobytes()).hexdigest()[:16]
     what = {"kind": m.kind, "schedule": sched, "peer": m.peer, "quant": m.quant, "iters": m.quant_iters,
             "params": {k: v for k, v in m.peer_params.items() if k != "mag_ratios"}}
+    if m.schedule is not None and m.schedule.residual:  # the same bits reused another way are other images;
+        what["step_reuse"] = m.schedule.step_reuse    # absent for ECAD's rule: those older image folders still match
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
