@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ditaccel.caching.latency import load_profile
+from ditaccel.caching.latency import OLDER_VERSIONS, load_profile
 from ditaccel.search.genome import unpack
 
 TARGETS = (1.1, 1.3, 1.5, 1.7, 1.85, 2.0, 2.5, 3.0)
@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--profile", type=Path, required=True, help="latency_profile.json that prices every folder")
     ap.add_argument("searches", nargs="+", metavar="NAME=FOLDER")
     args = ap.parse_args()
-    profile = load_profile(args.profile, older=(2, 3))
+    profile = load_profile(args.profile, older=OLDER_VERSIONS["components"])
     if profile is None:
         raise SystemExit(f"compare_searches: {args.profile} is not a readable latency profile")
     print("| search | evaluations | CPU s | " + " | ".join(f">= {t}x" for t in TARGETS) + " |")

@@ -441,13 +441,15 @@ def _bare_calls(r: dict[str, Any], slots: np.ndarray | None) -> int:
     return 0 if r["kind"] == "hooked" else unhooked_calls(r["bits"], r["kind"] == "skipped", slots)
 
 
+def _plain_median(runs: list[dict[str, Any]], kind: str) -> float | None:
+    """Median ``total_s`` of the plain (whole-call, not per-part) runs of ``kind``, or None without one."""
+    xs = [float(r["total_s"]) for r in runs if r["kind"] == kind and "comp" not in r]
+    return statistics.median(xs) if xs else None
+
+
 def _hook_s(runs: list[dict[str, Any]], slots: np.ndarray | None) -> float:
     """Seconds of one component call's cache hook: all-recompute hooked everywhere minus bare, per call."""
-    def med(kind: str) -> float | None:
-        xs = [float(r["total_s"]) for r in runs if r["kind"] == kind and "comp" not in r]
-        return statistics.median(xs) if xs else None
-
-    hooked, bare = med("hooked"), med("none")
+    hooked, bare = _plain_median(runs, "hooked"), _plain_median(runs, "none")
     calls = next((_bare_calls(r, slots) for r in runs if r["kind"] == "none"), 0)
     if hooked is None or bare is None or calls == 0:
         return 0.0
@@ -460,11 +462,7 @@ def _hooked_total(r: dict[str, Any], hook_s: float, slots: np.ndarray | None) ->
 
 def _stack_s(runs: list[dict[str, Any]], steps: int) -> float:
     """Seconds a residual skip step saves over an all-cached step: whole plain calls, cached minus skipped."""
-    def med(kind: str) -> float | None:
-        xs = [float(r["total_s"]) for r in runs if r["kind"] == kind and "comp" not in r]
-        return statistics.median(xs) if xs else None
-
-    cached, skipped = med("cached"), med("skipped")
+    cached, skipped = _plain_median(runs, "cached"), _plain_median(runs, "skipped")
     if cached is None or skipped is None or steps < 2:
         return 0.0
     return max(0.0, (cached - skipped) / (steps - 1))

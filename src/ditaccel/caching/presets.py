@@ -158,11 +158,12 @@ def early_skip(pipe_or_transformer: Any, k: int, n: int = 0, steps: int = 20, fi
         skipped |= {s for s in range(k + 1, steps - 1) if (s - k - 1) % n != 0}
     s = skip_steps(pipe_or_transformer, sorted(skipped), steps, first_block is True)
     tag = {False: "", True: ",b0", "last": ",b0last"}[first_block]
+    name = f"early_skip({k},{n}{tag})"
     if first_block == "last":
         bits = s.bits.copy()
         bits[last, 0] = True
-        s = _make(get_adapter(pipe_or_transformer), bits, f"early_skip({k},{n}{tag})")
-    s.meta["preset"] = f"early_skip({k},{n}{tag})"
+        return _make(get_adapter(pipe_or_transformer), bits, name)
+    s.meta["preset"] = name
     return s
 
 

@@ -88,7 +88,7 @@ from ditaccel.caching.compile import (
 from ditaccel.caching.offload import beneath_offload_hook
 from ditaccel.caching.schedule import CacheSchedule
 from ditaccel.caching.stack import HOOK_NAME as STACK_HOOK_NAME
-from ditaccel.caching.stack import StackHook, StackState, block_input, block_runs, cache_reads
+from ditaccel.caching.stack import StackHook, StackState, bare_calls, block_input, block_runs, cache_reads
 from ditaccel.caching.steps import StepTracker, timestep_reader
 from ditaccel.errors import ScheduleError
 from ditaccel.models import Adapter, get_adapter
@@ -129,12 +129,11 @@ class _Runtime:
         self.bare = np.zeros((0, *self.counts.shape), dtype=np.int64)
 
     def count_bare(self, residual: bool) -> None:
-        """Count the unhooked components by the schedule: they run whenever their block does (else some step
-        would read their cache, and they would be hooked)."""
+        """Count the unhooked components by the schedule (``stack.bare_calls``)."""
         unhooked = self.adapter.slots()
         for b, c in self.hooked:
             unhooked[b, c] = False
-        self.bare = (block_runs(self.bits, residual)[:, :, None] & unhooked[None]).astype(np.int64)
+        self.bare = bare_calls(block_runs(self.bits, residual), unhooked).astype(np.int64)
 
     def computed(self, block: int, slot: int, out: Any) -> None:
         """A component ran at this step: keep its output for later steps (unless none follows) and count it."""

@@ -86,6 +86,12 @@ def _reads(bits: np.ndarray, runs: np.ndarray, slots: np.ndarray | None) -> np.n
     return reads if slots is None else reads & slots
 
 
+def bare_calls(runs: np.ndarray, bare: np.ndarray) -> np.ndarray:
+    """[steps, blocks, components] bool: the calls of ``bare`` ([blocks, components]) slots, which run with no cache
+    hook whenever their block runs (``runs``, from ``block_runs``): else some step would read their cache."""
+    return runs[:, :, None] & bare[None]
+
+
 def unhooked_calls(bits: np.ndarray, residual: bool, slots: np.ndarray | None = None) -> int:
     """How many component calls a lean handle runs without a cache hook: those of never-read slots (of the
     ones the model has) in every step that runs their block (the latency model prices the hook each saves)."""
@@ -93,7 +99,7 @@ def unhooked_calls(bits: np.ndarray, residual: bool, slots: np.ndarray | None = 
     bare = ~_reads(bits, runs, None)
     if slots is not None:
         bare &= slots
-    return int((runs.sum(axis=0) * bare.sum(axis=1)).sum())
+    return int(bare_calls(runs, bare).sum())
 
 
 class StackState:
